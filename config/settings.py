@@ -1,0 +1,229 @@
+"""Typed settings, loaded from a TOML profile with environment overrides.
+
+This is the only module that reads configuration files. Sections that belong
+to one adapter (`[aws]`, `[http]`, `[optimizely]`) are parsed by that
+adapter's own config dataclass from `Settings.section(name)`.
+
+Environment overrides: `RIVULET__<SECTION>__<KEY>=value` (value parsed as a
+TOML value when it is one, e.g. `10`, `true`, `["a"]`, else a string), plus the
+shortcut `RIVULET_DATA_DIR`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from datetime import timedelta, tzinfo
+from pathlib import Path
+from typing import Any, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from streams.parsers import PARSERS
+from streams.rollups import RollupSpec
+from streams.timestamps import parse_duration
+from streams.windowing import TumblingWindower
+
+CONFIG_DIR = Path(__file__).resolve().parent
+DEFAULT_PROFILE = CONFIG_DIR / "local.toml"
+ENV_PREFIX = "RIVULET__"
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message names the key."""
+
+
+@dataclass(frozen=True)
+class RawEventsSettings:
+    enabled: bool = True
+    key_template: str = "events/event_type={event_type}/dt={dt}/hour={hour}/part-{partition}-{first_position}.jsonl.gz"
+    max_bytes: int = 64 << 20
+    max_age: timedelta = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class AggregatesSettings:
+    enabled: bool = True
+    key_template: str = "aggregates/{rollup}/dt={dt}/hour={hour}/{window}-{partition}.jsonl"
+
+
+@dataclass(frozen=True)
+class Settings:
+    profile: str
+    backend: str  # "local" or "aws": which adapters config/bindings.py binds
+    data_dir: Path
+    format: str
+    lateness: timedelta
+    future_tolerance: timedelta
+    naive_timezone: tzinfo | None
+    batch_size: int
+    max_record_bytes: int
+    checkpoint_interval: float
+    idle_poll_interval: float
+    rollups: tuple[RollupSpec, ...]
+    query_rollup: str
+    query_max_range: timedelta
+    raw_events: RawEventsSettings
+    aggregates: AggregatesSettings
+    dead_letter_max_record_bytes: int
+    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
+
+    def section(self, name: str) -> Mapping[str, Any]:
+        return self.sections.get(name, {})
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "store"
+
+    @property
+    def count_db(self) -> Path:
+        return self.data_dir / "counts.sqlite3"
+
+    @property
+    def dead_letter_path(self) -> Path:
+        return self.data_dir / "dead_letters.ndjson"
+
+    def rollup(self, name: str) -> RollupSpec:
+        for spec in self.rollups:
+            if spec.name == name:
+                return spec
+        raise ConfigError(f"unknown rollup {name!r}: configured rollups are {', '.join(r.name for r in self.rollups)}")
+
+    def with_overrides(self, **changes: Any) -> "Settings":
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read a profile (default `config/local.toml`) and apply the environment."""
+    environ = os.environ if environ is None else environ
+    profile = Path(path) if path else DEFAULT_PROFILE
+    try:
+        with open(profile, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {profile}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {profile} is not valid TOML: {exc}") from None
+    _apply_environment(raw, environ)
+    return _build(raw, profile)
+
+
+def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    if environ.get("RIVULET_DATA_DIR"):
+        raw.setdefault("pipeline", {})["data_dir"] = environ["RIVULET_DATA_DIR"]
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        if not path:
+            continue
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        target = raw
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"environment {name}: {'.'.join(path[:-1])} is not a section")
+        target[path[-1]] = value
+
+
+class _Reader:
+    """Typed access to one TOML table, with errors that name the key."""
+
+    def __init__(self, table: Mapping[str, Any], prefix: str) -> None:
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"config key {prefix}: expected a table")
+        self.table = table
+        self.prefix = prefix
+
+    def _name(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        value = self.table.get(key, default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise ConfigError(f"config key {self._name(key)}: expected {expected}, got {value!r}")
+        return value
+
+    def positive_int(self, key: str, default: int) -> int:
+        value = self.get(key, int, default)
+        if value <= 0:
+            raise ConfigError(f"config key {self._name(key)}: must be positive, got {value}")
+        return value
+
+    def duration(self, key: str, default: str) -> timedelta:
+        value = self.table.get(key, default)
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise ConfigError(f"config key {self._name(key)}: {exc}") from None
+
+
+def _build(raw: dict[str, Any], profile: Path) -> Settings:
+    pipeline = _Reader(raw.get("pipeline", {}), "pipeline")
+    fmt = pipeline.get("format", str, "events-csv")
+    if fmt not in PARSERS:
+        raise ConfigError(f"config key pipeline.format: unknown format {fmt!r}, expected one of {', '.join(PARSERS)}")
+    zone_name = pipeline.get("naive_timezone", str, "")
+    try:
+        zone = ZoneInfo(zone_name) if zone_name else None
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"config key pipeline.naive_timezone: unknown time zone {zone_name!r}") from None
+    backend = pipeline.get("backend", str, "local")
+    if backend not in ("local", "aws"):
+        raise ConfigError(f"config key pipeline.backend: expected 'local' or 'aws', got {backend!r}")
+
+    rollups = []
+    tables = raw.get("rollups", {})
+    if not isinstance(tables, Mapping) or not tables:
+        raise ConfigError("config key rollups: declare at least one [rollups.NAME] table")
+    for name, table in tables.items():
+        reader = _Reader(table, f"rollups.{name}")
+        fields = reader.get("key", list, None)
+        if not fields or not all(isinstance(f, str) and f for f in fields):
+            raise ConfigError(f"config key rollups.{name}.key: expected a non-empty list of field names")
+        window = reader.duration("window", "1h")
+        size_us = int(window.total_seconds() * 1_000_000)
+        if size_us <= 0 or (86_400_000_000 % size_us and size_us % 86_400_000_000):
+            raise ConfigError(f"config key rollups.{name}.window: must divide a day or be whole days, got {window}")
+        rollups.append(RollupSpec(name, tuple(fields), TumblingWindower(size_us)))
+
+    raw_events = _Reader(raw.get("raw_events", {}), "raw_events")
+    aggregates = _Reader(raw.get("aggregates", {}), "aggregates")
+    query = _Reader(raw.get("query", {}), "query")
+    dead = _Reader(raw.get("dead_letters", {}), "dead_letters")
+    settings = Settings(
+        profile=str(profile),
+        backend=backend,
+        data_dir=Path(pipeline.get("data_dir", str, "data")),
+        format=fmt,
+        lateness=pipeline.duration("lateness", "10m"),
+        future_tolerance=pipeline.duration("future_tolerance", "1d"),
+        naive_timezone=zone,
+        batch_size=pipeline.positive_int("batch_size", 5000),
+        max_record_bytes=pipeline.positive_int("max_record_bytes", 1 << 20),
+        checkpoint_interval=pipeline.get("checkpoint_interval", float, 1.0),
+        idle_poll_interval=pipeline.get("idle_poll_interval", float, 0.2),
+        rollups=tuple(rollups),
+        query_rollup=query.get("rollup", str, "customer_hourly"),
+        query_max_range=query.duration("max_range", "3660d"),
+        raw_events=RawEventsSettings(
+            enabled=raw_events.get("enabled", bool, True),
+            key_template=raw_events.get("key_template", str, RawEventsSettings.key_template),
+            max_bytes=raw_events.positive_int("max_bytes", RawEventsSettings.max_bytes),
+            max_age=raw_events.duration("max_age", "60s"),
+        ),
+        aggregates=AggregatesSettings(
+            enabled=aggregates.get("enabled", bool, True),
+            key_template=aggregates.get("key_template", str, AggregatesSettings.key_template),
+        ),
+        dead_letter_max_record_bytes=dead.positive_int("max_record_bytes", 64 * 1024),
+        sections=raw,
+    )
+    settings.rollup(settings.query_rollup)  # fail early on a typo
+    return settings

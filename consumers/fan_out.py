@@ -1,0 +1,68 @@
+"""The end of the pipeline: hand each counted batch to every sink, and
+checkpoint the source only past what every sink holds durably."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+from consumers.ports import Sink
+from consumers.run_summary import RunSummary
+from streams.window_counter import CountedBatch
+
+Commit = Callable[[str, int], None]
+
+
+class SinkFanOut:
+    """Writes batches to the sinks in order, then, at most every
+    `checkpoint_interval` seconds, flushes them and commits to the source, per
+    partition, the lowest position that is not yet durable everywhere: the
+    counter's safe position (first event of the oldest open window) or a sink's
+    oldest buffered record, whichever is lower."""
+
+    def __init__(
+        self,
+        sinks: Sequence[Sink],
+        summary: RunSummary,
+        commit: Commit | None = None,
+        checkpoint_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.sinks = list(sinks)
+        self.summary = summary
+        self.commit = commit
+        self.checkpoint_interval = checkpoint_interval
+        self.clock = clock
+        self._safe: dict[str, int] = {}
+        self._committed: dict[str, int] = {}
+        self._last_checkpoint = clock()
+        self.batches = 0
+
+    def on_next(self, batch: CountedBatch) -> None:
+        for sink in self.sinks:
+            sink.write(batch)
+        self.summary.add(batch)
+        self.batches += 1
+        if batch.read or batch.closed:
+            self._safe[batch.partition] = max(self._safe.get(batch.partition, 0), batch.safe_position)
+        if self.commit is not None and self.clock() - self._last_checkpoint >= self.checkpoint_interval:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        for sink in self.sinks:
+            sink.flush()
+        self._last_checkpoint = self.clock()
+        if self.commit is None:
+            return
+        for partition, safe in self._safe.items():
+            floors = [safe] + [f for s in self.sinks if (f := s.pending_floor(partition)) is not None]
+            position = min(floors)
+            if position > self._committed.get(partition, -1):
+                self.commit(partition, position)
+                self._committed[partition] = position
+
+    def close(self) -> None:
+        self.checkpoint()
+        for sink in self.sinks:
+            sink.close()
+        self.summary.finished = time.monotonic()

@@ -1,0 +1,70 @@
+"""The ports of the consumer side. Each has one adapter per backend: local
+(SQLite, a directory laid out as S3 keys) and AWS (DynamoDB, S3)."""
+
+from __future__ import annotations
+
+from typing import Iterator, Protocol, Sequence
+
+from streams.events import DeadLetter, WindowCount
+from streams.window_counter import CountedBatch
+
+
+class CountStore(Protocol):
+    """Window counts you can query.
+
+    Contract, shared by every adapter:
+    - one partial count per (rollup, key, window start, source partition);
+    - `upsert` never lowers a stored count: it writes max(stored, new), so
+      re-running the same input, a replay after a crash, or a provisional
+      count of an open window never doubles nor shrinks a count;
+    - a different source partition adds;
+    - queries and exports return the sum over partitions.
+    """
+
+    def upsert(self, counts: Sequence[WindowCount]) -> None: ...
+
+    def buckets(self, rollup: str, key: tuple[str, ...], start_us: int, end_us: int) -> list[tuple[int, int]]:
+        """(window start, count) for windows with start in [start_us, end_us), ascending."""
+
+    def export(self, rollup: str) -> Iterator[tuple[int, tuple[str, ...], int]]:
+        """(window start, key, count) of every window, by window start then key."""
+
+    def total(self, rollup: str, key: tuple[str, ...]) -> int:
+        """All-time count of `key`: the sum over all windows."""
+
+    def close(self) -> None: ...
+
+
+class ObjectStore(Protocol):
+    """Objects by S3-style key (`a/b/c.jsonl.gz`)."""
+
+    def put(self, key: str, body: bytes) -> None: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def list(self, prefix: str = "") -> Iterator[str]: ...
+
+
+class DeadLetterSink(Protocol):
+    def write(self, letters: Sequence[DeadLetter]) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    """A consumer of counted batches (raw events, aggregates, counts, ...)."""
+
+    name: str
+
+    def write(self, batch: CountedBatch) -> None:
+        """Take the batch; it may buffer, but must not lose it."""
+
+    def flush(self) -> None:
+        """Make everything taken so far durable."""
+
+    def pending_floor(self, partition: str) -> int | None:
+        """The lowest source position taken but not yet durable, if any."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,292 @@
+"""The command line: `run`, `produce`, `consume`, `query buckets`, `export`.
+
+Every command reports a bad argument, config or input file in one line on
+stderr and exits non-zero; bad records never stop a command (they are
+dead-lettered).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import multiprocessing
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Callable, Sequence
+
+import inject
+
+from config.bindings import configure
+from config.settings import ConfigError, Settings, load_settings
+from consumers.ports import CountStore, DeadLetterSink
+from daemon.job import parser_for, run_job
+from producers.file_source import FileSource, file_partition
+from producers.random_source import RandomEventSource
+from streams.events import format_utc, format_utc_seconds
+from streams.timestamps import parse_duration, parse_timestamp_us
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_SAMPLE = PROJECT_ROOT / "samples" / "events_sample.csv"
+EXIT_USAGE = 2
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+COMMANDS: dict[str, Handler] = {}
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def command(name: str) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        COMMANDS[name] = handler
+        return handler
+
+    return register
+
+
+# -- argument parsing -----------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML profile (default config/local.toml)")
+    p.add_argument("--data-dir", help="where local stores live (overrides pipeline.data_dir)")
+
+
+def _source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", help="input file (gzip is detected)")
+    p.add_argument("--source", choices=["file", "random"], default=None, help="random replaces --input")
+    p.add_argument("--count", type=int, help="random: number of events (default endless)")
+    p.add_argument("--rate", type=float, help="random: events per second")
+    p.add_argument("--seed", type=int, default=1, help="random: seed")
+    p.add_argument("--format", help="events-csv | gdelt-tsv | ndjson")
+    p.add_argument("--lateness", help="allowed lateness, e.g. 10m, 3h")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_stream_processing.py",
+        description="Rivulet: event-time window counts from files, spools, Kinesis and HTTP.",
+    )
+    parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text")
+    sub = parser.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="process a finite input, flush every window, print the summary")
+    _common(run)
+    _source_args(run)
+    run.add_argument("--processes", type=int, default=1, choices=[1, 2], help="2: producer and consumer processes")
+    run.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    produce = sub.add_parser("produce", help="parse an input and send its events to a transport")
+    _common(produce)
+    _source_args(produce)
+    produce.add_argument("--to", required=True, help="spool:DIR | console | kinesis:STREAM | sqs:QUEUE")
+    produce.add_argument("--create-resources", action="store_true")
+
+    consume = sub.add_parser("consume", help="the long-running daemon: count what a transport delivers")
+    _common(consume)
+    consume.add_argument("--from", dest="source_uri", required=True, help="spool:DIR | kinesis:STREAM | sqs:QUEUE")
+    consume.add_argument("--drain", type=float, help="exit once caught up for this many seconds")
+    consume.add_argument("--lateness", help="allowed lateness, e.g. 10m")
+    consume.add_argument("--group", default="default", help="consumer group (spool)")
+    consume.add_argument("--create-resources", action="store_true")
+    consume.add_argument("--json", action="store_true")
+
+    query = sub.add_parser("query", help="read counts")
+    qsub = query.add_subparsers(dest="query_command", required=True)
+    buckets = qsub.add_parser("buckets", help="hourly counts of one customer")
+    _common(buckets)
+    buckets.add_argument("--customer", required=True)
+    buckets.add_argument("--start", required=True)
+    buckets.add_argument("--end", required=True)
+    buckets.add_argument("--plot", help="also draw the buckets to FILE.svg or FILE.png")
+
+    export = sub.add_parser("export", help="every written window of a rollup as CSV")
+    _common(export)
+    export.add_argument("--rollup", required=True)
+    return parser
+
+
+def load_for(args: argparse.Namespace) -> Settings:
+    settings = load_settings(getattr(args, "config", None))
+    changes: dict[str, object] = {}
+    if getattr(args, "data_dir", None):
+        changes["data_dir"] = Path(args.data_dir)
+    if getattr(args, "lateness", None):
+        try:
+            changes["lateness"] = parse_duration(args.lateness)
+        except ValueError as exc:
+            raise CliError(f"--lateness: {exc}") from None
+    if getattr(args, "format", None):
+        changes["format"] = args.format
+    settings = settings.with_overrides(**changes)
+    configure(settings)
+    return settings
+
+
+# -- commands -------------------------------------------------------------------
+
+
+def _make_source(args: argparse.Namespace, settings: Settings):
+    if args.source == "random" or (args.source is None and args.input is None and args.count is not None):
+        return RandomEventSource(seed=args.seed, count=args.count, rate=args.rate, batch_size=settings.batch_size), "ndjson"
+    if not args.input:
+        raise CliError("give --input PATH or --source random [--count N]")
+    path = Path(args.input)
+    if not path.is_file():
+        raise CliError(f"input file not found: {path}")
+    return FileSource(path, settings.batch_size), None
+
+
+def _print_summary(summary, settings: Settings, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary.as_dict()))
+    else:
+        print(summary.render(settings.lateness, str(settings.dead_letter_path)))
+
+
+@command("run")
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    source, forced_format = _make_source(args, settings)
+    parser = parser_for(settings, forced_format)
+    if args.processes == 2:
+        from daemon.two_process import run_two_processes
+
+        summary = run_two_processes(settings, source, parser)
+    else:
+        with _stop_on_signals(source.stop):
+            summary = run_job(settings, source.observable(), parser)
+    _print_summary(summary, settings, args.json)
+    return 0
+
+
+@command("produce")
+def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
+    from daemon.produce import produce
+
+    source, forced_format = _make_source(args, settings)
+    parser = parser_for(settings, forced_format)
+    with _stop_on_signals(source.stop):
+        sent, dead = produce(source.observable(), parser, args.to, inject.instance(DeadLetterSink), settings)
+    print(f"sent {sent:,} events to {args.to}; {dead:,} dead-lettered to {settings.dead_letter_path}")
+    return 0
+
+
+@command("consume")
+def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
+    from producers.transports import open_reader
+
+    reader = open_reader(
+        args.source_uri, group=args.group, batch_size=settings.batch_size, poll_interval=settings.idle_poll_interval,
+        settings=settings, create_resources=args.create_resources,
+    )
+    stop = threading.Event()
+    watcher = None
+    if args.drain is not None:
+        def watch() -> None:
+            while not stop.wait(0.1):
+                if reader.caught_up_seconds() >= args.drain:
+                    reader.stop()
+                    return
+
+        watcher = threading.Thread(target=watch, name="drain-watch", daemon=True)
+        watcher.start()
+    with _stop_on_signals(reader.stop):
+        try:
+            summary = run_job(settings, reader.batches(), parser_for(settings, "ndjson"), commit=reader.commit)
+        finally:
+            stop.set()
+    _print_summary(summary, settings, args.json)
+    return 0
+
+
+@command("query")
+def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        start_us = parse_timestamp_us(args.start, settings.naive_timezone)
+        end_us = parse_timestamp_us(args.end, settings.naive_timezone)
+    except ValueError as exc:
+        raise CliError(f"bad timestamp: {exc}") from None
+    result = query_buckets(inject.instance(CountStore), settings, args.customer, start_us, end_us)
+    print(json.dumps(result))
+    if args.plot:
+        from consumers.bucket_chart import write_chart
+
+        write_chart(result, args.plot)
+    return 0
+
+
+def query_buckets(store: CountStore, settings: Settings, customer_id: str, start_us: int, end_us: int) -> dict:
+    """The seed API's answer: every bucket with events whose start lies in
+    [start floored to the bucket, end), ascending. Raises ValueError on a bad
+    range (shared by the CLI and the HTTP API)."""
+    if start_us >= end_us:
+        raise ValueError("start must be before end")
+    if end_us - start_us > settings.query_max_range.total_seconds() * 1_000_000:
+        raise ValueError(f"range is longer than the configured maximum ({settings.query_max_range})")
+    rollup = settings.rollup(settings.query_rollup)
+    floor = rollup.window.start_of(start_us)
+    buckets = store.buckets(rollup.name, (customer_id,), floor, end_us)
+    return {
+        "customer_id": customer_id,
+        "buckets": [{"ts_start_of_hour": format_utc(start), "count": count} for start, count in buckets],
+    }
+
+
+@command("export")
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    spec = settings.rollup(args.rollup)
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["window_start", *spec.key_fields, "count"])
+    for start, key, count in inject.instance(CountStore).export(spec.name):
+        writer.writerow([format_utc_seconds(start), *key, count])
+    return 0
+
+
+# -- plumbing -------------------------------------------------------------------
+
+
+class _stop_on_signals:
+    """SIGTERM/SIGINT ask the source to stop; the pipeline then drains,
+    flushes and checkpoints before the command exits 0."""
+
+    def __init__(self, stop: Callable[[], None]) -> None:
+        self.stop = stop
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self) -> "_stop_on_signals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, lambda *_: self.stop())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv:
+        argv = ["run", "--input", str(BUNDLED_SAMPLE)]
+    args = parser.parse_args(argv)
+    from daemon.logs import setup_logging
+
+    setup_logging(args.log_level, args.log_format)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        settings = load_for(args)
+        return COMMANDS[args.command](args, settings)
+    except (CliError, ConfigError, ValueError, KeyError, OSError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        multiprocessing.active_children()

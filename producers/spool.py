@@ -1,0 +1,366 @@
+"""`spool:DIR`: a durable local queue in one SQLite file (WAL mode).
+
+`produce` and `consume` can run as separate processes and either side can be
+killed or restarted at any time. Records get a global, ever-increasing `seq`
+(AUTOINCREMENT, so a seq is never reused even after old rows are deleted);
+each consumer group stores the next seq it needs per partition.
+
+Usage::
+
+    writer = SpoolWriter("data/spool")
+    writer.send([b'{"customer_id": "c1", ...}'])
+    writer.close()
+
+    reader = SpoolReader("data/spool", group="default")
+    def on_batch(batch):
+        if batch.kind is BatchKind.DATA:
+            ...  # make the records durable downstream, then:
+            reader.commit(batch.partition, batch.positions[-1] + 1)
+    reader.batches().subscribe(on_batch)  # blocks until reader.stop()
+    reader.close()
+
+Delivery is at-least-once: rows read but not committed before a crash are
+delivered again after the restart.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import reactivex
+from reactivex import abc
+from reactivex.disposable import Disposable
+
+from producers.transport import TransportFull
+from streams.events import RecordBatch
+
+SPOOL_FILE = "spool.sqlite3"
+DEFAULT_MAX_PENDING = 5_000_000
+# The one storage partition the writer uses; the column exists so that a
+# partitioned spool can be added without a schema change.
+STORAGE_PARTITION = "spool"
+# A producer waiting on another producer's transaction gives up after this long.
+BUSY_TIMEOUT_MS = 10_000
+# Pruning deletes at most this many rows per transaction so that it never holds
+# the write lock long enough to stall producers.
+PRUNE_CHUNK = 50_000
+PRUNE_EVERY_COMMITS = 64
+STOP_CHECK_SECONDS = 0.05
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    partition TEXT NOT NULL DEFAULT 'spool',
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS offsets (
+    grp TEXT NOT NULL,
+    partition TEXT NOT NULL,
+    next_seq INTEGER NOT NULL,
+    PRIMARY KEY (grp, partition)
+);
+"""
+
+
+def spool_path(directory: str | os.PathLike[str]) -> Path:
+    return Path(directory).resolve() / SPOOL_FILE
+
+
+def _connect(directory: str | os.PathLike[str]) -> sqlite3.Connection:
+    path = spool_path(directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves, and plain SELECTs
+    # run in autocommit, so no read transaction outlives its statement.
+    # check_same_thread=False: callers serialise access with their own lock.
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    # FULL: a send() or commit() that returned survives a power cut, not just a crash.
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.executescript(_SCHEMA)
+    return conn
+
+
+def _pending(conn: sqlite3.Connection) -> int:
+    """Records not yet committed by the slowest group (all records if no group).
+
+    Computed from seq bounds (index look-ups) rather than COUNT(*), which would
+    scan millions of rows on every send. Seq gaps only make it an over-estimate.
+    """
+    (max_seq,) = conn.execute("SELECT MAX(seq) FROM records").fetchone()
+    if max_seq is None:
+        return 0
+    (floor,) = conn.execute("SELECT MIN(next_seq) FROM offsets").fetchone()
+    if floor is None:
+        (floor,) = conn.execute("SELECT MIN(seq) FROM records").fetchone()
+    return max(0, max_seq - floor + 1)
+
+
+class SpoolWriter:
+    """Appends records to the spool; safe to use from several processes at once.
+
+    `max_pending` bounds the records the slowest consumer group has not yet
+    committed (0 = unbounded); `send` never lets the spool exceed it, except
+    that a send into an empty spool is always accepted so that one batch larger
+    than the bound cannot deadlock. When full it polls every `poll_interval`
+    seconds for up to `block_timeout` seconds, then raises `TransportFull`.
+
+    >>> writer = SpoolWriter(tmp_dir, max_pending=1000)   # doctest: +SKIP
+    >>> writer.send([b"a", b"b"])                          # doctest: +SKIP
+    2
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        max_pending: int = DEFAULT_MAX_PENDING,
+        block_timeout: float = 5.0,
+        poll_interval: float = 0.05,
+    ) -> None:
+        if max_pending < 0:
+            raise ValueError("max_pending must be >= 0 (0 = unbounded)")
+        self.directory = Path(directory).resolve()
+        self.max_pending = max_pending
+        self.block_timeout = block_timeout
+        self.poll_interval = poll_interval
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = _connect(self.directory)
+
+    def send(self, records: Sequence[bytes]) -> int:
+        """Append all of `records` in one transaction, or none of them."""
+        if not records:
+            return 0
+        rows = [(STORAGE_PARTITION, bytes(r)) for r in records]
+        deadline = time.monotonic() + self.block_timeout
+        while True:
+            if self._try_append(rows):
+                return len(rows)
+            if time.monotonic() >= deadline:
+                raise TransportFull(
+                    f"spool {self.directory} holds more than {self.max_pending} uncommitted records"
+                )
+            time.sleep(self.poll_interval)
+
+    def _try_append(self, rows: list[tuple[str, Any]]) -> bool:
+        with self._lock:
+            conn = self._require_open()
+            try:
+                # IMMEDIATE takes the write lock before the bound check, so two
+                # producers cannot both pass the check and overshoot together.
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:  # locked past busy_timeout
+                raise TransportFull(f"spool {self.directory} is locked: {exc}") from exc
+            try:
+                if self.max_pending:
+                    pending = _pending(conn)
+                    if pending and pending + len(rows) > self.max_pending:
+                        conn.execute("ROLLBACK")
+                        return False
+                conn.executemany("INSERT INTO records (partition, data) VALUES (?, ?)", rows)
+                conn.execute("COMMIT")
+                return True
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def pending(self) -> int:
+        """Records not yet committed by the slowest consumer group."""
+        with self._lock:
+            return _pending(self._require_open())
+
+    def _require_open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise ValueError("SpoolWriter is closed")
+        return self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> "SpoolWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _wall_clock_us() -> int:
+    return time.time_ns() // 1000
+
+
+class SpoolReader:
+    """Reads the spool for one consumer group; see the module docstring.
+
+    Opening a reader registers its group (at the oldest stored record), so rows
+    it has not committed are kept and count towards writers' `max_pending`.
+
+    `batches()` loops on the subscribing thread until `stop()`; DATA batches
+    carry up to `batch_size` records whose position is their seq. An empty poll
+    emits an IDLE batch with the `clock` seconds since the previous poll, then
+    sleeps `poll_interval`.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        group: str = "default",
+        batch_size: int = 5000,
+        poll_interval: float = 0.2,
+        partition_name: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock_us: Callable[[], int] = _wall_clock_us,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.directory = Path(directory).resolve()
+        self.group = group
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.partition = partition_name or f"spool:{self.directory}"
+        self._clock = clock
+        self._wall_clock_us = wall_clock_us
+        # A plain flag, not a threading.Event: Event.set() takes a lock, which
+        # can deadlock when a signal handler interrupts the thread holding it.
+        self._stopped = False
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = _connect(self.directory)
+        self._caught_up = 0.0
+        self._commits = 0
+        self._register_group()
+
+    def _register_group(self) -> None:
+        with self._lock:
+            conn = self._require_open()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "INSERT OR IGNORE INTO offsets (grp, partition, next_seq) VALUES (?, ?, COALESCE("
+                    " (SELECT MIN(seq) FROM records),"
+                    " (SELECT seq + 1 FROM sqlite_sequence WHERE name = 'records'),"
+                    " 1))",
+                    (self.group, STORAGE_PARTITION),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def committed(self) -> int:
+        """The next seq this group needs: where a restarted reader resumes."""
+        with self._lock:
+            row = self._require_open().execute(
+                "SELECT next_seq FROM offsets WHERE grp = ? AND partition = ?", (self.group, STORAGE_PARTITION)
+            ).fetchone()
+        return row[0] if row else 0
+
+    def batches(self) -> reactivex.Observable:
+        def subscribe(observer: abc.ObserverBase, scheduler: abc.SchedulerBase | None = None) -> Disposable:
+            try:
+                self._loop(observer)
+            except Exception as exc:  # noqa: BLE001 - surfaced through on_error
+                observer.on_error(exc)
+            return Disposable()
+
+        return reactivex.create(subscribe)
+
+    def _loop(self, observer: abc.ObserverBase) -> None:
+        # The read cursor is in memory only: it runs ahead of the committed
+        # offset, and a restart falls back to the committed offset.
+        cursor = self.committed()
+        last_poll = last_data = self._clock()
+        while not self._stopped:
+            rows = self._read(cursor)
+            now = self._clock()
+            if rows:
+                cursor = rows[-1][0] + 1
+                last_data = now
+                self._caught_up = 0.0
+                observer.on_next(
+                    RecordBatch.data(
+                        self.partition, [bytes(data) for _, data in rows], [seq for seq, _ in rows], self._wall_clock_us()
+                    )
+                )
+            else:
+                self._caught_up = now - last_data
+                observer.on_next(RecordBatch.idle(self.partition, now - last_poll))
+                self._sleep(self.poll_interval)
+            last_poll = now
+        observer.on_completed()
+
+    def _sleep(self, seconds: float) -> None:
+        # Short slices keep stop() prompt without needing a wake-up lock.
+        deadline = time.monotonic() + seconds
+        while not self._stopped:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, STOP_CHECK_SECONDS))
+
+    def _read(self, cursor: int) -> list[tuple[int, bytes]]:
+        with self._lock:
+            # fetchall() ends the statement, and with it the read transaction,
+            # so the WAL can be checkpointed while downstream works.
+            return self._require_open().execute(
+                "SELECT seq, data FROM records WHERE partition = ? AND seq >= ? ORDER BY seq LIMIT ?",
+                (STORAGE_PARTITION, cursor, self.batch_size),
+            ).fetchall()
+
+    def commit(self, partition: str, position: int) -> None:
+        """Every record with seq < `position` is durable downstream."""
+        if partition != self.partition:
+            raise ValueError(f"unknown partition {partition!r}: this spool reads {self.partition!r}")
+        with self._lock:
+            conn = self._require_open()
+            conn.execute(
+                "INSERT INTO offsets (grp, partition, next_seq) VALUES (?, ?, ?)"
+                " ON CONFLICT (grp, partition) DO UPDATE SET next_seq = MAX(next_seq, excluded.next_seq)",
+                (self.group, STORAGE_PARTITION, position),
+            )
+            self._commits += 1
+            if self._commits % PRUNE_EVERY_COMMITS == 0:
+                self.prune()
+
+    def prune(self) -> int:
+        """Delete up to `PRUNE_CHUNK` rows every group has committed; returns the count."""
+        with self._lock:
+            cur = self._require_open().execute(
+                "DELETE FROM records WHERE seq < MIN("
+                " (SELECT MIN(next_seq) FROM offsets),"
+                " (SELECT MIN(seq) FROM records) + ?)",
+                (PRUNE_CHUNK,),
+            )
+            return cur.rowcount
+
+    def stop(self) -> None:
+        """End `batches()` after the current poll; safe from any thread or a signal handler."""
+        self._stopped = True
+
+    def caught_up_seconds(self) -> float:
+        return self._caught_up
+
+    def _require_open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise ValueError("SpoolReader is closed")
+        return self._conn
+
+    def close(self) -> None:
+        """Stop and release the database; call after the last `commit`."""
+        self.stop()
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> "SpoolReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

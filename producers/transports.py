@@ -1,0 +1,82 @@
+"""Open a transport by URI: `spool:DIR`, `console` (writer only), `mpqueue`.
+
+Usage::
+
+    writer = open_writer("spool:data/spool", max_pending=100_000)
+    reader = open_reader("spool:data/spool", group="default")
+
+To add a transport, add one line per side to `WRITERS` / `READERS`, e.g.
+`"kinesis": lambda target, **options: KinesisWriter(target, **options)`.
+A factory gets the part after the first `:` (possibly empty) and the options.
+`mpqueue` needs the queue itself: `open_writer("mpqueue", queue=q)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from producers.console import ConsoleWriter
+from producers.mp_queue import MpQueueReader, MpQueueWriter
+from producers.spool import SpoolReader, SpoolWriter
+from producers.transport import TransportReader, TransportWriter
+
+EXPECTED = "expected spool:DIR, console, kinesis:STREAM or sqs:QUEUE"
+
+
+class _BadTarget(Exception):
+    """The scheme is known but the part after `:` is missing or unexpected."""
+
+
+def _needs_target(factory: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a factory whose target (the DIR, STREAM, ...) must not be empty."""
+
+    def make(target: str, **options: Any) -> Any:
+        if not target:
+            raise _BadTarget
+        return factory(target, **options)
+
+    return make
+
+
+def _no_target(factory: Callable[..., Any]) -> Callable[..., Any]:
+    def make(target: str, **options: Any) -> Any:
+        if target:
+            raise _BadTarget
+        return factory(**options)
+
+    return make
+
+
+WRITERS: dict[str, Callable[..., TransportWriter]] = {
+    "spool": _needs_target(SpoolWriter),
+    "console": _no_target(ConsoleWriter),
+    "mpqueue": _no_target(MpQueueWriter),
+}
+
+READERS: dict[str, Callable[..., TransportReader]] = {
+    "spool": _needs_target(SpoolReader),
+    "mpqueue": _no_target(MpQueueReader),
+}
+
+
+def _open(registry: dict[str, Callable[..., Any]], uri: str, options: dict[str, Any]) -> Any:
+    scheme, _, target = uri.partition(":")
+    factory = registry.get(scheme)
+    if factory is None and scheme in WRITERS:
+        raise ValueError(f"transport URI {uri!r} is write-only: {EXPECTED}")
+    try:
+        if factory is None:
+            raise _BadTarget
+        return factory(target, **options)
+    except _BadTarget:
+        raise ValueError(f"unknown transport URI {uri!r}: {EXPECTED}") from None
+
+
+def open_writer(uri: str, **options: Any) -> TransportWriter:
+    """The writer for `uri`; `options` go to its constructor."""
+    return _open(WRITERS, uri, options)
+
+
+def open_reader(uri: str, **options: Any) -> TransportReader:
+    """The reader for `uri`; `options` go to its constructor."""
+    return _open(READERS, uri, options)

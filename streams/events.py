@@ -1,0 +1,181 @@
+"""The records that flow through the daemon.
+
+Everything here is a plain, typed value: sources produce `RecordBatch`es, the
+operators in `streams/` turn them into `Event`s, `DeadLetter`s and
+`WindowCount`s, and the consumers in `consumers/` write those out.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from types import MappingProxyType
+from typing import Any, Mapping, Sequence
+
+SCHEMA_VERSION = 1
+"""Written into every record the daemon itself produces (`"v"` field)."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+US_PER_SECOND = 1_000_000
+
+
+def us_to_datetime(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def datetime_to_us(dt: datetime) -> int:
+    # Integer arithmetic: float timestamps lose microseconds far from 1970.
+    delta = dt - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * US_PER_SECOND + delta.microseconds
+
+
+@lru_cache(maxsize=8192)
+def _second_text(second: int) -> str:
+    return us_to_datetime(second * US_PER_SECOND).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def format_utc(us: int) -> str:
+    """`2021-03-01T04:00:00.000000Z`: the seed API's bucket format.
+
+    Formatting is on the hot path of every written event; events arrive roughly
+    in time order, so the second's text is cached.
+    """
+    second, micro = divmod(us, US_PER_SECOND)
+    return f"{_second_text(second)}.{micro:06d}Z"
+
+
+def format_utc_seconds(us: int) -> str:
+    """`2021-03-01T04:00:00Z`: the export format."""
+    return _second_text(us // US_PER_SECOND) + "Z"
+
+
+class BatchKind(enum.Enum):
+    DATA = "data"
+    IDLE = "idle"  # an empty poll of a caught-up unbounded source
+    EOF = "eof"  # the partition is finished: flush everything
+
+
+@dataclass(frozen=True, slots=True)
+class RecordBatch:
+    """A micro-batch from one source partition, or a control signal for it.
+
+    `records` are undecoded lines; `positions[i]` is the position of
+    `records[i]` in its partition (a line number in a file, a sequence in a
+    spool or shard), increasing. Files pass a `range`: no object per record.
+
+    `idle_seconds` is the wall time that passed since the previous poll, set only
+    on IDLE batches. `arrival_us` is the processing time the batch was read at;
+    processing-time formats (GDELT) stamp their events with it.
+    """
+
+    partition: str
+    kind: BatchKind
+    records: Sequence[bytes] = ()
+    positions: Sequence[int] = ()
+    idle_seconds: float = 0.0
+    arrival_us: int = 0
+
+    @classmethod
+    def data(
+        cls, partition: str, records: Sequence[bytes], positions: Sequence[int], arrival_us: int = 0
+    ) -> "RecordBatch":
+        if len(records) != len(positions):
+            raise ValueError("a batch needs one position per record")
+        return cls(partition, BatchKind.DATA, records, positions, arrival_us=arrival_us)
+
+    @classmethod
+    def idle(cls, partition: str, seconds: float) -> "RecordBatch":
+        return cls(partition, BatchKind.IDLE, idle_seconds=seconds)
+
+    @classmethod
+    def eof(cls, partition: str) -> "RecordBatch":
+        return cls(partition, BatchKind.EOF)
+
+
+NO_PROPERTIES: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(slots=True)
+class Event:
+    """A valid event, its time normalised to UTC epoch microseconds."""
+
+    customer_id: str
+    event_type: str
+    transaction_id: str
+    event_time_us: int
+    properties: Mapping[str, Any]  # NO_PROPERTIES when there are none
+    partition: str = ""
+    position: int = 0
+
+    @property
+    def timestamp(self) -> datetime:
+        return us_to_datetime(self.event_time_us)
+
+    @property
+    def dedup_key(self) -> tuple[str, str, str, int]:
+        return (self.customer_id, self.event_type, self.transaction_id, self.event_time_us)
+
+    def field(self, name: str) -> Any:
+        """The value of a rollup key field: a core field or a property."""
+        if name == "customer_id":
+            return self.customer_id
+        if name == "event_type":
+            return self.event_type
+        if name == "transaction_id":
+            return self.transaction_id
+        return self.properties.get(name)
+
+    def to_record(self) -> dict[str, Any]:
+        """The NDJSON wire form, as written to spools, Kinesis, SQS and S3."""
+        record: dict[str, Any] = dict(self.properties)
+        record["v"] = SCHEMA_VERSION
+        record["customer_id"] = self.customer_id
+        record["event_type"] = self.event_type
+        record["transaction_id"] = self.transaction_id
+        record["timestamp"] = format_utc(self.event_time_us)
+        return record
+
+
+class Reason(str, enum.Enum):
+    """Dead-letter reason codes (documented in the README)."""
+
+    MALFORMED = "malformed"
+    MISSING_FIELD = "missing field"
+    BAD_TIMESTAMP = "bad timestamp"
+    NO_UTC_OFFSET = "no UTC offset"
+    NOT_UTF8 = "not utf-8"
+    OVERSIZE = "oversize"
+    FUTURE = "future"
+    LATE = "late"
+    SINK_REJECTED = "sink rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    reason: Reason
+    error: str
+    source: str
+    position: int
+    record: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WindowCount:
+    """The count of one rollup key in one window of one source partition."""
+
+    rollup: str
+    key: tuple[str, ...]
+    window_start_us: int
+    partition: str
+    count: int
+    final: bool
+
+
+class ParseError(ValueError):
+    """A record could not become an event; `reason` is its dead-letter code."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

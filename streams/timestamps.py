@@ -1,0 +1,100 @@
+"""One timestamp parser for data, queries and the HTTP API.
+
+Accepted: `YYYY-MM-DD[T| ]HH:MM[:SS[.f{0,9}]]` followed by `Z`, `+HH`, `+HHMM` or
+`+HH:MM` (or `-`). More than six fraction digits are truncated to microseconds
+(truncated, not rounded, so the instant never moves into the next second).
+`datetime.fromisoformat` alone accepts far more (week dates, compact forms), so
+a regex states the contract first.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone, tzinfo
+from functools import lru_cache
+
+from streams.events import ParseError, Reason, datetime_to_us
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+_ISO = re.compile(
+    r"(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2})?)"  # date and time
+    r"(?:\.(\d{1,9}))?"  # fraction
+    r"(Z|[+-]\d{2}(?::?\d{2})?)?"  # offset
+)
+
+
+_fromisoformat = datetime.fromisoformat
+
+
+def parse_timestamp_us(text: str, naive_zone: tzinfo | None = None) -> int:
+    """UTC epoch microseconds of an ISO 8601 timestamp.
+
+    Raises `ParseError` with reason `no UTC offset` when the text has no offset
+    and no `naive_zone` is given, or `bad timestamp` when it is not ISO 8601.
+
+    This is the hot path of every record. The C `fromisoformat` costs 0.5 µs
+    and the contract regex another 1 µs, so an extended-format timestamp with
+    an offset (the `T`/space separator at index 10 rules out the compact and
+    week forms) goes straight to `fromisoformat`; anything else, and every
+    error, takes the general path, which also words the error.
+    """
+    try:
+        parsed = _fromisoformat(text)
+    except ValueError:
+        return _parse_general(text, naive_zone)
+    if parsed.tzinfo is None or text[10:11] not in _SEPARATORS:
+        return _parse_general(text, naive_zone)
+    return (parsed - _EPOCH) // _ONE_US
+
+
+_SEPARATORS = ("T", " ")
+_ONE_US = timedelta(microseconds=1)
+
+
+def _parse_general(text: str, naive_zone: tzinfo | None) -> int:
+    match = _ISO.fullmatch(text.strip())
+    if match is None:
+        raise ParseError(Reason.BAD_TIMESTAMP, f"not an ISO 8601 timestamp: {text[:64]!r}")
+    base, fraction, offset = match.groups()
+    if fraction:
+        base += "." + (fraction + "00000")[:6]
+    if offset is None:
+        if naive_zone is None:
+            raise ParseError(Reason.NO_UTC_OFFSET, f"timestamp has no UTC offset: {text[:64]!r}")
+    elif offset == "Z":
+        base += "+00:00"
+    else:
+        base += offset
+    try:
+        parsed = datetime.fromisoformat(base)
+    except ValueError as exc:  # 2021-02-30, 25:00, +99:00 ...
+        raise ParseError(Reason.BAD_TIMESTAMP, f"{exc}: {text[:64]!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=naive_zone)
+    return datetime_to_us(parsed)
+
+
+def parse_timestamp(text: str, naive_zone: tzinfo | None = None) -> datetime:
+    from streams.events import us_to_datetime
+
+    return us_to_datetime(parse_timestamp_us(text, naive_zone))
+
+
+def epoch_millis_to_us(value: int) -> int:
+    return value * 1000
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`10m`, `3h`, `90s`, `1d`, `250ms`; a bare number is seconds."""
+    match = _DURATION.fullmatch(str(text).strip())
+    if match is None:
+        raise ValueError(f"not a duration (use e.g. 10m, 3h, 90s): {text!r}")
+    return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+UTC = timezone.utc

@@ -1,0 +1,72 @@
+"""Window shape and time policy, kept apart (as in bytewax's windowing).
+
+`TumblingWindower` says which window an instant falls in. `EventClock` says how
+far a partition's event time has progressed: its watermark. Both work on UTC
+epoch microseconds, so window arithmetic is integer arithmetic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WATERMARK_MIN = -(1 << 62)
+WATERMARK_MAX = 1 << 62
+
+
+@dataclass(frozen=True, slots=True)
+class TumblingWindower:
+    """Fixed windows of `size_us`, aligned to the Unix epoch (so minute windows
+    start at `:00` seconds and hour windows at `:00:00`).
+
+    >>> TumblingWindower(60_000_000).start_of(61_500_000)
+    60000000
+    """
+
+    size_us: int
+
+    def __post_init__(self) -> None:
+        if self.size_us <= 0:
+            raise ValueError("window size must be positive")
+
+    def start_of(self, event_time_us: int) -> int:
+        return event_time_us - event_time_us % self.size_us
+
+    def end_of(self, window_start_us: int) -> int:
+        return window_start_us + self.size_us
+
+
+@dataclass(frozen=True, slots=True)
+class EventClock:
+    """Watermark policy: newest event time seen so far minus `lateness_us`.
+
+    On an unbounded source, an idle poll (empty and caught up) advances the
+    watermark by the wall time that passed, so windows close on a quiet stream.
+    A finite file never idles; its end flushes everything instead.
+    """
+
+    lateness_us: int
+
+    def build(self, resume_watermark_us: int | None = None) -> "EventClockLogic":
+        return EventClockLogic(self.lateness_us, WATERMARK_MIN if resume_watermark_us is None else resume_watermark_us)
+
+
+class EventClockLogic:
+    """The watermark of one partition. It never moves backwards."""
+
+    __slots__ = ("lateness_us", "watermark_us")
+
+    def __init__(self, lateness_us: int, watermark_us: int) -> None:
+        self.lateness_us = lateness_us
+        self.watermark_us = watermark_us
+
+    def on_event(self, event_time_us: int) -> None:
+        candidate = event_time_us - self.lateness_us
+        if candidate > self.watermark_us:
+            self.watermark_us = candidate
+
+    def on_idle(self, elapsed_seconds: float) -> None:
+        if self.watermark_us > WATERMARK_MIN and elapsed_seconds > 0:
+            self.watermark_us += int(elapsed_seconds * 1_000_000)
+
+    def on_eof(self) -> None:
+        self.watermark_us = WATERMARK_MAX
