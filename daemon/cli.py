@@ -108,7 +108,27 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="every written window of a rollup as CSV")
     _common(export)
     export.add_argument("--rollup", required=True)
+
+    for module in _plugin_modules():
+        module.add_commands(sub, _common)
     return parser
+
+
+# Commands of other capabilities (HTTP, Optimizely, operations) live in their
+# own modules; each has `add_commands(subparsers, add_common)` and registers
+# its handlers with `@command(name)`.
+PLUGIN_MODULES = ("daemon.http_commands", "daemon.optimizely_commands", "daemon.ops_commands")
+
+
+def _plugin_modules():
+    import importlib
+
+    for name in PLUGIN_MODULES:
+        try:
+            yield importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
 
 
 def load_for(args: argparse.Namespace) -> Settings:
@@ -288,5 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `... | head`
+        sys.stderr.close()
+        return 0
     finally:
         multiprocessing.active_children()

@@ -6,8 +6,10 @@ Usage::
     reader = open_reader("spool:data/spool", group="default")
 
 To add a transport, add one line per side to `WRITERS` / `READERS`, e.g.
-`"kinesis": lambda target, **options: KinesisWriter(target, **options)`.
-A factory gets the part after the first `:` (possibly empty) and the options.
+`"kinesis": _needs_target(kinesis_writer)`. A factory gets the part after the
+first `:` (possibly empty) and the options; the CLI always passes `settings`
+(the loaded `config.settings.Settings`) and `create_resources`, which a
+factory may use or ignore.
 `mpqueue` needs the queue itself: `open_writer("mpqueue", queue=q)`.
 """
 
@@ -47,14 +49,23 @@ def _no_target(factory: Callable[..., Any]) -> Callable[..., Any]:
     return make
 
 
+def _local(factory: Callable[..., Any]) -> Callable[..., Any]:
+    """Local transports need neither settings nor resource creation."""
+
+    def make(*args: Any, settings: Any = None, create_resources: bool = False, **options: Any) -> Any:
+        return factory(*args, **options)
+
+    return make
+
+
 WRITERS: dict[str, Callable[..., TransportWriter]] = {
-    "spool": _needs_target(SpoolWriter),
+    "spool": _needs_target(_local(SpoolWriter)),
     "console": _no_target(ConsoleWriter),
     "mpqueue": _no_target(MpQueueWriter),
 }
 
 READERS: dict[str, Callable[..., TransportReader]] = {
-    "spool": _needs_target(SpoolReader),
+    "spool": _needs_target(_local(SpoolReader)),
     "mpqueue": _no_target(MpQueueReader),
 }
 

@@ -45,6 +45,16 @@ def parse_timestamp_us(text: str, naive_zone: tzinfo | None = None) -> int:
         return _parse_general(text, naive_zone)
     if parsed.tzinfo is None or text[10:11] not in _SEPARATORS:
         return _parse_general(text, naive_zone)
+    # fromisoformat also takes what the contract does not: more than 9
+    # fraction digits, an empty fraction, offsets with seconds.
+    rest = text[19:] if text[16:17] == ":" else text[16:]
+    if rest[:1] == ".":
+        after = rest[1:].lstrip("0123456789")
+        if not 0 < len(rest) - 1 - len(after) <= 9:
+            return _parse_general(text, naive_zone)
+        rest = after
+    if len(rest) > 6:
+        return _parse_general(text, naive_zone)
     return (parsed - _EPOCH) // _ONE_US
 
 

@@ -1,0 +1,105 @@
+import json
+from datetime import timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.events import ParseError, Reason, format_utc
+from streams.timestamps import parse_duration, parse_timestamp_us
+from tests.oracle import stamp_to_us
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_seed_timestamp_cases_normalise_to_utc():
+    cases = json.loads((FIXTURES / "timestamp_cases.json").read_text())
+    assert len(cases) >= 10
+    for text, expected in cases:
+        assert format_utc(parse_timestamp_us(text)) == expected, text
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("2021-03-01T00:01:11Z", "2021-03-01T00:01:11.000000Z"),
+        ("2021-03-01 00:01:11Z", "2021-03-01T00:01:11.000000Z"),
+        ("2021-03-01 00:01:11.055+00", "2021-03-01T00:01:11.055000Z"),
+        ("2021-03-01 00:01:11.1+0100", "2021-02-28T23:01:11.100000Z"),
+        ("2021-03-01 00:01:11.123456789-05:30", "2021-03-01T05:31:11.123456Z"),  # 9 digits: truncated
+        ("2021-03-01T00:01:11.999999999Z", "2021-03-01T00:01:11.999999Z"),  # never rounds up a second
+        ("2021-03-01T00:01+02:00", "2021-02-28T22:01:00.000000Z"),
+        ("2020-02-29T23:59:59-01", "2020-03-01T00:59:59.000000Z"),
+    ],
+)
+def test_every_form_of_the_contract(text, expected):
+    assert format_utc(parse_timestamp_us(text)) == expected
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("2021-03-01 00:01:11", Reason.NO_UTC_OFFSET),
+        ("2021-03-01T00:01:11.5", Reason.NO_UTC_OFFSET),
+        ("2021-02-30 00:00:00Z", Reason.BAD_TIMESTAMP),
+        ("2021-03-01 24:00:00Z", Reason.BAD_TIMESTAMP),
+        ("2021-03-01 00:00:00+24:00", Reason.BAD_TIMESTAMP),
+        ("yesterday", Reason.BAD_TIMESTAMP),
+        ("", Reason.BAD_TIMESTAMP),
+        ("2021-03-01 00:00:00.Z", Reason.BAD_TIMESTAMP),
+        ("20210301T000000Z", Reason.BAD_TIMESTAMP),
+        ("2021-03-01 00:00:00.1234567890Z", Reason.BAD_TIMESTAMP),
+    ],
+)
+def test_bad_timestamps_are_rejected_with_a_reason(text, reason):
+    with pytest.raises(ParseError) as info:
+        parse_timestamp_us(text)
+    assert info.value.reason is reason
+
+
+def test_naive_timestamps_use_the_configured_zone():
+    berlin = ZoneInfo("Europe/Berlin")
+    assert format_utc(parse_timestamp_us("2021-03-01 01:00:00", berlin)) == "2021-03-01T00:00:00.000000Z"
+    assert format_utc(parse_timestamp_us("2021-07-01 02:00:00", berlin)) == "2021-07-01T00:00:00.000000Z"
+    assert parse_timestamp_us("2021-03-01 00:00:00", timezone.utc) == parse_timestamp_us("2021-03-01T00:00:00Z")
+
+
+def test_the_same_instant_with_other_offsets_is_equal():
+    a = parse_timestamp_us("2021-03-01T10:00:00.5Z")
+    assert a == parse_timestamp_us("2021-03-01 15:30:00.500+05:30") == parse_timestamp_us("2021-03-01T02:00:00.5-0800")
+
+
+offsets = st.one_of(
+    st.just("Z"),
+    st.builds(lambda s, h, m, form: form.format(s=s, h=h, m=m),
+              st.sampled_from("+-"), st.integers(0, 23), st.integers(0, 59),
+              st.sampled_from(["{s}{h:02d}:{m:02d}", "{s}{h:02d}{m:02d}"])),
+    st.builds(lambda s, h: f"{s}{h:02d}", st.sampled_from("+-"), st.integers(0, 23)),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.datetimes(min_value=__import__("datetime").datetime(1971, 1, 1), max_value=__import__("datetime").datetime(9998, 1, 1)),
+    st.sampled_from(["T", " "]),
+    st.integers(0, 9),
+    st.integers(0, 999),
+    offsets,
+)
+def test_parser_agrees_with_an_independent_oracle(moment, sep, digits, extra, offset):
+    text = moment.strftime("%Y-%m-%d") + sep + moment.strftime("%H:%M:%S")
+    if digits:
+        text += "." + (f"{moment.microsecond:06d}{extra:03d}")[:digits]
+    text += offset
+    assert parse_timestamp_us(text) == stamp_to_us(text)
+
+
+def test_durations():
+    assert parse_duration("10m").total_seconds() == 600
+    assert parse_duration("3h").total_seconds() == 10800
+    assert parse_duration("250ms").total_seconds() == 0.25
+    assert parse_duration("90").total_seconds() == 90
+    with pytest.raises(ValueError):
+        parse_duration("ten minutes")

@@ -1,0 +1,217 @@
+"""Windows, watermark, lateness, duplicates and flushing, on plain lists and
+with `reactivex.testing`."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from datetime import timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reactivex.testing import ReactiveTest, TestScheduler
+
+from streams.count_windows import count_windows
+from streams.events import BatchKind, RecordBatch, Reason, format_utc
+from streams.parse_records import parse_records
+from streams.parsers import EventsCsvParser
+from streams.pipeline import make_counter
+from streams.rollups import default_rollups
+from tests.oracle import DEFAULT_ROLLUPS, HOUR, MINUTE, run_oracle
+from tests.pipeline_harness import FAR_FUTURE_CLOCK, run_counter
+
+BASE = 1_614_556_800_000_000  # 2021-03-01T00:00:00Z
+
+
+def row(customer: str, t_us: int, etype: str = "click", txn: str | None = None) -> str:
+    return f"{customer},{etype},{txn or f'{customer}-{t_us}'},{format_utc(t_us)}"
+
+
+def test_window_boundaries_are_start_inclusive_end_exclusive():
+    lines = [row("a", BASE + HOUR - 1), row("a", BASE + HOUR), row("a", BASE + 2 * HOUR - 1)]
+    counts, _ = run_counter(lines, timedelta(minutes=10))
+    assert counts["customer_hourly"] == {(BASE, "a"): 1, (BASE + HOUR, "a"): 2}
+    assert counts["event_type_minutely"] == {
+        (BASE + HOUR - MINUTE, "click"): 1, (BASE + HOUR, "click"): 1, (BASE + 2 * HOUR - MINUTE, "click"): 1}
+
+
+def test_out_of_order_within_lateness_is_counted_and_beyond_is_late():
+    lines = [
+        row("a", BASE + 30 * MINUTE),
+        row("a", BASE + 21 * MINUTE),  # 9 min behind the newest: on time under 10m
+        row("a", BASE + 19 * MINUTE),  # 11 min behind: late
+        row("a", BASE + 20 * MINUTE),  # exactly at the watermark: on time
+    ]
+    counts, results = run_counter(lines, timedelta(minutes=10))
+    assert counts["customer_hourly"] == {(BASE, "a"): 3}
+    late = [d for r in results for d in r.dead_letters if d.reason is Reason.LATE]
+    assert [d.position for d in late] == [3]
+    assert sum(r.max_late_by_us for r in results) == MINUTE
+
+
+def test_a_window_closes_once_the_watermark_passes_its_end():
+    lines = [row("a", BASE + 5 * MINUTE), row("a", BASE + 70 * MINUTE), row("b", BASE + 71 * MINUTE)]
+    counts, results = run_counter(lines, timedelta(minutes=10), sizes=[1, 1, 1])
+    # The hour [00:00, 01:00) closes when the watermark (newest - 10m) reaches 01:00,
+    # i.e. not at 01:10 (event 2 makes the watermark exactly 01:00)...
+    closed_after = [sorted((c.rollup, c.window_start_us) for c in r.closed if c.rollup == "customer_hourly") for r in results]
+    assert closed_after[0] == []
+    assert closed_after[1] == [("customer_hourly", BASE)]
+    assert counts["customer_hourly"][(BASE + HOUR, "a")] == 1  # flushed at EOF
+    assert results[-1].kind is BatchKind.EOF
+
+
+def test_duplicates_across_offsets_are_dropped_and_counted():
+    t = BASE + 5 * MINUTE + 123456
+    lines = [
+        "c1,click,x1,2021-03-01T00:05:00.123456Z",
+        "c1,click,x1,2021-03-01 05:35:00.123456+05:30",  # same instant
+        "c1,click,x1,2021-03-01T00:05:00.1234569Z",  # 7 digits: truncated to the same microsecond
+        "c1,click,x1,2021-03-01T00:05:00.123457Z",  # another instant: not a duplicate
+    ]
+    counts, results = run_counter(lines, timedelta(minutes=10))
+    assert sum(r.duplicates for r in results) == 2
+    assert counts["customer_hourly"] == {(BASE, "c1"): 2}
+    assert t  # the instant used above
+
+
+def test_future_events_are_dead_lettered_and_do_not_move_the_watermark():
+    now = BASE + HOUR
+    lines = [row("a", BASE), row("a", BASE + 400 * 24 * HOUR), row("a", BASE + 1)]
+    counts, results = run_counter(lines, timedelta(minutes=10), now_us=now)
+    assert [d.reason for r in results for d in r.dead_letters] == [Reason.FUTURE]
+    assert counts["customer_hourly"] == {(BASE, "a"): 2}  # the third is not late
+
+
+def test_idle_ticks_advance_the_watermark_by_wall_time_and_close_windows():
+    parser = EventsCsvParser()
+    counter = make_counter(default_rollups(), timedelta(minutes=10), lambda: FAR_FUTURE_CLOCK).build("s")
+    first = counter.on_batch(parser.parse_batch(RecordBatch.data("s", [row("a", BASE + 59 * MINUTE).encode()], [1])))
+    assert first.closed == []
+    assert counter.on_batch(parser.parse_batch(RecordBatch.idle("s", 60))).closed == []
+    # The newest event is 00:59, the watermark 00:49; 11 more idle minutes pass 01:00.
+    out = counter.on_batch(parser.parse_batch(RecordBatch.idle("s", 10 * 60)))
+    assert {(c.rollup, c.window_start_us) for c in out.closed} == {
+        ("customer_hourly", BASE), ("event_type_minutely", BASE + 59 * MINUTE)}
+    assert out.safe_position == 2  # nothing open: every record is reflected
+
+
+def test_an_idle_tick_before_any_event_does_nothing():
+    counter = make_counter(default_rollups(), timedelta(minutes=10), lambda: FAR_FUTURE_CLOCK).build("s")
+    parser = EventsCsvParser()
+    counter.on_batch(parser.parse_batch(RecordBatch.idle("s", 10**6)))
+    out = counter.on_batch(parser.parse_batch(RecordBatch.data("s", [row("a", BASE).encode()], [1])))
+    assert out.late == 0
+
+
+def test_safe_position_never_passes_the_first_event_of_an_open_window():
+    lines = [row("a", BASE + 1), row("b", BASE + 30 * MINUTE), row("c", BASE + 61 * MINUTE)]
+    _, results = run_counter(lines, timedelta(minutes=10), sizes=[1, 1, 1])
+    assert [r.safe_position for r in results[:3]] == [1, 1, 1]
+    assert results[-1].safe_position == 4
+
+
+def test_stop_flushes_open_windows_as_provisional():
+    parser = EventsCsvParser()
+    counter = make_counter(default_rollups(), timedelta(minutes=10), lambda: FAR_FUTURE_CLOCK).build("s")
+    counter.on_batch(parser.parse_batch(RecordBatch.data("s", [row("a", BASE).encode()], [7])))
+    out = counter.on_stop()
+    assert {(c.rollup, c.count, c.final) for c in out.closed} == {("customer_hourly", 1, False), ("event_type_minutely", 1, False)}
+    assert out.safe_position == 7
+
+
+def test_state_is_bounded_by_open_windows():
+    lines = [row(f"c{i % 50}", BASE + i * 1_000_000) for i in range(20_000)]  # 5.5 hours, one per second
+    parser = EventsCsvParser()
+    counter = make_counter(default_rollups(), timedelta(minutes=10), lambda: FAR_FUTURE_CLOCK).build("p")
+    peak_seen = peak_windows = 0
+    for i in range(0, len(lines), 500):
+        chunk = [line.encode() for line in lines[i:i + 500]]
+        counter.on_batch(parser.parse_batch(RecordBatch.data("p", chunk, range(i + 1, i + 1 + len(chunk)))))
+        peak_seen = max(peak_seen, sum(len(s) for s in counter.seen.values()))
+        peak_windows = max(peak_windows, sum(len(r.windows) for r in counter.rollups))
+    assert peak_seen <= 12 * 60 + 500  # ~11 minutes of keys plus one batch
+    assert peak_windows <= 2 + 20
+
+
+def test_rx_operator_with_test_scheduler():
+    scheduler = TestScheduler()
+    parser = EventsCsvParser()
+    counter = make_counter(default_rollups(), timedelta(minutes=10), lambda: FAR_FUTURE_CLOCK)
+    b1 = RecordBatch.data("f", [row("a", BASE).encode(), b"garbage"], [1, 2])
+    b2 = RecordBatch.data("f", [row("a", BASE + 2 * HOUR).encode()], [3])
+    source = scheduler.create_hot_observable(
+        ReactiveTest.on_next(210, b1), ReactiveTest.on_next(220, b2), ReactiveTest.on_next(230, RecordBatch.eof("f")),
+        ReactiveTest.on_completed(240),
+    )
+    results = scheduler.start(lambda: source.pipe(parse_records(parser), count_windows(counter)))
+    values = [m.value.value for m in results.messages if m.value.kind == "N"]
+    assert [v.malformed for v in values] == [1, 0, 0]
+    assert {(c.rollup, c.window_start_us) for c in values[1].closed} >= {("customer_hourly", BASE)}
+    final_hours = sorted(c.window_start_us for v in values for c in v.closed if c.rollup == "customer_hourly")
+    assert final_hours == [BASE, BASE + 2 * HOUR]
+    assert results.messages[-1].value.kind == "C"
+
+
+def test_rx_operator_keeps_partitions_apart():
+    parser = EventsCsvParser()
+    counter = make_counter(default_rollups(), timedelta(minutes=10), lambda: FAR_FUTURE_CLOCK)
+    import reactivex
+
+    batches = [
+        RecordBatch.data("s1", [row("a", BASE + 3 * HOUR).encode()], [1]),
+        RecordBatch.data("s2", [row("a", BASE).encode()], [1]),  # not late: s2 has its own watermark
+        RecordBatch.eof("s1"), RecordBatch.eof("s2"),
+    ]
+    out = []
+    reactivex.from_iterable(batches).pipe(parse_records(parser), count_windows(counter)).subscribe(out.append)
+    assert sum(b.late for b in out) == 0
+    assert sorted((c.partition, c.window_start_us) for b in out for c in b.closed if c.rollup == "customer_hourly") == [
+        ("s1", BASE + 3 * HOUR), ("s2", BASE)]
+
+
+# -- property: any batching gives the oracle's answer ---------------------------
+
+
+events = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c"]),
+        st.sampled_from(["click", "view"]),
+        st.integers(0, 5 * 60 * 60),  # seconds within 5 hours
+        st.integers(0, 999),  # milliseconds
+        st.sampled_from(["Z", "+00", "+05:30", "-0800", "+01"]),
+        st.booleans(),  # re-send an earlier event
+    ),
+    max_size=300,
+)
+
+
+def render(t_us: int, offset: str) -> str:
+    from datetime import datetime, timedelta, timezone
+
+    sign = -1 if offset.startswith("-") else 1
+    body = offset[1:].replace(":", "") if offset != "Z" else "0000"
+    minutes = int(body[:2]) * 60 + int(body[2:] or 0)
+    local = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=t_us) + timedelta(minutes=sign * minutes)
+    return local.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + offset
+
+
+@settings(max_examples=150, deadline=None)
+@given(events, st.lists(st.integers(1, 40), max_size=30), st.sampled_from([0, 60, 600, 3600]))
+def test_counts_equal_the_oracle_for_any_batching(items, sizes, lateness_s):
+    lines, sent = [], []
+    for customer, etype, sec, ms, offset, resend in items:
+        if resend and sent:
+            lines.append(random.Random(sec).choice(sent))
+            continue
+        t = BASE + sec * 1_000_000 + ms * 1000
+        line = f"{customer},{etype},{customer}{sec}{ms},{render(t, offset)}"
+        lines.append(line)
+        sent.append(line)
+    expected = run_oracle(lines, lateness_s * 1_000_000, DEFAULT_ROLLUPS)
+    counts, results = run_counter(lines, timedelta(seconds=lateness_s), sizes)
+    for name in DEFAULT_ROLLUPS:
+        assert counts[name] == Counter(expected.counts[name])
+    assert sum(r.late for r in results) == expected.late
+    assert sum(r.duplicates for r in results) == expected.duplicates
+    assert sum(len(r.events) for r in results) == expected.valid
