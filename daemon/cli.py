@@ -26,6 +26,7 @@ from daemon.job import parser_for, run_job
 from producers.file_source import FileSource, file_partition
 from producers.random_source import RandomEventSource
 from streams.events import format_utc, format_utc_seconds
+from streams.parsers import PARSERS
 from streams.timestamps import parse_duration, parse_timestamp_us
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -142,6 +143,8 @@ def load_for(args: argparse.Namespace) -> Settings:
         except ValueError as exc:
             raise CliError(f"--lateness: {exc}") from None
     if getattr(args, "format", None):
+        if args.format not in PARSERS:
+            raise CliError(f"--format: unknown format {args.format!r}, expected one of {', '.join(PARSERS)}")
         changes["format"] = args.format
     settings = settings.with_overrides(**changes)
     configure(settings)
