@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import string
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -21,10 +21,27 @@ DEFAULT_RAW_KEY_TEMPLATE = (
 
 @dataclass
 class _Buffer:
+    """One object being built. Compressed as it grows, so a 64 MiB object
+    costs a few MiB of memory, not 64."""
+
     first_position: int
     opened_at: float
-    lines: list[bytes] = field(default_factory=list)
-    size: int = 0
+    compressor: "zlib._Compress" = field(default_factory=lambda: zlib.compressobj(6, zlib.DEFLATED, 31))
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0  # uncompressed bytes
+    events: int = 0
+
+    def add(self, lines: list[bytes]) -> None:
+        data = b"".join(lines)
+        self.size += len(data)
+        self.events += len(lines)
+        chunk = self.compressor.compress(data)
+        if chunk:
+            self.chunks.append(chunk)
+
+    def finish(self) -> bytes:
+        self.chunks.append(self.compressor.flush())
+        return b"".join(self.chunks)
 
 
 class S3PartitionedWriter:
@@ -87,6 +104,8 @@ class S3PartitionedWriter:
         now = self.clock()
         encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=list).encode
         prefixes: dict[tuple[str, int, str], str] = {}
+        # Lines are grouped per object and compressed a group at a time.
+        grouped: dict[tuple[str, str], tuple[int, list[bytes]]] = {}
         for event in batch.events:
             if self._cacheable:
                 cache_key = (event.event_type, event.event_time_us // 3_600_000_000, event.partition)
@@ -96,25 +115,32 @@ class S3PartitionedWriter:
             else:
                 prefix = render_key(self._prefix_template, self._values(event))
             buffer_key = (event.partition, prefix)
-            buffer = self._buffers.get(buffer_key)
-            if buffer is None:
-                buffer = self._buffers[buffer_key] = _Buffer(event.position, now)
-            line = encode(event.to_record()).encode() + b"\n"
-            buffer.lines.append(line)
-            buffer.size += len(line)
-            if buffer.size >= self.max_bytes:
-                self._write(buffer_key)
+            pending = grouped.get(buffer_key)
+            if pending is None:
+                pending = grouped[buffer_key] = (event.position, [])
+            pending[1].append(encode(event.to_record()).encode() + b"\n")
+            if len(pending[1]) >= 1000:
+                self._add(buffer_key, *grouped.pop(buffer_key), now)
+        for buffer_key, (first_position, lines) in grouped.items():
+            self._add(buffer_key, first_position, lines, now)
         for buffer_key in [k for k, b in self._buffers.items() if now - b.opened_at >= self.max_age_seconds]:
+            self._write(buffer_key)
+
+    def _add(self, buffer_key: tuple[str, str], first_position: int, lines: list[bytes], now: float) -> None:
+        buffer = self._buffers.get(buffer_key)
+        if buffer is None:
+            buffer = self._buffers[buffer_key] = _Buffer(first_position, now)
+        buffer.add(lines)
+        if buffer.size >= self.max_bytes:
             self._write(buffer_key)
 
     def _write(self, buffer_key: tuple[str, str]) -> None:
         buffer = self._buffers.pop(buffer_key)
         _, prefix = buffer_key
         key = prefix + f"{buffer.first_position:012d}" + render_key(self._suffix_template, {})
-        body = gzip.compress(b"".join(buffer.lines), compresslevel=6, mtime=0)
-        self.store.put(key, body)
+        self.store.put(key, buffer.finish())
         self.objects_written += 1
-        self.events_written += len(buffer.lines)
+        self.events_written += buffer.events
 
     def flush(self) -> None:
         for buffer_key in list(self._buffers):
