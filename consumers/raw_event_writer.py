@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import string
 import time
 import zlib
@@ -102,7 +101,6 @@ class S3PartitionedWriter:
 
     def write(self, batch: CountedBatch) -> None:
         now = self.clock()
-        encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=list).encode
         prefixes: dict[tuple[str, int, str], str] = {}
         # Lines are grouped per object and compressed a group at a time.
         grouped: dict[tuple[str, str], tuple[int, list[bytes]]] = {}
@@ -118,7 +116,7 @@ class S3PartitionedWriter:
             pending = grouped.get(buffer_key)
             if pending is None:
                 pending = grouped[buffer_key] = (event.position, [])
-            pending[1].append(encode(event.to_record()).encode() + b"\n")
+            pending[1].append(event.to_json_line())
             if len(pending[1]) >= 1000:
                 self._add(buffer_key, *grouped.pop(buffer_key), now)
         for buffer_key, (first_position, lines) in grouped.items():

@@ -3,7 +3,6 @@ to a transport; bad records go to the dead-letter output there and then."""
 
 from __future__ import annotations
 
-import json
 import threading
 
 import reactivex
@@ -12,14 +11,22 @@ from config.settings import Settings
 from consumers.ports import DeadLetterSink
 from producers.transports import open_writer
 from streams.parse_records import parse_records
+from streams.events import DeadLetter, Reason
 from streams.parsers import ParsedBatch, RecordParser
 
 
 def produce(
-    source: reactivex.Observable, parser: RecordParser, uri: str, dead_letters: DeadLetterSink, settings: Settings
+    source: reactivex.Observable,
+    parser: RecordParser,
+    uri: str,
+    dead_letters: DeadLetterSink,
+    settings: Settings,
+    create_resources: bool = False,
 ) -> tuple[int, int]:
-    writer = open_writer(uri, settings=settings)
-    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=list).encode
+    writer = open_writer(uri, settings=settings, create_resources=create_resources)
+    # Writers that can refuse a record outright (Kinesis: over 1 MiB) hand it back
+    # through `take_rejected()`; it is dead-lettered like a bad input record.
+    take_rejected = getattr(writer, "take_rejected", None)
     totals = {"sent": 0, "dead": 0}
     errors: list[BaseException] = []
     done = threading.Event()
@@ -29,7 +36,15 @@ def produce(
             dead_letters.write(parsed.dead_letters)
             totals["dead"] += len(parsed.dead_letters)
         if parsed.events:
-            totals["sent"] += writer.send([encode(e.to_record()).encode() for e in parsed.events])
+            totals["sent"] += writer.send([e.to_json_line()[:-1] for e in parsed.events])
+            if take_rejected is not None:
+                rejected = [
+                    DeadLetter(Reason(r.reason), r.error, parsed.partition, parsed.events[r.index].position, r.record)
+                    for r in take_rejected()
+                ]
+                if rejected:
+                    dead_letters.write(rejected)
+                    totals["dead"] += len(rejected)
 
     def on_error(exc: BaseException) -> None:
         errors.append(exc)

@@ -8,6 +8,7 @@ operators in `streams/` turn them into `Event`s, `DeadLetter`s and
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
@@ -96,6 +97,10 @@ class RecordBatch:
 
 NO_PROPERTIES: Mapping[str, Any] = MappingProxyType({})
 
+_json_string = json.encoder.encode_basestring  # type: ignore[attr-defined]  # C, non-ASCII kept as is
+# Tuples (GDELT's countries) are written as lists.
+_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=list).encode
+
 
 @dataclass(slots=True)
 class Event:
@@ -126,6 +131,20 @@ class Event:
         if name == "transaction_id":
             return self.transaction_id
         return self.properties.get(name)
+
+    def to_json_line(self) -> bytes:
+        """`to_record()` as one compact NDJSON line with its newline.
+
+        Every written event passes here, so the common case (no properties)
+        is formatted directly instead of going through `json.dumps`.
+        """
+        if self.properties:
+            return _encode_json(self.to_record()).encode() + b"\n"
+        return (
+            f'{{"v":{SCHEMA_VERSION},"customer_id":{_json_string(self.customer_id)},'
+            f'"event_type":{_json_string(self.event_type)},"transaction_id":{_json_string(self.transaction_id)},'
+            f'"timestamp":"{format_utc(self.event_time_us)}"}}\n'
+        ).encode()
 
     def to_record(self) -> dict[str, Any]:
         """The NDJSON wire form, as written to spools, Kinesis, SQS and S3."""
