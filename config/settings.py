@@ -59,6 +59,7 @@ class Settings:
     batch_size: int
     max_record_bytes: int
     checkpoint_interval: float
+    stop_timeout: timedelta
     idle_poll_interval: float
     rollups: tuple[RollupSpec, ...]
     query_rollup: str
@@ -208,6 +209,7 @@ def _build(raw: dict[str, Any], profile: Path) -> Settings:
         batch_size=pipeline.positive_int("batch_size", 5000),
         max_record_bytes=pipeline.positive_int("max_record_bytes", 1 << 20),
         checkpoint_interval=pipeline.get("checkpoint_interval", float, 1.0),
+        stop_timeout=pipeline.duration("stop_timeout", "30s"),
         idle_poll_interval=pipeline.get("idle_poll_interval", float, 0.2),
         rollups=tuple(rollups),
         query_rollup=query.get("rollup", str, "customer_hourly"),

@@ -29,6 +29,7 @@ class _Buffer:
     chunks: list[bytes] = field(default_factory=list)
     size: int = 0  # uncompressed bytes
     events: int = 0
+    body: bytes | None = None
 
     def add(self, lines: list[bytes]) -> None:
         data = b"".join(lines)
@@ -39,8 +40,12 @@ class _Buffer:
             self.chunks.append(chunk)
 
     def finish(self) -> bytes:
-        self.chunks.append(self.compressor.flush())
-        return b"".join(self.chunks)
+        """The gzip body; idempotent, so a failed put can be retried."""
+        if self.body is None:
+            self.chunks.append(self.compressor.flush())
+            self.body = b"".join(self.chunks)
+            self.chunks = []
+        return self.body
 
 
 class S3PartitionedWriter:
@@ -126,6 +131,9 @@ class S3PartitionedWriter:
 
     def _add(self, buffer_key: tuple[str, str], first_position: int, lines: list[bytes], now: float) -> None:
         buffer = self._buffers.get(buffer_key)
+        if buffer is not None and buffer.body is not None:  # finished, but its put failed
+            self._write(buffer_key)
+            buffer = None
         if buffer is None:
             buffer = self._buffers[buffer_key] = _Buffer(first_position, now)
         buffer.add(lines)
@@ -133,10 +141,13 @@ class S3PartitionedWriter:
             self._write(buffer_key)
 
     def _write(self, buffer_key: tuple[str, str]) -> None:
-        buffer = self._buffers.pop(buffer_key)
+        # The buffer is dropped only once the store has the object: if `put`
+        # fails, its events stay pending and the source is not checkpointed.
+        buffer = self._buffers[buffer_key]
         _, prefix = buffer_key
         key = prefix + f"{buffer.first_position:012d}" + render_key(self._suffix_template, {})
         self.store.put(key, buffer.finish())
+        del self._buffers[buffer_key]
         self.objects_written += 1
         self.events_written += buffer.events
 

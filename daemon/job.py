@@ -11,6 +11,7 @@ import inject
 import reactivex
 
 from config.settings import Settings
+from daemon.health import HEALTH
 from consumers.aggregate_writer import AggregateWriter
 from consumers.count_sink import CountSink
 from consumers.dead_letter_sink import DeadLetterOutput
@@ -61,6 +62,7 @@ def run_job(
     sinks: list[Sink] | None = None,
     wall_clock: Callable[[], int] = wall_clock_us,
     progress_total: int | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> RunSummary:
     """Subscribe the pipeline on this thread and block until the source
     completes; then flush and checkpoint every sink. Raises what broke the
@@ -74,6 +76,7 @@ def run_job(
 
     def on_next(batch) -> None:
         fan_out.on_next(batch)
+        HEALTH.progress(batch.read)
         if progress is not None:
             progress.update(batch.read)
 
@@ -81,6 +84,8 @@ def run_job(
         errors.append(exc)
         done.set()
 
+    if on_ready is not None:
+        on_ready()
     build_pipeline(source, parser, counter).subscribe(on_next, on_error, done.set)
     done.wait()
     if progress is not None:

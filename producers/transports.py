@@ -15,6 +15,7 @@ factory may use or ignore.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable
 
 from producers.console import ConsoleWriter
@@ -58,15 +59,24 @@ def _local(factory: Callable[..., Any]) -> Callable[..., Any]:
     return make
 
 
+def _lazy(module: str, name: str) -> Callable[..., Any]:
+    """A factory imported on first use, so local mode never imports boto3."""
+    return lambda *args, **options: getattr(importlib.import_module(module), name)(*args, **options)
+
+
 WRITERS: dict[str, Callable[..., TransportWriter]] = {
     "spool": _needs_target(_local(SpoolWriter)),
-    "console": _no_target(ConsoleWriter),
-    "mpqueue": _no_target(MpQueueWriter),
+    "console": _no_target(_local(ConsoleWriter)),
+    "mpqueue": _no_target(_local(MpQueueWriter)),
+    "kinesis": _needs_target(_lazy("producers.kinesis_writer", "KinesisWriter")),
+    "sqs": _needs_target(_lazy("producers.sqs_transport", "SqsWriter")),
 }
 
 READERS: dict[str, Callable[..., TransportReader]] = {
     "spool": _needs_target(_local(SpoolReader)),
-    "mpqueue": _no_target(MpQueueReader),
+    "mpqueue": _no_target(_local(MpQueueReader)),
+    "kinesis": _needs_target(_lazy("producers.kinesis_reader", "KinesisReader")),
+    "sqs": _needs_target(_lazy("producers.sqs_transport", "SqsReader")),
 }
 
 
