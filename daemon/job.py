@@ -18,6 +18,7 @@ from consumers.dead_letter_sink import DeadLetterOutput
 from consumers.fan_out import Commit, SinkFanOut
 from consumers.ports import CountStore, DeadLetterSink, ObjectStore, Sink
 from consumers.raw_event_writer import S3PartitionedWriter
+from consumers.retrying_ports import RetryingCountStore, RetryingObjectStore
 from consumers.run_summary import RunSummary
 from producers.file_source import wall_clock_us
 from streams.parsers import RecordParser, make_parser
@@ -34,19 +35,20 @@ class JobOptions:
 def build_sinks(settings: Settings) -> list[Sink]:
     """The sinks of the configured backend, in write order: dead letters and raw
     events first, counts last (so a count is never ahead of its raw data)."""
+    objects = RetryingObjectStore(inject.instance(ObjectStore))
     sinks: list[Sink] = [DeadLetterOutput(inject.instance(DeadLetterSink))]
     if settings.raw_events.enabled:
         sinks.append(
             S3PartitionedWriter(
-                inject.instance(ObjectStore),
+                objects,
                 settings.raw_events.key_template,
                 settings.raw_events.max_bytes,
                 settings.raw_events.max_age.total_seconds(),
             )
         )
     if settings.aggregates.enabled:
-        sinks.append(AggregateWriter(inject.instance(ObjectStore), settings.aggregates.key_template))
-    sinks.append(CountSink(inject.instance(CountStore)))
+        sinks.append(AggregateWriter(objects, settings.aggregates.key_template))
+    sinks.append(CountSink(RetryingCountStore(inject.instance(CountStore))))
     return sinks
 
 

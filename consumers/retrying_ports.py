@@ -1,0 +1,103 @@
+"""Ride out outages: retry idempotent port calls with capped exponential
+backoff and full jitter, report the outage to the health model, and recover by
+themselves when the service returns.
+
+Only idempotent calls are retried here (an object put under a fixed key, a
+max-upsert of counts), so a retry can never duplicate data. While a call is
+being retried the pipeline waits: the source is not read further and not
+checkpointed past it. A stop request (SIGTERM) ends the wait with the error,
+and the source replays from its last checkpoint after a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from typing import Callable, Iterator, Sequence, TypeVar
+
+from consumers.ports import CountStore, ObjectStore
+from daemon.health import HEALTH, PipelineHealth
+from streams.events import WindowCount
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+STOP_REQUESTED = threading.Event()
+"""Set when the process is asked to stop; retries then give up."""
+
+
+class Backoff:
+    def __init__(self, base: float = 0.2, cap: float = 30.0, rng: random.Random | None = None,
+                 sleep: Callable[[float], None] | None = None) -> None:
+        self.base, self.cap = base, cap
+        self.rng = rng or random.Random()
+        self.sleep = sleep or (lambda seconds: STOP_REQUESTED.wait(seconds))
+
+    def delay(self, attempt: int) -> float:
+        return self.rng.uniform(0, min(self.cap, self.base * 2 ** attempt))
+
+
+def retry_until_done(call: Callable[[], T], what: str, backoff: Backoff, health: PipelineHealth = HEALTH,
+                     retryable: Callable[[BaseException], bool] = lambda exc: True) -> T:
+    attempt = 0
+    while True:
+        try:
+            result = call()
+        except Exception as exc:
+            if not retryable(exc) or STOP_REQUESTED.is_set():
+                raise
+            delay = backoff.delay(attempt)
+            if attempt == 0 or attempt % 10 == 0:
+                log.warning("%s failed (attempt %d), retrying in %.1fs: %s", what, attempt + 1, delay, exc)
+            health.failing(what, str(exc)[:200])
+            attempt += 1
+            backoff.sleep(delay)
+            continue
+        if attempt:
+            log.warning("%s recovered after %d attempts", what, attempt + 1)
+            health.recovered(what)
+        return result
+
+
+class RetryingCountStore:
+    """A `CountStore` whose writes survive outages (upserts are max-upserts,
+    so repeating one is harmless)."""
+
+    def __init__(self, inner: CountStore, backoff: Backoff | None = None) -> None:
+        self.inner = inner
+        self.backoff = backoff or Backoff()
+
+    def upsert(self, counts: Sequence[WindowCount]) -> None:
+        retry_until_done(lambda: self.inner.upsert(counts), "count store", self.backoff)
+
+    def buckets(self, rollup: str, key: tuple[str, ...], start_us: int, end_us: int) -> list[tuple[int, int]]:
+        return self.inner.buckets(rollup, key, start_us, end_us)
+
+    def export(self, rollup: str) -> Iterator[tuple[int, tuple[str, ...], int]]:
+        return self.inner.export(rollup)
+
+    def total(self, rollup: str, key: tuple[str, ...]) -> int:
+        return self.inner.total(rollup, key)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class RetryingObjectStore:
+    """An `ObjectStore` whose puts survive outages (a key is written whole or
+    not at all, so repeating a put is harmless)."""
+
+    def __init__(self, inner: ObjectStore, backoff: Backoff | None = None) -> None:
+        self.inner = inner
+        self.backoff = backoff or Backoff()
+
+    def put(self, key: str, body: bytes) -> None:
+        retry_until_done(lambda: self.inner.put(key, body), "object store", self.backoff)
+
+    def get(self, key: str) -> bytes:
+        return self.inner.get(key)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        return self.inner.list(prefix)
