@@ -22,6 +22,7 @@ from consumers.retrying_ports import RetryingCountStore, RetryingObjectStore
 from consumers.run_summary import RunSummary
 from producers.file_source import wall_clock_us
 from streams.parsers import RecordParser, make_parser
+from streams.count_windows import count_windows
 from streams.pipeline import build_pipeline, make_counter
 
 
@@ -65,10 +66,12 @@ def run_job(
     wall_clock: Callable[[], int] = wall_clock_us,
     progress_total: int | None = None,
     on_ready: Callable[[], None] | None = None,
+    parsed: bool = False,
 ) -> RunSummary:
     """Subscribe the pipeline on this thread and block until the source
     completes; then flush and checkpoint every sink. Raises what broke the
-    stream (a sink failure, never a bad record)."""
+    stream (a sink failure, never a bad record). With `parsed=True` the
+    source already yields `ParsedBatch`es (parsed in another process)."""
     counter = make_counter(settings.rollups, settings.lateness, wall_clock, settings.future_tolerance)
     summary = RunSummary()
     fan_out = SinkFanOut(sinks if sinks is not None else build_sinks(settings), summary, commit, settings.checkpoint_interval)
@@ -88,7 +91,8 @@ def run_job(
 
     if on_ready is not None:
         on_ready()
-    build_pipeline(source, parser, counter).subscribe(on_next, on_error, done.set)
+    stream = source.pipe(count_windows(counter)) if parsed else build_pipeline(source, parser, counter)
+    stream.subscribe(on_next, on_error, done.set)
     done.wait()
     if progress is not None:
         progress.close()

@@ -1,36 +1,68 @@
-"""`run --processes 2`: the source in a producer process, the pipeline in
-this one, joined by a bounded multiprocessing queue (seed 002's local mode)."""
+"""`run --processes 2`: the source and the parser in a producer process, the
+counting and the sinks in this one, joined by a bounded multiprocessing queue
+(seed 002's local mode).
+
+The producer parses at the edge and ships parsed batches as plain columns
+(`streams/parsed_columns.py`), so the two processes split the work: reading
+and parsing on one core, windows and sinks on the other. The queue holds at
+most `queue_batches` batches; a full queue blocks the producer.
+"""
 
 from __future__ import annotations
 
 import multiprocessing
+import queue as queue_module
+import threading
+
+import reactivex
+from reactivex import abc
 
 from config.settings import Settings
 from consumers.run_summary import RunSummary
 from daemon.job import run_job
-from producers.mp_queue import MpQueueReader, MpQueueWriter, make_queue
 from streams.events import BatchKind
+from streams.parsed_columns import from_columns, to_columns
 from streams.parsers import RecordParser
 
+_END = None
 
-def _producer(source, queue, batch_size: int) -> None:
-    writer = MpQueueWriter(queue, batch_size=batch_size)
 
+def _producer(source, parser: RecordParser, queue) -> None:
     def on_next(batch) -> None:
-        if batch.kind is BatchKind.DATA:
-            writer.send(batch.records)
+        queue.put(to_columns(parser.parse_batch(batch)))
 
-    source.observable().subscribe(on_next)
-    writer.close()
+    try:
+        source.observable().subscribe(on_next)
+    finally:
+        queue.put(_END)
 
 
-def run_two_processes(settings: Settings, source, parser: RecordParser, queue_batches: int = 64) -> RunSummary:
-    queue = make_queue(maxsize=queue_batches)
-    child = multiprocessing.Process(target=_producer, args=(source, queue, settings.batch_size), name="producer", daemon=True)
+def _parsed_batches(queue, child: multiprocessing.Process) -> reactivex.Observable:
+    def subscribe(observer: abc.ObserverBase, scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
+        while True:
+            try:
+                item = queue.get(timeout=1.0)
+            except queue_module.Empty:
+                if not child.is_alive():
+                    observer.on_error(RuntimeError(f"the producer process died (exit code {child.exitcode})"))
+                    break
+                continue
+            if item is _END:
+                observer.on_completed()
+                break
+            observer.on_next(from_columns(item))
+        return reactivex.disposable.Disposable()
+
+    return reactivex.create(subscribe)
+
+
+def run_two_processes(settings: Settings, source, parser: RecordParser, queue_batches: int = 16) -> RunSummary:
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue(maxsize=queue_batches)
+    child = ctx.Process(target=_producer, args=(source, parser, queue), name="producer", daemon=True)
     child.start()
     try:
-        reader = MpQueueReader(queue, source.partition)
-        summary = run_job(settings, reader.batches(), parser)
+        summary = run_job(settings, _parsed_batches(queue, child), parser, parsed=True)
     finally:
         child.join(timeout=30)
         if child.is_alive():
