@@ -51,8 +51,11 @@ class CountedBatch:
     watermark_us: int = WATERMARK_MIN
     max_late_by_us: int = 0  # how far the most late event fell behind the watermark
     # Every record before this position is fully reflected in final outputs, so
-    # a source may checkpoint here once the sinks have written this batch.
+    # a source may checkpoint here once the sinks have written this batch, and
+    # a replay from it must start with this watermark to decide exactly as the
+    # first run did (what was late stays late).
     safe_position: int = 0
+    safe_watermark_us: int = WATERMARK_MIN
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,8 @@ class _RollupState:
         self.spec = spec
         self.size = spec.window.size_us
         self.windows: dict[int, dict[tuple[str, ...], int]] = {}
-        self.first_position: dict[int, int] = {}
+        # window start -> (position of its first event, watermark just before it)
+        self.first_position: dict[int, tuple[int, int]] = {}
         # Rollups on core fields skip the generic (property, list-expanding) path.
         self.fast_key = attrgetter(*spec.key_fields) if set(spec.key_fields) <= set(CORE_FIELDS) else None
         self.needs_properties = self.fast_key is None
@@ -119,7 +123,7 @@ class PartitionCounter:
         self._count(parsed.events, out)
         if batch.positions:
             self.next_position = max(self.next_position, batch.positions[-1] + 1)
-        out.safe_position = self.safe_position()
+        out.safe_position, out.safe_watermark_us = self.safe_point()
         out.watermark_us = self.clock.watermark_us
         return out
 
@@ -131,7 +135,7 @@ class PartitionCounter:
         """Flush open windows as provisional counts without finalising them."""
         out = self._result(BatchKind.EOF, close=False)
         out.closed = self.open_counts()
-        out.safe_position = self.safe_position()
+        out.safe_position, out.safe_watermark_us = self.safe_point()
         out.watermark_us = self.clock.watermark_us
         return out
 
@@ -143,9 +147,12 @@ class PartitionCounter:
             for key, count in counts.items()
         ]
 
-    def safe_position(self) -> int:
-        firsts = [p for r in self.rollups for p in r.first_position.values()]
-        return min(firsts) if firsts else self.next_position
+    def safe_point(self) -> tuple[int, int]:
+        """(position, watermark) a replay may start from: the first event of
+        the oldest open window and the watermark just before it, or, with no
+        window open, the next position and the current watermark."""
+        firsts = [first for r in self.rollups for first in r.first_position.values()]
+        return min(firsts) if firsts else (self.next_position, self.clock.watermark_us)
 
     @property
     def watermark_us(self) -> int:
@@ -157,7 +164,7 @@ class PartitionCounter:
         out = CountedBatch(self.partition, kind)
         if close:
             self._close(out.closed)
-            out.safe_position = self.safe_position()
+            out.safe_position, out.safe_watermark_us = self.safe_point()
             out.watermark_us = self.clock.watermark_us
         return out
 
@@ -211,7 +218,7 @@ class PartitionCounter:
                     counts = windows.get(start)
                     if counts is None:
                         counts = windows[start] = {}
-                        firsts[start] = event.position
+                        firsts[start] = (event.position, watermark)
                         if start + size < self.next_close_us:
                             self.next_close_us = start + size
                     last_start[i] = start
