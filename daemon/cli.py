@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import multiprocessing
+import os
 import signal
 import sys
 import threading
@@ -22,7 +24,10 @@ import inject
 from config.bindings import configure
 from config.settings import ConfigError, Settings, load_settings
 from consumers.ports import CountStore, DeadLetterSink
+from consumers.retrying_ports import STOP_REQUESTED
 from daemon.job import parser_for, run_job
+from daemon.reload import install_sighup_handler, on_reload
+from daemon.service_loop import ServiceLoop
 from producers.file_source import FileSource, file_partition
 from producers.random_source import RandomEventSource
 from streams.events import format_utc, format_utc_seconds
@@ -181,8 +186,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
         summary = run_two_processes(settings, source, parser)
     else:
-        with _stop_on_signals(source.stop):
-            summary = run_job(settings, source.observable(), parser)
+        from daemon.http_commands import embedded_http  # [http] enabled: serve while an endless run runs
+
+        endless = getattr(source, "count", 0) is None
+        with ServiceLoop("run") as service, _stop_on_signals(source.stop, settings, service), \
+                embedded_http(settings, endless=endless):
+            summary = run_job(settings, source.observable(), parser, on_ready=service.ready if endless else None)
     _print_summary(summary, settings, args.json)
     return 0
 
@@ -194,7 +203,9 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     source, forced_format = _make_source(args, settings)
     parser = parser_for(settings, forced_format)
     with _stop_on_signals(source.stop):
-        sent, dead = produce(source.observable(), parser, args.to, inject.instance(DeadLetterSink), settings)
+        sent, dead = produce(
+            source.observable(), parser, args.to, inject.instance(DeadLetterSink), settings, args.create_resources
+        )
     print(f"sent {sent:,} events to {args.to}; {dead:,} dead-lettered to {settings.dead_letter_path}")
     return 0
 
@@ -218,9 +229,13 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
 
         watcher = threading.Thread(target=watch, name="drain-watch", daemon=True)
         watcher.start()
-    with _stop_on_signals(reader.stop):
+    from daemon.http_commands import embedded_http  # [http] enabled: serve while consuming
+
+    with ServiceLoop("consume") as service, _stop_on_signals(reader.stop, settings, service), \
+            embedded_http(settings, source=reader):
         try:
-            summary = run_job(settings, reader.batches(), parser_for(settings, "ndjson"), commit=reader.commit)
+            summary = run_job(settings, reader.batches(), parser_for(settings, "ndjson"), commit=reader.commit,
+                              on_ready=lambda: service.ready(args.source_uri))
         finally:
             stop.set()
     _print_summary(summary, settings, args.json)
@@ -274,22 +289,48 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 class _stop_on_signals:
-    """SIGTERM/SIGINT ask the source to stop; the pipeline then drains,
-    flushes and checkpoints before the command exits 0."""
+    """SIGTERM/SIGINT stop intake; the pipeline then drains, flushes and
+    checkpoints every sink and the command exits 0. If that takes longer than
+    `pipeline.stop_timeout`, the process exits 1 without a checkpoint: the
+    source replays from the last one. SIGHUP reloads (daemon/reload.py)."""
 
-    def __init__(self, stop: Callable[[], None]) -> None:
+    def __init__(self, stop: Callable[[], None], settings: Settings | None = None, service=None) -> None:
         self.stop = stop
+        self.timeout = settings.stop_timeout.total_seconds() if settings else 30.0
+        self.service = service
         self.previous: dict[int, object] = {}
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        STOP_REQUESTED.set()
+        if self.service is not None:
+            self.service.stopping()
+        self.stop()
+        timer = threading.Timer(self.timeout, self._give_up, args=(signum,))
+        timer.daemon = True
+        timer.start()
+
+    def _give_up(self, signum: int) -> None:
+        logging.getLogger("rivulet").error(
+            "did not stop within pipeline.stop_timeout (%ss) after signal %s; exiting without a final checkpoint",
+            self.timeout, signum)
+        os._exit(1)
 
     def __enter__(self) -> "_stop_on_signals":
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                self.previous[sig] = signal.signal(sig, lambda *_: self.stop())
+                self.previous[sig] = signal.signal(sig, self._on_signal)
+            self.previous[signal.SIGHUP] = signal.getsignal(signal.SIGHUP)
+            install_sighup_handler()
         return self
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+def _reload_log_level(args: argparse.Namespace) -> None:
+    level = load_settings(getattr(args, "config", None)).section("logging").get("level", args.log_level)
+    logging.getLogger().setLevel(str(level).upper())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -306,6 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         settings = load_for(args)
+        configured_level = settings.section("logging").get("level")
+        if configured_level and args.log_level == "WARNING":
+            logging.getLogger().setLevel(str(configured_level).upper())
+        on_reload("log level", lambda: _reload_log_level(args))
         return COMMANDS[args.command](args, settings)
     except (CliError, ConfigError, ValueError, KeyError, OSError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

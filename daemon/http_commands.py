@@ -1,0 +1,300 @@
+"""CLI commands of the HTTP service: `serve` and `users add`, plus
+`embedded_http`, which runs the same server inside `consume` (and `run` on an
+endless source) when `[http] enabled = true`.
+
+    python run_stream_processing.py serve [--host 127.0.0.1] [--port N] [--config FILE]
+    python run_stream_processing.py users add NAME [--config FILE]   # password: prompt or stdin
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import importlib
+import inspect
+import logging
+import os
+import sys
+from typing import Any, Callable, Iterator, Mapping, TextIO
+
+import inject
+
+from config.settings import Settings
+from consumers.ports import CountStore
+from daemon.cli import CliError, command
+
+log = logging.getLogger(__name__)
+
+OPTIMIZELY_ROUTES = "optimizely_integration.http_routes"
+MAX_PASSWORD_INPUT = 64 * 1024
+
+
+def add_commands(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
+    serve = subparsers.add_parser("serve", help="run the HTTP service (collector, counts, buckets, ops) in the foreground")
+    add_common(serve)
+    serve.add_argument("--host", help="address to listen on (default [http] host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default [http] port; 0 picks a free one)")
+    serve.add_argument("--create-resources", action="store_true", help="create the collector's stream or queue if missing")
+    serve.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
+    serve.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
+
+    users = subparsers.add_parser("users", help="manage the HTTP service's Basic auth users")
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    add = users_sub.add_parser("add", help="add a user or change its password (prompt, or stdin without a terminal)")
+    add_common(add)
+    add.add_argument("name")
+
+
+# -- serve ---------------------------------------------------------------------------
+
+
+@command("serve")
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from service.runner import ServerStartError, serve_forever
+    from service.settings import HttpSettings
+
+    http = HttpSettings.from_settings(settings)
+    host = args.host or http.host
+    port = http.port if args.port is None else args.port
+    if not 0 <= port <= 65535:
+        raise CliError(f"--port {port}: expected 0-65535")
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        raise CliError("give both --ssl-certfile and --ssl-keyfile, or neither")
+    for flag, path in (("--ssl-certfile", args.ssl_certfile), ("--ssl-keyfile", args.ssl_keyfile)):
+        if path and not os.path.isfile(path):
+            raise CliError(f"{flag} {path}: file not found")
+    app, close = build_service(settings, http, create_resources=args.create_resources)
+    scheme = "https" if args.ssl_certfile else "http"
+
+    def announce(bound_host: str, bound_port: int) -> None:
+        # One parseable line on stdout: scripts (and tests) read the port from it.
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        print(f"serving on {scheme}://{shown}:{bound_port} (collector -> {http.transport})", flush=True)
+
+    tls = {"ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile} if args.ssl_certfile else {}
+    try:
+        serve_forever(app, host, port, announce=announce, **tls)
+    except ServerStartError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        close()
+    return 0
+
+
+def build_service(
+    settings: Settings,
+    http: Any,
+    create_resources: bool = False,
+    readiness: Callable[[], Mapping[str, Any]] | None = None,
+) -> tuple[Any, Callable[[], None]]:
+    """(app, close): the app over the configured transport and the bound
+    count store; `close` releases the transport writer."""
+    from service.app import build_app
+    from service.auth import CredentialStore
+
+    writer, writer_error = _open_writer(settings, http.transport, create_resources)
+    router, optimizely_ready = optimizely_parts(settings, http.bucketer_public)
+
+    def combined() -> dict[str, Any]:
+        components: dict[str, Any] = {}
+        for check in (optimizely_ready, readiness):
+            if check is not None:
+                components.update(check())
+        return components
+
+    app = build_app(
+        settings,
+        writer,
+        inject.instance(CountStore),
+        CredentialStore(http.credentials_file),
+        router,
+        readiness=combined,
+        http=http,
+        writer_error=writer_error,
+    )
+
+    def close() -> None:
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    return app, close
+
+
+def _open_writer(settings: Settings, uri: str, create_resources: bool) -> tuple[Any, str]:
+    """The collector's transport writer, or (None, why): a transport that is down
+    at start makes the collector answer 503 and /readyz fail, while queries
+    keep working. A malformed URI is a configuration error and stops here."""
+    from producers.transports import open_writer
+
+    try:
+        return open_writer(uri, settings=settings, create_resources=create_resources), ""
+    except ValueError as exc:
+        raise CliError(f"config key http.transport: {exc}") from None
+    except Exception as exc:
+        log.warning("http: cannot open the collector transport %s: %s", uri, exc)
+        return None, f"cannot open {uri}: {type(exc).__name__}: {exc}"[:300]
+
+
+def optimizely_parts(settings: Settings, bucketer_public: bool = False) -> tuple[Any, Callable[[], Mapping[str, Any]] | None]:
+    """(router factory, readiness) of the Optimizely bucketer and datafile webhook.
+
+    Mounted only when `[optimizely]` names a datafile or an SDK key (or
+    `OPTIMIZELY_DATAFILE` is set) and `optimizely_integration.http_routes`
+    exists. Its `build_router(settings, auth_dependency=...)` guards the
+    bucketer routes with our Basic auth and leaves the webhook to its
+    signature; `readiness()` reports the datafile. The factory is called by
+    `build_app`, which turns a failure (no datafile, say) into a failed
+    `optimizely` component on /readyz instead of stopping the server.
+    """
+    if not _optimizely_configured(settings):
+        return None, None
+    try:
+        module = importlib.import_module(OPTIMIZELY_ROUTES)
+    except ModuleNotFoundError as exc:
+        if exc.name in ("optimizely_integration", OPTIMIZELY_ROUTES):
+            log.info("http: %s is not installed; the bucketer routes are not mounted", OPTIMIZELY_ROUTES)
+            return None, None
+        return None, _failed(f"cannot import {OPTIMIZELY_ROUTES}: {exc}")
+    except Exception as exc:
+        return None, _failed(f"cannot import {OPTIMIZELY_ROUTES}: {type(exc).__name__}: {exc}")
+    build = getattr(module, "build_router", None)
+    router = getattr(module, "router", None)
+    if not callable(build) and router is None:
+        return None, _failed(f"{OPTIMIZELY_ROUTES} provides neither build_router(settings) nor router")
+    check = getattr(module, "readiness", None)
+    ready = _module_readiness(check) if callable(check) else None
+    if not callable(build):
+        return router, ready  # a ready-made router: build_app guards all of it
+    takes_auth = "auth_dependency" in inspect.signature(build).parameters
+
+    def factory(auth: Any) -> Any:
+        if takes_auth:
+            return build(settings, auth_dependency=None if bucketer_public else auth)
+        from fastapi import APIRouter, Depends
+
+        # A router that knows nothing of our auth: guard all of it.
+        guarded = APIRouter(dependencies=[] if bucketer_public else [Depends(auth)])
+        guarded.include_router(build(settings))
+        return guarded
+
+    return factory, ready
+
+
+def _optimizely_configured(settings: Settings) -> bool:
+    table = settings.section("optimizely")
+    if not isinstance(table, Mapping):
+        return False
+    return bool(table.get("datafile") or table.get("sdk_key") or os.environ.get("OPTIMIZELY_DATAFILE"))
+
+
+def _failed(detail: str) -> Callable[[], Mapping[str, Any]]:
+    return lambda: {"optimizely": (False, detail[:300])}
+
+
+def _module_readiness(check: Callable[[], Any]) -> Callable[[], Mapping[str, Any]]:
+    def ready() -> Mapping[str, Any]:
+        result = check()
+        # Either one status ({"ok", "detail"}, (ok, detail), bool) or {component: status}.
+        if isinstance(result, Mapping) and "ok" not in result:
+            return result
+        return {"optimizely": result}
+
+    return ready
+
+
+# -- inside consume / run --------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def embedded_http(settings: Settings, source: Any = None, endless: bool = True) -> Iterator[Any]:
+    """Serve HTTP on a background thread for the duration of a long-running
+    command when `[http] enabled`; yields the server handle or None.
+
+    /readyz then also reports `source` (the transport reader given) and
+    `pipeline` (daemon.health: progress, failing sinks and sources); a finite
+    command (`endless` False) serves nothing."""
+    from service.settings import HttpSettings
+
+    http = HttpSettings.from_settings(settings)
+    if not http.enabled or not endless:
+        yield None
+        return
+    from service.runner import ServerStartError, start_http_server
+
+    app, close = build_service(settings, http, readiness=lambda: _pipeline_readiness(source))
+    try:
+        handle = start_http_server(settings, app, http.host, http.port)
+    except ServerStartError as exc:
+        close()
+        raise CliError(str(exc)) from None
+    print(f"http: serving on {handle.url}", file=sys.stderr, flush=True)
+    try:
+        yield handle
+    finally:
+        handle.stop()
+        close()
+
+
+def _pipeline_readiness(source: Any) -> dict[str, Any]:
+    """The pipeline this process runs: its source, and `daemon.health` (progress
+    within the stall limit; sinks and sources that reported failures)."""
+    components: dict[str, Any] = {}
+    if source is not None:
+        caught_up = getattr(source, "caught_up_seconds", None)
+        if callable(caught_up):
+            seconds = caught_up()
+            components["source"] = (True, f"caught up for {seconds:.1f} s" if seconds > 0 else "reading")
+        else:
+            components["source"] = (True, type(source).__name__)
+    try:
+        from daemon.health import HEALTH
+    except ImportError:
+        return components
+    problems = HEALTH.problems()
+    detail = "; ".join(f"{name}: {why}" for name, why in problems.items())
+    components["pipeline"] = (not problems, detail or f"{HEALTH.events:,} events, {HEALTH.rate():,.0f}/s")
+    return components
+
+
+# -- users -----------------------------------------------------------------------------
+
+
+@command("users")
+def cmd_users(args: argparse.Namespace, settings: Settings) -> int:
+    from service.auth import CredentialsError, CredentialStore, validate_username
+    from service.settings import HttpSettings
+
+    http = HttpSettings.from_settings(settings)
+    try:
+        validate_username(args.name)
+        password = read_password(sys.stdin)
+        created = CredentialStore(http.credentials_file).add_user(args.name, password)
+    except CredentialsError as exc:
+        raise CliError(str(exc)) from None
+    print(f"{'added' if created else 'updated'} user {args.name} in {http.credentials_file}")
+    return 0
+
+
+def read_password(stdin: TextIO) -> str:
+    """From a prompt on a terminal (asked twice), else the first line of stdin;
+    a second line, if present, must match. Never echoed nor logged."""
+    if stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if first != getpass.getpass("Repeat password: "):
+            raise CliError("passwords do not match")
+        return first
+    data = stdin.read(MAX_PASSWORD_INPUT + 1)
+    if len(data) > MAX_PASSWORD_INPUT:
+        raise CliError("too much input on stdin: expected the password and, optionally, its repetition")
+    lines = [line.removesuffix("\r") for line in data.split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline
+    if not lines or not lines[0]:
+        raise CliError("no password on stdin: give it on the first line")
+    if len(lines) > 2:
+        raise CliError("expected one or two lines on stdin (the password and its repetition)")
+    if len(lines) == 2 and lines[1] != lines[0]:
+        raise CliError("passwords do not match")
+    return lines[0]

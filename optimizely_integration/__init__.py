@@ -1,0 +1,18 @@
+"""Optimizely Feature Experimentation for Rivulet (issue 5).
+
+Data flow::
+
+    SDK client ──dispatch_event──▶ BulkEventDispatcher ──NDJSON records──▶ transport
+    (activate / track / decide)    (bounded buffer,        (spool, Kinesis, SQS)
+                                    background sender)              │
+                                                                    ▼
+    stream events ──CountedBatch──▶ OptimizelyBulkSink ◀── PayloadForwarder
+    (conversions.py maps            (merge visitors, POST, retry,
+     event_type → event key)         dead-letter 4xx, ack on 2xx)
+
+Modules: `payload_record` (the transport record), `event_batcher` (pure
+splitting and merging), `bulk_event_dispatcher`, `bulk_sink`, `forwarder`,
+`conversions`, `datafile` (datafile manager + webhook HMAC), `bucketer`,
+`attributes` (the `k:v` parser), `http_routes` (FastAPI router), `settings`,
+`metrics`. See docs/optimizely.md.
+"""

@@ -1,0 +1,156 @@
+"""FastAPI routes of the Optimizely integration, mounted by the HTTP server.
+
+- `GET /bucketer?e=KEY&u=USER&a=tier:"platinum",member_since_days:56&debug=1`
+  → `{"variation", "user", "experiment"}` (+ `"debug"`). `u` defaults to the
+  client's IP (`request.client.host`: behind a proxy, run the server with
+  trusted proxy headers so that this is the real client). A bad `a` pair → 400
+  naming it; missing `e` → 400; unknown experiment → 404; no datafile → 503.
+  Errors are `{"error": code, "reason": text}`.
+- `GET /decide?flag=KEY&u=USER&a=...&debug=1` → the SDK's decide for a flag.
+- `POST /webhooks/optimizely` → checks `X-Hub-Signature` (HMAC-SHA1 of the
+  raw body) and triggers an immediate datafile refetch (202). Without a
+  configured secret the route answers 404 (disabled); missing signature →
+  401, wrong signature → 403.
+
+The bucketer routes take `auth_dependency` (the collector's auth) unless
+`public=True`; the webhook is authenticated by its signature only.
+
+Usage::
+
+    router = build_optimizely_router(bucketer, manager, require_token, webhook_secret, public=False)
+    app.include_router(router)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Callable
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from optimizely_integration import metrics
+from optimizely_integration.attributes import AttributeParseError, parse_attributes
+from optimizely_integration.bucketer import Bucketer, BucketerError
+from optimizely_integration.datafile import DatafileManager, verify_webhook
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Hub-Signature"
+
+
+def _error(status: int, code: str, reason: str) -> JSONResponse:
+    return JSONResponse({"error": code, "reason": reason}, status_code=status)
+
+
+def _truthy(value: str | None) -> bool:
+    return value is not None and value.lower() in ("1", "true", "yes", "on")
+
+
+def _user(request: Request, given: str | None) -> str | None:
+    if given:
+        return given
+    return request.client.host if request.client else None
+
+
+def build_optimizely_router(
+    bucketer: Bucketer,
+    datafile_manager: DatafileManager,
+    auth_dependency: Callable[..., Any] | None,
+    webhook_secret: str | None,
+    public: bool = False,
+) -> APIRouter:
+    router = APIRouter()
+    guarded = [] if public or auth_dependency is None else [Depends(auth_dependency)]
+    if not public and auth_dependency is None:
+        raise ValueError("the bucketer needs an auth dependency unless it is public")
+
+    @router.get("/bucketer", dependencies=guarded)
+    def bucketer_route(
+        request: Request, e: str | None = None, u: str | None = None, a: str | None = None, debug: str | None = None
+    ) -> JSONResponse:
+        try:
+            attributes = parse_attributes(a)
+            result = bucketer.variation(e, _user(request, u), attributes)
+        except AttributeParseError as exc:
+            return _error(400, "bad_attribute", str(exc))
+        except BucketerError as exc:
+            return _error(exc.status, exc.code, exc.reason)
+        return JSONResponse(result.to_response(_truthy(debug)))
+
+    @router.get("/decide", dependencies=guarded)
+    def decide_route(
+        request: Request, flag: str | None = None, u: str | None = None, a: str | None = None, debug: str | None = None
+    ) -> JSONResponse:
+        try:
+            attributes = parse_attributes(a)
+            result = bucketer.decide(flag, _user(request, u), attributes)
+        except AttributeParseError as exc:
+            return _error(400, "bad_attribute", str(exc))
+        except BucketerError as exc:
+            return _error(exc.status, exc.code, exc.reason)
+        return JSONResponse(result.to_response(_truthy(debug)))
+
+    @router.post("/webhooks/optimizely")
+    async def webhook_route(request: Request) -> JSONResponse:
+        if not webhook_secret:
+            metrics.WEBHOOKS.labels("disabled").inc()
+            return _error(404, "webhook_disabled", "no webhook secret is configured")
+        body = await request.body()
+        signature = request.headers.get(SIGNATURE_HEADER)
+        if not signature:
+            metrics.WEBHOOKS.labels("unsigned").inc()
+            return _error(401, "missing_signature", f"the {SIGNATURE_HEADER} header is required")
+        if not verify_webhook(body, signature, webhook_secret):
+            metrics.WEBHOOKS.labels("bad_signature").inc()
+            log.warning("optimizely webhook with a bad signature from %s", request.client.host if request.client else "?")
+            return _error(403, "bad_signature", "the signature does not match")
+        metrics.WEBHOOKS.labels("accepted").inc()
+        try:
+            announced = json.loads(body).get("data", {}).get("revision")
+        except (ValueError, AttributeError):
+            announced = None
+        log.info("optimizely webhook: refetching the datafile (announced revision %s)", announced)
+        datafile_manager.request_refresh()
+        return JSONResponse({"status": "refresh scheduled", "revision": datafile_manager.revision}, status_code=202)
+
+    return router
+
+
+# -- the hooks daemon/http_commands.py looks for ----------------------------------------
+
+_parts: Any = None  # wiring.BucketerParts of the router built from settings
+
+
+def build_router(settings: Any, auth_dependency: Callable[..., Any] | None = None) -> APIRouter:
+    """The router from settings: loads the datafile (raises if it cannot),
+    starts its refresh, and opens the impression dispatcher (closed at exit).
+
+    Without `auth_dependency` the routes carry no guard of their own: the
+    server that mounts them is expected to guard the bucketer routes."""
+    import atexit
+
+    from optimizely_integration.settings import OptimizelySettings
+    from optimizely_integration.wiring import build_bucketer
+
+    global _parts
+    opt = OptimizelySettings.from_settings(settings)
+    parts = build_bucketer(settings)
+    atexit.register(parts.close)  # flush buffered impressions to the transport
+    _parts = parts
+    public = opt.bucketer_public or auth_dependency is None
+    return build_optimizely_router(parts.bucketer, parts.datafile_manager, auth_dependency, opt.webhook_secret(), public)
+
+
+def readiness() -> dict[str, Any]:
+    """The datafile's status for /readyz."""
+    if _parts is None:
+        return {"ok": False, "detail": "not built"}
+    manager = _parts.datafile_manager
+    if manager.revision is None:
+        return {"ok": False, "detail": f"no datafile: {manager.last_error}"}
+    detail = f"revision {manager.revision} from {manager.source.url}"
+    if manager.last_error:
+        detail += f"; last refresh failed: {manager.last_error}"
+    return {"ok": True, "detail": detail[:300]}

@@ -1,0 +1,149 @@
+"""Assemble the FastAPI app from its parts; nothing here opens a resource.
+
+    app = build_app(settings, writer, store, CredentialStore(path))
+
+The caller (the `serve` command, or `consume` with `[http] enabled`) opens the
+transport writer and the count store, and says what else it runs through
+`readiness`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from fastapi import APIRouter, Depends, FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from config.settings import Settings
+from consumers.ports import CountStore
+from producers.file_source import wall_clock_us
+from producers.transport import TransportWriter
+from service import collector, counts, ops
+from service.auth import BasicAuth, CredentialStore, FailureLimiter
+from service.context import ServiceContext
+from service.errors import install_handlers
+from service.group_commit import coalescing
+from service.metrics import LATENCY, REQUESTS
+from service.settings import HttpSettings
+
+log = logging.getLogger(__name__)
+
+PROBE_KEY = ("__rivulet_readiness_probe__",)
+
+
+def build_app(
+    settings: Settings,
+    transport_writer: TransportWriter | None,
+    count_store: CountStore,
+    credentials: CredentialStore | str | os.PathLike[str],
+    optimizely_router: APIRouter | Callable[[Any], APIRouter] | None = None,
+    readiness: Callable[[], Mapping[str, Any]] | None = None,
+    *,
+    http: HttpSettings | None = None,
+    clock_us: Callable[[], int] = wall_clock_us,
+    writer_error: str = "",
+) -> FastAPI:
+    """The HTTP service.
+
+    `transport_writer` None disables collecting (503, reason `writer_error`).
+    `/readyz` checks the transport, the count store and the credentials, plus
+    every component `readiness()` returns (sources, sinks, the datafile ...;
+    its entries win on a name clash). `optimizely_router` is either an
+    `APIRouter`, mounted behind Basic auth unless `[http] bucketer_public`, or
+    a factory `f(auth_dependency or None) -> APIRouter` that guards its own
+    routes (so a webhook can keep its signature check instead); a factory
+    that raises leaves the server up with a failed `optimizely` component.
+    """
+    http = http or HttpSettings.from_settings(settings)
+    store = credentials if isinstance(credentials, CredentialStore) else CredentialStore(Path(credentials))
+    auth = BasicAuth(store, FailureLimiter(http.auth_failure_limit, http.auth_failure_window.total_seconds()))
+    # Concurrent requests share one fsync'd spool transaction (group commit).
+    writer = coalescing(transport_writer)
+    ctx = ServiceContext(settings, http, writer, count_store, auth, clock_us, writer_error)
+
+    app = FastAPI(
+        title="Rivulet HTTP",
+        description="Event collector (seed 003), hourly bucket queries (seed 004) and operations routes.",
+        version="1",
+    )
+    install_handlers(app)
+    app.add_middleware(_Metrics)
+    app.include_router(collector.build_router(ctx))
+    app.include_router(counts.build_router(ctx))
+    failures: dict[str, Any] = {}
+    if isinstance(optimizely_router, APIRouter):
+        app.include_router(optimizely_router, dependencies=[] if http.bucketer_public else [Depends(auth)])
+    elif optimizely_router is not None:
+        try:
+            app.include_router(optimizely_router(None if http.bucketer_public else auth))
+        except Exception as exc:
+            log.warning("http: the Optimizely routes are not mounted: %s", exc)
+            failures["optimizely"] = (False, f"routes not mounted: {type(exc).__name__}: {exc}"[:300])
+    app.include_router(ops.build_router(lambda: {**_readiness(ctx, readiness), **failures}))
+    app.state.context = ctx
+    return app
+
+
+def _readiness(ctx: ServiceContext, extra: Callable[[], Mapping[str, Any]] | None) -> dict[str, Any]:
+    components: dict[str, Any] = {
+        "collector_transport": _transport_status(ctx),
+        "count_store": _store_status(ctx.store),
+        "credentials": ctx.auth.store.status(),
+    }
+    if extra is not None:
+        components.update(extra())
+    return components
+
+
+def _transport_status(ctx: ServiceContext) -> tuple[bool, str]:
+    if ctx.writer is None:
+        return False, ctx.writer_error or "no transport configured"
+    check = getattr(ctx.writer, "healthy", None)  # optional: a writer may know better
+    if callable(check):
+        try:
+            result = check()
+        except Exception as exc:
+            return False, f"{type(exc).__name__}: {exc}"[:300]
+        if isinstance(result, tuple):
+            return bool(result[0]), str(result[1])
+        return bool(result), ctx.http.transport
+    return True, ctx.http.transport
+
+
+def _store_status(store: CountStore) -> tuple[bool, str]:
+    try:
+        store.total("__readiness__", PROBE_KEY)
+    except Exception as exc:
+        return False, f"{type(exc).__name__}: {exc}"[:300]
+    return True, type(store).__name__
+
+
+class _Metrics:
+    """Count and time every request by its route template (bounded labels)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            REQUESTS.labels(template, scope.get("method", ""), str(status[0])).inc()
+            LATENCY.labels(template).observe(time.perf_counter() - started)
