@@ -51,6 +51,9 @@ class SinkFanOut:
     def checkpoint(self) -> None:
         for sink in self.sinks:
             sink.flush()
+        self._commit()
+
+    def _commit(self) -> None:
         self._last_checkpoint = self.clock()
         if self.commit is None:
             return
@@ -62,7 +65,9 @@ class SinkFanOut:
                 self._committed[partition] = position
 
     def close(self) -> None:
-        self.checkpoint()
+        # Close (drain) the sinks first, so what they deliver while closing is
+        # committed now rather than replayed by the next run.
         for sink in self.sinks:
             sink.close()
+        self._commit()
         self.summary.finished = time.monotonic()

@@ -12,6 +12,7 @@ import reactivex
 
 from config.settings import Settings
 from daemon.health import HEALTH
+from optimizely_integration.wiring import build_conversion_sink
 from consumers.aggregate_writer import AggregateWriter
 from consumers.count_sink import CountSink
 from consumers.dead_letter_sink import DeadLetterOutput
@@ -50,6 +51,10 @@ def build_sinks(settings: Settings) -> list[Sink]:
     if settings.aggregates.enabled:
         sinks.append(AggregateWriter(objects, settings.aggregates.key_template))
     sinks.append(CountSink(RetryingCountStore(inject.instance(CountStore))))
+    # Stream events as Optimizely conversions: only when [optimizely.conversions] maps an event type.
+    conversions = build_conversion_sink(settings, inject.instance(DeadLetterSink))
+    if conversions is not None:
+        sinks.append(conversions)
     return sinks
 
 
