@@ -350,7 +350,7 @@ def test_bad_writer_uri_raises_value_error(uri: str) -> None:
     assert str(info.value) == f"unknown transport URI {uri!r}: {EXPECTED_MESSAGE}"
 
 
-@pytest.mark.parametrize("uri", ["nope:x", "spool:", "kinesis:stream"])
+@pytest.mark.parametrize("uri", ["nope:x", "spool:", "kinesis:", "sqs:"])
 def test_bad_reader_uri_raises_value_error(uri: str) -> None:
     with pytest.raises(ValueError) as info:
         open_reader(uri)
