@@ -21,3 +21,6 @@ def run_cli(*args: str, env: dict | None = None, input: str | None = None, timeo
 @pytest.fixture
 def cli():
     return run_cli
+
+
+from tests.aws_fixtures import aws_env, moto_endpoint  # noqa: E402,F401 - AWS emulator fixtures (issue 3)

@@ -1,0 +1,72 @@
+"""`inject` bindings of the aws backend (`[pipeline] backend = "aws"`).
+
+`config/bindings.py` imports this module only when the aws backend is chosen,
+so local mode never imports boto3. Ports and their adapters:
+
+- `CountStore`     -> `DynamoDbCountStore` on `[aws] count_table`;
+- `ObjectStore`    -> `S3ObjectStore` on `[aws] bucket` under `object_prefix`;
+- `DeadLetterSink` -> the local `DeadLetterFile` under `data_dir`: dead letters
+  are for an operator to read and replay, and writing them locally keeps a
+  cloud outage from also losing the record of what was rejected.
+
+Each adapter is built on first use and checks that its table or bucket exists
+(a missing one is a one-line error; `--create-resources` on produce, consume
+or serve creates them through the transports).
+
+Usage::
+
+    inject.clear_and_configure(bindings(settings))
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import inject
+
+from config.settings import Settings
+from consumers.dead_letter_file import DeadLetterFile
+from consumers.ports import CountStore, DeadLetterSink, ObjectStore
+from producers.aws_clients import AwsConfig, aws_client, ensure_bucket, ensure_table
+
+
+def count_store(aws: AwsConfig) -> CountStore:
+    from consumers.dynamodb_count_store import HASH_KEY, RANGE_KEY, DynamoDbCountStore
+
+    client = aws_client("dynamodb", aws, pool_size=aws.write_threads + aws.scan_segments)
+    ensure_table(client, aws.count_table, False, HASH_KEY, RANGE_KEY)
+    return DynamoDbCountStore(
+        client, aws.count_table, threads=aws.write_threads, scan_segments=aws.scan_segments,
+        ttl_seconds=aws.count_ttl_days * 86_400,
+    )
+
+
+def object_store(aws: AwsConfig) -> ObjectStore:
+    from consumers.s3_object_store import S3ObjectStore
+
+    client = aws_client("s3", aws)
+    ensure_bucket(client, aws.bucket, False)
+    return S3ObjectStore(
+        client,
+        aws.bucket,
+        prefix=aws.object_prefix,
+        multipart_threshold=aws.multipart_threshold,
+        part_size=aws.multipart_part_size,
+        sse=aws.s3_sse,
+        sse_kms_key_id=aws.s3_sse_kms_key_id,
+    )
+
+
+def bindings(settings: Settings) -> Callable[[inject.Binder], None]:
+    aws = AwsConfig.from_settings(settings)  # a bad [aws] key fails here, before any work
+
+    def bind(binder: inject.Binder) -> None:
+        binder.bind(Settings, settings)
+        binder.bind(AwsConfig, aws)
+        binder.bind_to_constructor(CountStore, lambda: count_store(aws))
+        binder.bind_to_constructor(ObjectStore, lambda: object_store(aws))
+        binder.bind_to_constructor(
+            DeadLetterSink, lambda: DeadLetterFile(settings.dead_letter_path, settings.dead_letter_max_record_bytes)
+        )
+
+    return bind

@@ -1,0 +1,372 @@
+"""`sqs:QUEUE`: records as NDJSON message bodies on an SQS queue.
+
+Usage::
+
+    writer = SqsWriter("events", settings=settings, create_resources=True)
+    writer.send(lines)                    # NDJSON lines, without newline
+    writer.take_rejected()                # records SQS can never carry
+
+    reader = SqsReader("events", settings=settings)
+    reader.batches().subscribe(on_batch)  # blocks until reader.stop()
+    reader.commit("sqs:events", position) # deletes the messages before position
+
+Writer: records are packed, newline-separated, into message bodies of up to
+`[aws] sqs_message_bytes` (default 64 KiB), and bodies into SendMessageBatch
+calls of at most 10 entries and 256 KiB. Failed entries are resent with capped
+exponential backoff and full jitter until `send_timeout`, then `TransportFull`.
+A record over 256 KiB, containing a newline, or holding characters SQS does not
+allow, is not sent: `take_rejected()` hands it to the caller to dead-letter.
+
+Reader, and the delivery guarantee:
+
+- long-poll ReceiveMessage (`sqs_wait_seconds`) on the subscribing thread;
+  each record gets a position from a per-reader counter, so the queue is one
+  partition, `sqs:QUEUE`;
+- a received message is *held*: a background thread extends its visibility
+  (ChangeMessageVisibilityBatch) before it lapses, for as long as it is held;
+- `commit(partition, P)` deletes (DeleteMessageBatch) exactly the held
+  messages whose every record is before P, i.e. is durable in every sink. A
+  message is never deleted earlier; a crash before the delete makes SQS
+  deliver it again. Delivery is at-least-once: duplicates within the dedup
+  horizon are dropped by the window counter, and the count store's max-upsert
+  never double counts a replayed window;
+- at most `sqs_max_held_messages` are held (default 100,000, under SQS's
+  120,000 in-flight limit); when full, the reader stops receiving until
+  commits free room. Messages stay held until the windows they fed are final,
+  so size the bound for (event rate x window length) / records per message.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import botocore.exceptions
+import reactivex
+from reactivex import abc
+from reactivex.disposable import Disposable
+
+from producers.aws_clients import (
+    AwsConfig,
+    aws_client,
+    backoff_delay,
+    ensure_queue,
+    ensure_profile_resources,
+    error_code,
+    sleep_unless,
+)
+from producers.kinesis_writer import RejectedRecord
+from producers.transport import TransportFull
+from streams.events import RecordBatch
+
+MAX_BATCH_ENTRIES = 10
+MAX_BATCH_BYTES = 256 * 1024
+MAX_MESSAGE_BYTES = 256 * 1024
+# Characters SQS accepts in a message body.
+_INVALID = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+log = logging.getLogger(__name__)
+
+
+def _retryable(exc: botocore.exceptions.ClientError) -> bool:
+    """A server-side or throttling failure, worth another try."""
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return status >= 500 or "Throttl" in error_code(exc) or error_code(exc) == "RequestThrottled"
+
+
+def _why_unsendable(record: bytes) -> str | None:
+    if len(record) > MAX_MESSAGE_BYTES:
+        return f"record is {len(record)} bytes, an SQS message takes at most {MAX_MESSAGE_BYTES}"
+    if b"\n" in record or b"\r" in record:
+        return "record contains a line break (bodies are newline-delimited)"
+    try:
+        text = record.decode("utf-8")
+    except UnicodeDecodeError:
+        return "record is not UTF-8"
+    if _INVALID.search(text):
+        return "record holds characters SQS does not allow"
+    return None
+
+
+def pack_bodies(records: Sequence[bytes], max_bytes: int) -> tuple[list[str], list[RejectedRecord]]:
+    """Newline-joined message bodies of at most `max_bytes` each (a single
+    record larger than that gets a body of its own), and the rejected records."""
+    bodies: list[str] = []
+    rejected: list[RejectedRecord] = []
+    current: list[bytes] = []
+    size = 0
+    for index, record in enumerate(records):
+        record = bytes(record)
+        why = _why_unsendable(record)
+        if why:
+            reason = "oversize" if len(record) > MAX_MESSAGE_BYTES else "sink rejected"
+            rejected.append(RejectedRecord(index, record, why, reason))
+            continue
+        added = len(record) + (1 if current else 0)
+        if current and size + added > max_bytes:
+            bodies.append(b"\n".join(current).decode())
+            current, size, added = [], 0, len(record)
+        current.append(record)
+        size += added
+    if current:
+        bodies.append(b"\n".join(current).decode())
+    return bodies, rejected
+
+
+class SqsWriter:
+    def __init__(
+        self,
+        queue: str,
+        settings: Any = None,
+        create_resources: bool = False,
+        client: Any = None,
+        config: AwsConfig | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+        **_ignored: Any,
+    ) -> None:
+        self.config = config or AwsConfig.from_settings(settings)
+        self.client = client or aws_client("sqs", self.config)
+        self.queue_url = ensure_queue(self.client, queue, create_resources, self.config.sqs_visibility_timeout)
+        ensure_profile_resources(settings, self.config, create_resources)
+        self.queue = queue
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._rejected: list[RejectedRecord] = []
+        self.calls = 0
+        self.messages_sent = 0
+
+    def send(self, records: Sequence[bytes]) -> int:
+        bodies, rejected = pack_bodies(records, self.config.sqs_message_bytes)
+        self._rejected.extend(rejected)
+        batch: list[str] = []
+        size = 0
+        for body in bodies:
+            body_bytes = len(body.encode())
+            if batch and (len(batch) == MAX_BATCH_ENTRIES or size + body_bytes > MAX_BATCH_BYTES):
+                self._send_batch(batch)
+                batch, size = [], 0
+            batch.append(body)
+            size += body_bytes
+        if batch:
+            self._send_batch(batch)
+        return len(records) - len(rejected)
+
+    def take_rejected(self) -> list[RejectedRecord]:
+        rejected, self._rejected = self._rejected, []
+        return rejected
+
+    def _send_batch(self, bodies: list[str]) -> None:
+        pending = {str(i): body for i, body in enumerate(bodies)}
+        attempt = 0
+        deadline = time.monotonic() + self.config.send_timeout
+        while True:
+            reason = ""
+            try:
+                self.calls += 1
+                response = self.client.send_message_batch(
+                    QueueUrl=self.queue_url, Entries=[{"Id": i, "MessageBody": b} for i, b in pending.items()]
+                )
+            except botocore.exceptions.ClientError as exc:
+                if not _retryable(exc):
+                    raise
+                reason = error_code(exc)
+            except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
+                reason = type(exc).__name__
+            else:
+                for ok in response.get("Successful", ()):
+                    pending.pop(ok["Id"], None)
+                    self.messages_sent += 1
+                failed = response.get("Failed", ())
+                for entry in failed:
+                    if entry.get("SenderFault"):
+                        raise ValueError(f"sqs queue {self.queue!r} refused a message: {entry.get('Code')}: {entry.get('Message')}")
+                if not pending:
+                    return
+                reason = ", ".join(sorted({str(f.get("Code")) for f in failed})) or "entries missing from the response"
+            if time.monotonic() >= deadline:
+                raise TransportFull(f"sqs queue {self.queue!r}: {len(pending)} messages not accepted ({reason})")
+            self._sleep(backoff_delay(attempt, self.config.backoff_base, self.config.backoff_cap, self._rng.uniform))
+            attempt += 1
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class _Held:
+    receipt: str
+    end: int  # positions of the message's records are < end
+    visible_at: float  # monotonic time its visibility lapses
+
+
+class SqsReader:
+    def __init__(
+        self,
+        queue: str,
+        settings: Any = None,
+        create_resources: bool = False,
+        batch_size: int = 5000,
+        poll_interval: float = 0.2,
+        client: Any = None,
+        config: AwsConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        **_ignored: Any,
+    ) -> None:
+        self.config = config or AwsConfig.from_settings(settings)
+        self.client = client or aws_client("sqs", self.config)
+        self.queue_url = ensure_queue(self.client, queue, create_resources, self.config.sqs_visibility_timeout)
+        ensure_profile_resources(settings, self.config, create_resources)
+        self.queue = queue
+        self.partition = f"sqs:{queue}"
+        self.poll_interval = poll_interval
+        self.visibility = self.config.sqs_visibility_timeout
+        self._clock = clock
+        self._rng = random.Random()
+        self._held: dict[str, _Held] = {}  # by receipt handle
+        self._lock = threading.Lock()
+        self._next_position = 1
+        self._stopped = False
+        self._caught_up_since: float | None = None
+        self._extender: threading.Thread | None = None
+        self._extender_stop = threading.Event()
+        self.deleted = 0
+        self.extended = 0
+
+    # -- reading --------------------------------------------------------------
+
+    def batches(self) -> reactivex.Observable:
+        def subscribe(observer: abc.ObserverBase, scheduler: abc.SchedulerBase | None = None) -> Disposable:
+            try:
+                self._loop(observer)
+            except Exception as exc:  # noqa: BLE001 - surfaced through on_error
+                observer.on_error(exc)
+            finally:
+                self._extender_stop.set()
+            return Disposable()
+
+        return reactivex.create(subscribe)
+
+    def _loop(self, observer: abc.ObserverBase) -> None:
+        self._extender = threading.Thread(target=self._extend_loop, name="sqs-visibility", daemon=True)
+        self._extender.start()
+        last_poll = self._clock()
+        failures = 0
+        while not self._stopped:
+            room = self.config.sqs_max_held_messages - self.held()
+            if room <= 0:
+                # Held messages wait for commits; receiving more would pass
+                # the in-flight bound.
+                sleep_unless(lambda: self._stopped, self.poll_interval)
+                continue
+            try:
+                response = self.client.receive_message(
+                    QueueUrl=self.queue_url,
+                    MaxNumberOfMessages=min(10, room),
+                    WaitTimeSeconds=self.config.sqs_wait_seconds,
+                    VisibilityTimeout=self.visibility,
+                )
+                failures = 0
+            except (botocore.exceptions.ClientError, botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
+                if isinstance(exc, botocore.exceptions.ClientError) and not _retryable(exc):
+                    raise
+                # An outage: held messages stay held (and extended); try again.
+                failures += 1
+                log.warning("sqs %s: receive failed (%s); retrying", self.queue, type(exc).__name__)
+                sleep_unless(lambda: self._stopped, backoff_delay(failures, 0.2, 10.0, self._rng.uniform))
+                continue
+            now = self._clock()
+            messages = response.get("Messages", [])
+            if messages:
+                self._caught_up_since = None
+                records, positions = self._hold(messages, now)
+                if records:
+                    observer.on_next(RecordBatch.data(self.partition, records, positions, time.time_ns() // 1000))
+            else:
+                if self._caught_up_since is None:
+                    self._caught_up_since = now
+                observer.on_next(RecordBatch.idle(self.partition, now - last_poll))
+                if self.config.sqs_wait_seconds == 0:
+                    sleep_unless(lambda: self._stopped, self.poll_interval)
+            last_poll = now
+        observer.on_completed()
+
+    def _hold(self, messages: list[dict[str, Any]], now: float) -> tuple[list[bytes], list[int]]:
+        records: list[bytes] = []
+        positions: list[int] = []
+        with self._lock:
+            for message in messages:
+                lines = [line for line in message["Body"].encode().split(b"\n") if line]
+                start = self._next_position
+                self._next_position += len(lines)
+                records.extend(lines)
+                positions.extend(range(start, self._next_position))
+                self._held[message["ReceiptHandle"]] = _Held(message["ReceiptHandle"], self._next_position, now + self.visibility)
+        return records, positions
+
+    def held(self) -> int:
+        with self._lock:
+            return len(self._held)
+
+    # -- visibility -----------------------------------------------------------
+
+    def _extend_loop(self) -> None:
+        interval = max(0.5, self.visibility / 4)
+        while not self._extender_stop.wait(interval):
+            try:
+                self.extend_due()
+            except Exception as exc:  # noqa: BLE001 - a lapse means redelivery, not loss
+                log.warning("sqs %s: extending visibility failed: %s", self.queue, exc)
+
+    def extend_due(self) -> int:
+        """Extend every held message whose visibility lapses within half a timeout."""
+        now = self._clock()
+        with self._lock:
+            due = [h for h in self._held.values() if h.visible_at - now < self.visibility / 2]
+        for i in range(0, len(due), MAX_BATCH_ENTRIES):
+            chunk = due[i : i + MAX_BATCH_ENTRIES]
+            self.client.change_message_visibility_batch(
+                QueueUrl=self.queue_url,
+                Entries=[{"Id": str(j), "ReceiptHandle": h.receipt, "VisibilityTimeout": self.visibility} for j, h in enumerate(chunk)],
+            )
+            for h in chunk:
+                h.visible_at = now + self.visibility
+        self.extended += len(due)
+        return len(due)
+
+    # -- control --------------------------------------------------------------
+
+    def commit(self, partition: str, position: int) -> None:
+        """Delete the held messages whose records are all before `position`."""
+        if partition != self.partition:
+            raise ValueError(f"unknown partition {partition!r}: this reader reads {self.partition!r}")
+        with self._lock:
+            done = [h for h in self._held.values() if h.end <= position]
+        for i in range(0, len(done), MAX_BATCH_ENTRIES):
+            chunk = done[i : i + MAX_BATCH_ENTRIES]
+            response = self.client.delete_message_batch(
+                QueueUrl=self.queue_url, Entries=[{"Id": str(j), "ReceiptHandle": h.receipt} for j, h in enumerate(chunk)]
+            )
+            for failure in response.get("Failed", ()):
+                # An expired receipt handle: SQS will redeliver; counted at most once more.
+                log.warning("sqs %s: delete failed: %s", self.queue, failure.get("Code"))
+            with self._lock:
+                for h in chunk:
+                    self._held.pop(h.receipt, None)
+            self.deleted += len(chunk)
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def caught_up_seconds(self) -> float:
+        since = self._caught_up_since
+        return 0.0 if since is None else self._clock() - since
+
+    def close(self) -> None:
+        self.stop()
+        self._extender_stop.set()

@@ -1,0 +1,170 @@
+"""End to end against moto, as a user runs it:
+
+    produce --input FILE --to kinesis:STREAM --config config/aws.toml --create-resources
+    consume --from kinesis:STREAM --drain 2 --config config/aws.toml
+    export --rollup ... / query buckets ...
+
+The exported counts and the query answers must equal an oracle computed here
+from the generated rows with plain Python (its own CSV split and timestamp
+parsing), and every valid event must be in the S3 raw objects exactly once.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import re
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from bench.generate_events import generate
+from tests.aws_fixtures import client, unique
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.timeout(180)
+
+ROWS = 6000
+CUSTOMERS = 150
+UTC = timezone.utc
+_STAMP = re.compile(r"(\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d(?::?\d\d)?)$")
+
+
+def oracle_instant(text: str) -> datetime | None:
+    """The UTC instant of a generated timestamp, or None if it is not valid
+    (independent of streams/timestamps.py: fromisoformat on a normalised form)."""
+    m = _STAMP.fullmatch(text.strip())
+    if not m:
+        return None
+    base, fraction, offset = m.groups()
+    if offset == "Z":
+        offset = "+00:00"
+    elif len(offset) == 3:
+        offset += ":00"
+    elif ":" not in offset:
+        offset = offset[:3] + ":" + offset[3:]
+    micros = (fraction or "").ljust(6, "0")[:6]  # truncate, never round
+    try:
+        return datetime.fromisoformat(f"{base.replace(' ', 'T')}.{micros}{offset}").astimezone(UTC)
+    except ValueError:
+        return None
+
+
+def oracle(lines: list[str]) -> tuple[dict[str, Counter], set[tuple[str, str, str, str]], int]:
+    """Counts per rollup ((window start, key) -> n), the distinct valid events,
+    and the number of valid rows (duplicates included)."""
+    hourly: Counter = Counter()
+    minutely: Counter = Counter()
+    seen: set[tuple[str, str, str, datetime]] = set()
+    events: set[tuple[str, str, str, str]] = set()
+    valid_rows = 0
+    for line in lines:
+        fields = line.split(",")
+        if len(fields) != 4 or not all(fields):
+            continue
+        customer, event_type, txn, stamp = fields
+        instant = oracle_instant(stamp)
+        if instant is None:
+            continue
+        valid_rows += 1
+        if (customer, event_type, txn, instant) in seen:
+            continue  # a duplicate (same instant, whatever its offset)
+        seen.add((customer, event_type, txn, instant))
+        hour = instant.replace(minute=0, second=0, microsecond=0)
+        minute = instant.replace(second=0, microsecond=0)
+        hourly[(hour.strftime("%Y-%m-%dT%H:%M:%SZ"), customer)] += 1
+        minutely[(minute.strftime("%Y-%m-%dT%H:%M:%SZ"), event_type)] += 1
+        events.add((customer, event_type, txn, instant.strftime("%Y-%m-%dT%H:%M:%S.%fZ")))
+    return {"customer_hourly": hourly, "event_type_minutely": minutely}, events, valid_rows
+
+
+def exported(rollup: str, env: dict, data_dir: Path) -> Counter:
+    result = run_cli("export", "--rollup", rollup, "--config", "config/aws.toml", "--data-dir", str(data_dir), env=env)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    return Counter({(start, key): int(count) for start, key, count in rows[1:]})
+
+
+def s3_events(bucket: str) -> Counter:
+    s3 = client("s3")
+    out: Counter = Counter()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="events/"):
+        for item in page.get("Contents", ()):
+            body = gzip.decompress(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+            for line in body.decode().splitlines():
+                record = json.loads(line)
+                out[(record["customer_id"], record["event_type"], record["transaction_id"], record["timestamp"])] += 1
+    return out
+
+
+def test_produce_consume_drain_equals_the_oracle(aws_env: str, tmp_path: Path) -> None:
+    lines = list(generate(ROWS, seed=11, customers=CUSTOMERS))
+    source = tmp_path / "events.csv"
+    source.write_text("\n".join(lines) + "\n")
+    expected, valid_events, valid_rows = oracle(lines)
+    assert ROWS * 0.97 < len(valid_events) < valid_rows < ROWS  # duplicates and malformed rows exist
+
+    stream, bucket = unique("e2e"), unique("e2e-bkt")
+    env = {
+        "RIVULET__AWS__BUCKET": bucket,
+        "RIVULET__AWS__COUNT_TABLE": unique("e2e-counts"),
+        "RIVULET__AWS__CHECKPOINT_TABLE": unique("e2e-ckpt"),
+        "RIVULET__AWS__SHARD_COUNT": "2",
+    }
+    data_dir = tmp_path / "data"
+
+    # Nothing exists yet: without --create-resources a one-line error names the stream.
+    missing = run_cli("consume", "--from", f"kinesis:{stream}", "--drain", "1", "--config", "config/aws.toml",
+                      "--data-dir", str(data_dir), env=env)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().count("\n") == 0 and f"kinesis stream '{stream}' not found" in missing.stderr
+
+    produced = run_cli("produce", "--input", str(source), "--to", f"kinesis:{stream}", "--config", "config/aws.toml",
+                       "--create-resources", "--data-dir", str(data_dir), env=env)
+    assert produced.returncode == 0, produced.stderr
+    # produce only parses: it sends duplicates too (the consumer drops them).
+    assert f"sent {valid_rows:,} events" in produced.stdout
+
+    consumed = run_cli("consume", "--from", f"kinesis:{stream}", "--drain", "2", "--lateness", "30m", "--json",
+                       "--config", "config/aws.toml", "--data-dir", str(data_dir), env=env)
+    assert consumed.returncode == 0, consumed.stderr
+    summary = json.loads(consumed.stdout)
+    assert summary.get("late", 0) == 0
+
+    for rollup, counts in expected.items():
+        assert exported(rollup, env, data_dir) == counts, rollup
+    assert exported("country_minutely", env, data_dir) == Counter()
+
+    # The seed API's answer for a few customers, over everything.
+    customers = sorted({key for _, key in expected["customer_hourly"]})[:3]
+    for customer in customers:
+        answer = run_cli("query", "buckets", "--customer", customer, "--start", "2021-02-28T00:00:00Z",
+                         "--end", "2021-03-02T00:00:00Z", "--config", "config/aws.toml", "--data-dir", str(data_dir), env=env)
+        assert answer.returncode == 0, answer.stderr
+        want = sorted((start, n) for (start, key), n in expected["customer_hourly"].items() if key == customer)
+        got = json.loads(answer.stdout)
+        assert got["customer_id"] == customer
+        assert [(b["ts_start_of_hour"], b["count"]) for b in got["buckets"]] == [
+            (start.replace("Z", ".000000Z"), n) for start, n in want
+        ]
+
+    # Every valid event in S3 exactly once.
+    in_s3 = s3_events(bucket)
+    assert set(in_s3) == valid_events
+    assert max(in_s3.values()) == 1
+
+    # A second consume resumes from the checkpoints. Every window is still open
+    # (30 minutes of lateness), so the checkpoints stay at their first events and
+    # all of it is replayed: the max-upsert keeps the counts, and the raw objects
+    # are rewritten under the same keys.
+    again = run_cli("consume", "--from", f"kinesis:{stream}", "--drain", "1", "--lateness", "30m", "--json",
+                    "--config", "config/aws.toml", "--data-dir", str(data_dir), env=env)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["read"] == valid_rows
+    for rollup, counts in expected.items():
+        assert exported(rollup, env, data_dir) == counts, rollup
+    assert s3_events(bucket) == in_s3

@@ -1,0 +1,323 @@
+"""The Kinesis shard reader against moto: every shard, checkpoints, iterator
+types, KPL de-aggregation, idling only when caught up, the GetRecords rate,
+and expired iterators (through the fault proxy)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+
+import pytest
+from aws_kinesis_agg.aggregator import RecordAggregator
+
+from producers.aws_clients import AwsConfig, ensure_table
+from producers.kinesis_checkpoints import HASH_KEY, KinesisCheckpoints
+from producers.kinesis_reader import SUB_SCALE, KinesisReader
+from streams.events import BatchKind, RecordBatch
+from tests.aws_fixtures import client, unique
+from tests.fault_proxy import GET_RECORDS, FaultProxy
+
+pytestmark = pytest.mark.timeout(60)
+
+FAST = AwsConfig(polls_per_second=5.0)
+
+
+def make_stream(endpoint: str, shards: int) -> str:
+    name = unique("kr")
+    kinesis = client("kinesis", endpoint)
+    kinesis.create_stream(StreamName=name, ShardCount=shards)
+    kinesis.get_waiter("stream_exists").wait(StreamName=name, WaiterConfig={"Delay": 0.1, "MaxAttempts": 50})
+    return name
+
+
+def put(endpoint: str, stream: str, payloads: list[bytes], keys: list[str] | None = None) -> list[tuple[str, str, bytes]]:
+    """Write with plain put_records; returns (shard, sequence number, data) as moto stored them."""
+    kinesis = client("kinesis", endpoint)
+    keys = keys or [f"k{i % 50}" for i in range(len(payloads))]
+    out = []
+    for i in range(0, len(payloads), 500):
+        chunk = payloads[i : i + 500]
+        response = kinesis.put_records(
+            StreamName=stream, Records=[{"Data": d, "PartitionKey": k} for d, k in zip(chunk, keys[i : i + 500])]
+        )
+        out.extend((r["ShardId"], r["SequenceNumber"], d) for r, d in zip(response["Records"], chunk))
+    return out
+
+
+def checkpoints(endpoint: str, stream: str) -> KinesisCheckpoints:
+    dynamodb = client("dynamodb", endpoint)
+    table = unique("ckpt")
+    ensure_table(dynamodb, table, True, HASH_KEY)
+    return KinesisCheckpoints(dynamodb, table, stream)
+
+
+def reader_for(endpoint: str, stream: str, store: KinesisCheckpoints | None = None, **options) -> KinesisReader:
+    return KinesisReader(
+        stream,
+        client=client("kinesis", endpoint, max_pool_connections=20),
+        checkpoints=store or checkpoints(endpoint, stream),
+        config=options.pop("config", FAST),
+        poll_interval=options.pop("poll_interval", 0.05),
+        **options,
+    )
+
+
+def read(reader: KinesisReader, until, timeout: float = 20.0) -> list[RecordBatch]:
+    """Subscribe on this thread; stop when `until(batches)` holds (or on timeout)."""
+    batches: list[RecordBatch] = []
+    timer = threading.Timer(timeout, reader.stop)
+    timer.start()
+
+    def on_next(batch: RecordBatch) -> None:
+        batches.append(batch)
+        if until(batches):
+            reader.stop()
+
+    errors: list[BaseException] = []
+    reader.batches().subscribe(on_next, errors.append)
+    timer.cancel()
+    if errors:
+        raise errors[0]
+    return batches
+
+
+def idle_in_all(partitions: set[str]):
+    return lambda batches: partitions <= {b.partition for b in batches if b.kind is BatchKind.IDLE}
+
+
+def data_of(batches: list[RecordBatch]) -> dict[str, list[tuple[int, bytes]]]:
+    out: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
+    for b in batches:
+        if b.kind is BatchKind.DATA:
+            out[b.partition].extend(zip(b.positions, b.records))
+    return out
+
+
+def expected_by_partition(stream: str, written: list[tuple[str, str, bytes]]) -> dict[str, list[tuple[int, bytes]]]:
+    out: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
+    for shard, seq, data in written:
+        out[f"kinesis:{stream}/{shard}"].append((int(seq) * SUB_SCALE, data))
+    return {p: sorted(v) for p, v in out.items()}
+
+
+def test_trim_horizon_reads_every_shard_once_each_its_own_partition(aws_env: str) -> None:
+    stream = make_stream(aws_env, 3)
+    written = put(aws_env, stream, [f"r{i}".encode() for i in range(900)])
+    expected = expected_by_partition(stream, written)
+    assert len(expected) == 3  # the keys spread over all shards
+    reader = reader_for(aws_env, stream)
+
+    batches = read(reader, idle_in_all(set(expected)))
+
+    assert dict(data_of(batches)) == expected
+    # A shard idles only after its data: caught up means nothing is left.
+    for partition in expected:
+        kinds = [b.kind for b in batches if b.partition == partition]
+        first_idle = kinds.index(BatchKind.IDLE)
+        assert BatchKind.DATA not in kinds[first_idle:]
+
+
+def test_commit_then_resume_from_the_checkpoint(aws_env: str) -> None:
+    stream = make_stream(aws_env, 2)
+    written = put(aws_env, stream, [f"r{i}".encode() for i in range(200)])
+    expected = expected_by_partition(stream, written)
+    store = checkpoints(aws_env, stream)
+    first = reader_for(aws_env, stream, store)
+    read(first, idle_in_all(set(expected)))
+    a, b = sorted(expected)
+    resume_at = expected[a][10][0]  # records of a before its 11th are durable
+    first.commit(a, resume_at)
+    first.commit(b, expected[b][-1][0] + 1)  # all of b is durable
+    first.commit(a, expected[a][3][0])  # a commit never moves back
+
+    item = store.client.get_item(TableName=store.table, Key={HASH_KEY: {"S": f"{stream}:{a.rsplit('/', 1)[1]}"}})["Item"]
+    assert item["checkpoint"]["S"] == str(resume_at // SUB_SCALE)
+    assert item["checkpointSubSequenceNumber"]["N"] == "0"
+
+    later = put(aws_env, stream, [f"s{i}".encode() for i in range(20)])
+    second = reader_for(aws_env, stream, store)
+    batches = read(second, idle_in_all(set(expected)))
+
+    after = expected_by_partition(stream, later)
+    got = data_of(batches)
+    assert got[a] == expected[a][10:] + after.get(a, [])
+    assert got[b] == after.get(b, [])
+
+
+def test_after_sequence_number_start(aws_env: str) -> None:
+    stream = make_stream(aws_env, 1)
+    written = put(aws_env, stream, [f"r{i}".encode() for i in range(30)])
+    shard = written[0][0]
+    reader = reader_for(aws_env, stream, start_after={shard: written[4][1]})
+
+    batches = read(reader, idle_in_all({f"kinesis:{stream}/{shard}"}))
+
+    assert [d for _, d in data_of(batches)[f"kinesis:{stream}/{shard}"]] == [d for _, _, d in written[5:]]
+
+
+def test_at_timestamp_and_latest_starts(aws_env: str) -> None:
+    stream = make_stream(aws_env, 1)
+    before = put(aws_env, stream, [b"old-1", b"old-2"])
+    time.sleep(0.05)
+    boundary = datetime.now(timezone.utc)
+    time.sleep(0.05)
+    put(aws_env, stream, [b"new-1", b"new-2"])
+    partition = f"kinesis:{stream}/{before[0][0]}"
+
+    at = reader_for(aws_env, stream, iterator_type="AT_TIMESTAMP", start_timestamp=boundary)
+    assert [d for _, d in data_of(read(at, idle_in_all({partition})))[partition]] == [b"new-1", b"new-2"]
+
+    latest = reader_for(aws_env, stream, iterator_type="LATEST")
+    sent: list[bool] = []
+
+    def until(batches: list[RecordBatch]) -> bool:
+        if not sent and any(b.kind is BatchKind.IDLE for b in batches):
+            put(aws_env, stream, [b"after-start"])  # written once the reader is at the tip
+            sent.append(True)
+        return bool(data_of(batches)[partition])
+
+    assert [d for _, d in data_of(read(latest, until))[partition]] == [b"after-start"]
+
+
+def aggregated(user_records: list[bytes], key: str) -> bytes:
+    aggregator = RecordAggregator()
+    for data in user_records:
+        assert aggregator.add_user_record(key, data) is None  # all fit in one
+    _, _, body = aggregator.clear_and_get().get_contents()
+    return body
+
+
+def test_kpl_aggregated_records_are_deaggregated_and_resume_inside_one(aws_env: str) -> None:
+    stream = make_stream(aws_env, 1)
+    users = [f"u{i}".encode() for i in range(7)]
+    written = put(aws_env, stream, [b"plain-1", aggregated(users, "k"), b"plain-2"], keys=["k", "k", "k"])
+    partition = f"kinesis:{stream}/{written[0][0]}"
+    store = checkpoints(aws_env, stream)
+    reader = reader_for(aws_env, stream, store)
+
+    got = data_of(read(reader, idle_in_all({partition})))[partition]
+
+    assert [d for _, d in got] == [b"plain-1", *users, b"plain-2"]
+    positions = [p for p, _ in got]
+    assert positions == sorted(set(positions))  # distinct and increasing
+    agg_seq = int(written[1][1])
+    assert positions[1:8] == [agg_seq * SUB_SCALE + i for i in range(7)]
+
+    reader.commit(partition, positions[4])  # u0..u2 durable, u3 not
+    again = reader_for(aws_env, stream, store)
+    resumed = data_of(read(again, idle_in_all({partition})))[partition]
+    assert [d for _, d in resumed] == users[3:] + [b"plain-2"]
+
+
+@pytest.fixture
+def proxy(aws_env: str):
+    fault_proxy = FaultProxy(aws_env)
+    yield fault_proxy
+    fault_proxy.close()
+
+
+def test_idle_only_after_an_empty_poll_at_the_tip(aws_env: str, proxy: FaultProxy) -> None:
+    stream = make_stream(aws_env, 1)
+    written = put(aws_env, stream, [b"a", b"b", b"c"])
+    partition = f"kinesis:{stream}/{written[0][0]}"
+    behind = {"left": 3}
+    seen: list[tuple[int, int, int]] = []  # (records, MillisBehindLatest, IDLEs emitted so far) per response
+    emitted: list[RecordBatch] = []
+
+    def pretend_behind(body: dict) -> dict:
+        # The first three empty polls claim the shard is still behind the tip.
+        if not body["Records"] and behind["left"] > 0:
+            behind["left"] -= 1
+            body = {**body, "MillisBehindLatest": 1000}
+        seen.append((len(body["Records"]), body["MillisBehindLatest"], sum(b.kind is BatchKind.IDLE for b in emitted)))
+        return body
+
+    proxy.rewrite(GET_RECORDS, pretend_behind, times=None)
+    reader = reader_for(proxy.endpoint, stream, checkpoints(aws_env, stream), poll_interval=0.1)
+    caught_up: list[float] = []
+    started = time.monotonic()
+
+    def until(batches: list[RecordBatch]) -> bool:
+        emitted.append(batches[-1])
+        caught_up.append(reader.caught_up_seconds())
+        return sum(b.kind is BatchKind.IDLE for b in batches) >= 3
+
+    batches = read(reader, until)
+    elapsed = time.monotonic() - started
+
+    idles = [b for b in batches if b.kind is BatchKind.IDLE]
+    # The data poll, three empty polls behind the tip (no IDLE), then at the tip.
+    assert seen[:5] == [(3, 0, 0), (0, 1000, 0), (0, 1000, 0), (0, 1000, 0), (0, 0, 0)]
+    assert len(idles) == 3 and len([s for s in seen if s[:2] == (0, 0)]) >= 3
+    assert [b.kind for b in batches][0] is BatchKind.DATA
+    # Each IDLE carries the wall time since the shard's previous poll.
+    assert all(0.05 <= b.idle_seconds <= 1.0 for b in idles)
+    assert sum(b.idle_seconds for b in idles) <= elapsed
+    assert caught_up[0] == 0.0 and caught_up[-1] > 0.0
+    assert all(b.partition == partition for b in batches)
+
+
+def test_at_most_five_get_records_per_second_per_shard(aws_env: str) -> None:
+    stream = make_stream(aws_env, 2)
+    kinesis = client("kinesis", aws_env, max_pool_connections=20)
+    calls: dict[str, list[float]] = defaultdict(list)
+    kinesis.meta.events.register(
+        "provide-client-params.kinesis.GetRecords",
+        lambda **_: calls[threading.current_thread().name].append(time.monotonic()),
+    )
+    reader = KinesisReader(stream, client=kinesis, checkpoints=checkpoints(aws_env, stream), config=FAST, poll_interval=0.0)
+    started = time.monotonic()
+    read(reader, lambda batches: time.monotonic() - started > 2.0)
+
+    assert len(calls) == 2
+    for times in calls.values():
+        assert len(times) >= 5  # it does poll
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        assert min(gaps) >= 0.19  # 5 a second at most
+
+
+def test_expired_iterator_is_renewed_after_the_last_record(aws_env: str, proxy: FaultProxy) -> None:
+    stream = make_stream(aws_env, 1)
+    written = put(aws_env, stream, [f"r{i}".encode() for i in range(35)])
+    partition = f"kinesis:{stream}/{written[0][0]}"
+    proxy.error(GET_RECORDS, "ExpiredIteratorException", times=1, after=1)  # the 2nd GetRecords
+    reader = reader_for(proxy.endpoint, stream, checkpoints(aws_env, stream), config=AwsConfig(get_records_limit=10))
+
+    batches = read(reader, idle_in_all({partition}))
+
+    assert [d for _, d in data_of(batches)[partition]] == [d for _, _, d in written]
+    iterators = proxy.calls("Kinesis_20131202.GetShardIterator")
+    assert len(iterators) == 2  # the first, and one renewal
+    assert [c.status for c in proxy.calls(GET_RECORDS)][:2] == [200, 400]
+
+
+def test_commit_of_an_unknown_partition_is_an_error(aws_env: str) -> None:
+    stream = make_stream(aws_env, 1)
+    reader = reader_for(aws_env, stream)
+    with pytest.raises(ValueError, match="unknown partition"):
+        reader.commit("kinesis:other/shardId-000000000000", 5)
+
+
+def test_records_waiting_in_the_queue_are_not_caught_up(aws_env: str) -> None:
+    """--drain must not stop while read records still wait for the pipeline."""
+    stream = make_stream(aws_env, 1)
+    written = put(aws_env, stream, [f"r{i}".encode() for i in range(300)])
+    partition = f"kinesis:{stream}/{written[0][0]}"
+    reader = reader_for(aws_env, stream, config=AwsConfig(queue_batches=2), batch_size=10, poll_interval=0.05)
+    during_data: list[tuple[float, bool]] = []  # (caught_up_seconds, poller at the tip)
+
+    def until(batches: list[RecordBatch]) -> bool:
+        if batches[-1].kind is BatchKind.DATA:
+            time.sleep(0.03)  # a slow pipeline: the queue stays full
+            shard = reader._shards[partition]
+            during_data.append((reader.caught_up_seconds(), shard.caught_up_since is not None))
+            return False
+        return reader.caught_up_seconds() > 0.3
+
+    batches = read(reader, until)
+
+    assert len(data_of(batches)[partition]) == 300
+    assert all(caught_up == 0.0 for caught_up, _ in during_data)
+    assert any(at_tip for _, at_tip in during_data)  # the poller was at the tip before the pipeline caught up
