@@ -10,7 +10,7 @@ from consumers.ports import Sink
 from consumers.run_summary import RunSummary
 from streams.window_counter import CountedBatch
 
-Commit = Callable[[str, int], None]
+Commit = Callable[[str, int, "int | None"], None]
 
 
 class SinkFanOut:
@@ -33,7 +33,7 @@ class SinkFanOut:
         self.commit = commit
         self.checkpoint_interval = checkpoint_interval
         self.clock = clock
-        self._safe: dict[str, int] = {}
+        self._safe: dict[str, tuple[int, int]] = {}  # partition -> (position, watermark before it)
         self._committed: dict[str, int] = {}
         self._last_checkpoint = clock()
         self.batches = 0
@@ -44,7 +44,8 @@ class SinkFanOut:
         self.summary.add(batch)
         self.batches += 1
         if batch.read or batch.closed:
-            self._safe[batch.partition] = max(self._safe.get(batch.partition, 0), batch.safe_position)
+            point = (batch.safe_position, batch.safe_watermark_us)
+            self._safe[batch.partition] = max(self._safe.get(batch.partition, point), point)
         if self.commit is not None and self.clock() - self._last_checkpoint >= self.checkpoint_interval:
             self.checkpoint()
 
@@ -57,11 +58,16 @@ class SinkFanOut:
         self._last_checkpoint = self.clock()
         if self.commit is None:
             return
-        for partition, safe in self._safe.items():
-            floors = [safe] + [f for s in self.sinks if (f := s.pending_floor(partition)) is not None]
-            position = min(floors)
+        for partition, (safe, watermark) in self._safe.items():
+            floors = [f for s in self.sinks if (f := s.pending_floor(partition)) is not None]
+            if floors and min(floors) < safe:
+                # A sink still holds records before the safe point: the
+                # watermark to replay them with is not known, so none is given.
+                position, watermark = min(floors), None
+            else:
+                position = safe
             if position > self._committed.get(partition, -1):
-                self.commit(partition, position)
+                self.commit(partition, position, watermark)
                 self._committed[partition] = position
 
     def close(self) -> None:

@@ -366,7 +366,7 @@ class KinesisReader:
 
     # -- control --------------------------------------------------------------
 
-    def commit(self, partition: str, position: int) -> None:
+    def commit(self, partition: str, position: int, watermark_us: int | None = None) -> None:
         """Records of `partition` before `position` are durable downstream."""
         shard = self._shards.get(partition)
         if shard is None:

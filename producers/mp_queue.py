@@ -162,7 +162,7 @@ class MpQueueReader:
             )
         observer.on_completed()
 
-    def commit(self, partition: str, position: int) -> None:
+    def commit(self, partition: str, position: int, watermark_us: int | None = None) -> None:
         """Nothing to do: the queue keeps nothing once it is read."""
 
     def stop(self) -> None:

@@ -25,6 +25,8 @@ delivered again after the restart.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import sqlite3
 import threading
@@ -62,6 +64,7 @@ CREATE TABLE IF NOT EXISTS offsets (
     grp TEXT NOT NULL,
     partition TEXT NOT NULL,
     next_seq INTEGER NOT NULL,
+    watermark_us INTEGER,  -- the watermark a replay from next_seq starts with
     PRIMARY KEY (grp, partition)
 );
 """
@@ -83,6 +86,12 @@ def _connect(directory: str | os.PathLike[str]) -> sqlite3.Connection:
     # FULL: a send() or commit() that returned survives a power cut, not just a crash.
     conn.execute("PRAGMA synchronous = FULL")
     conn.executescript(_SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(offsets)")}
+    if "watermark_us" not in columns:  # a spool made before watermarks were stored
+        try:
+            conn.execute("ALTER TABLE offsets ADD COLUMN watermark_us INTEGER")
+        except sqlite3.OperationalError:  # another process added it first
+            pass
     return conn
 
 
@@ -261,6 +270,14 @@ class SpoolReader:
             ).fetchone()
         return row[0] if row else 0
 
+    def committed_watermark(self) -> int | None:
+        """The watermark stored with the committed offset, if any."""
+        with self._lock:
+            row = self._require_open().execute(
+                "SELECT watermark_us FROM offsets WHERE grp = ? AND partition = ?", (self.group, STORAGE_PARTITION)
+            ).fetchone()
+        return row[0] if row else None
+
     def batches(self) -> reactivex.Observable:
         def subscribe(observer: abc.ObserverBase, scheduler: abc.SchedulerBase | None = None) -> Disposable:
             try:
@@ -275,6 +292,7 @@ class SpoolReader:
         # The read cursor is in memory only: it runs ahead of the committed
         # offset, and a restart falls back to the committed offset.
         cursor = self.committed()
+        resume_watermark = self.committed_watermark()
         last_poll = last_data = self._clock()
         while not self._stopped:
             rows = self._read(cursor)
@@ -283,11 +301,13 @@ class SpoolReader:
                 cursor = rows[-1][0] + 1
                 last_data = now
                 self._caught_up = 0.0
-                observer.on_next(
-                    RecordBatch.data(
-                        self.partition, [bytes(data) for _, data in rows], [seq for seq, _ in rows], self._wall_clock_us()
-                    )
+                batch = RecordBatch.data(
+                    self.partition, [bytes(data) for _, data in rows], [seq for seq, _ in rows], self._wall_clock_us()
                 )
+                if resume_watermark is not None:
+                    batch = dataclasses.replace(batch, resume_watermark_us=resume_watermark)
+                    resume_watermark = None
+                observer.on_next(batch)
             else:
                 self._caught_up = now - last_data
                 observer.on_next(RecordBatch.idle(self.partition, now - last_poll))
@@ -313,16 +333,19 @@ class SpoolReader:
                 (STORAGE_PARTITION, cursor, self.batch_size),
             ).fetchall()
 
-    def commit(self, partition: str, position: int) -> None:
-        """Every record with seq < `position` is durable downstream."""
+    def commit(self, partition: str, position: int, watermark_us: int | None = None) -> None:
+        """Every record with seq < `position` is durable downstream; a replay
+        from it starts with `watermark_us` (given back by `batches()`)."""
         if partition != self.partition:
             raise ValueError(f"unknown partition {partition!r}: this spool reads {self.partition!r}")
         with self._lock:
             conn = self._require_open()
             conn.execute(
-                "INSERT INTO offsets (grp, partition, next_seq) VALUES (?, ?, ?)"
-                " ON CONFLICT (grp, partition) DO UPDATE SET next_seq = MAX(next_seq, excluded.next_seq)",
-                (self.group, STORAGE_PARTITION, position),
+                "INSERT INTO offsets (grp, partition, next_seq, watermark_us) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (grp, partition) DO UPDATE SET"
+                " watermark_us = CASE WHEN excluded.next_seq > next_seq THEN excluded.watermark_us ELSE watermark_us END,"
+                " next_seq = MAX(next_seq, excluded.next_seq)",
+                (self.group, STORAGE_PARTITION, position, watermark_us),
             )
             self._commits += 1
             if self._commits % PRUNE_EVERY_COMMITS == 0:

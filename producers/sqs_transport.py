@@ -341,7 +341,7 @@ class SqsReader:
 
     # -- control --------------------------------------------------------------
 
-    def commit(self, partition: str, position: int) -> None:
+    def commit(self, partition: str, position: int, watermark_us: int | None = None) -> None:
         """Delete the held messages whose records are all before `position`."""
         if partition != self.partition:
             raise ValueError(f"unknown partition {partition!r}: this reader reads {self.partition!r}")

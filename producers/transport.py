@@ -34,8 +34,14 @@ class TransportReader(Protocol):
         """RecordBatches, DATA while records arrive, IDLE on an empty caught-up
         poll, EOF only if the transport is finite. Completes after `stop()`."""
 
-    def commit(self, partition: str, position: int) -> None:
-        """Records of `partition` before `position` are durable downstream."""
+    def commit(self, partition: str, position: int, watermark_us: int | None = None) -> None:
+        """Records of `partition` before `position` are durable downstream.
+
+        `watermark_us` is the watermark a replay from `position` must start
+        with, so that it decides exactly as the first run did (an event that
+        was late stays late). A reader that stores it hands it back as
+        `RecordBatch.resume_watermark_us` on its first batch of that partition.
+        """
 
     def stop(self) -> None: ...
 

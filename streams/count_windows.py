@@ -35,7 +35,7 @@ def count_windows(counter: WindowCounter) -> Callable[[Observable[ParsedBatch]],
                 name = parsed.partition
                 state = partitions.get(name)
                 if state is None:
-                    state = partitions[name] = counter.build(name)
+                    state = partitions[name] = counter.build(name, parsed.source.resume_watermark_us)
                 try:
                     counted = state.on_batch(parsed)
                 except Exception as exc:  # a bug, not bad input: parsers never raise

@@ -77,6 +77,7 @@ class RecordBatch:
     positions: Sequence[int] = ()
     idle_seconds: float = 0.0
     arrival_us: int = 0
+    resume_watermark_us: int | None = None  # set on a partition's first batch after a restart
 
     @classmethod
     def data(

@@ -26,6 +26,7 @@ def to_columns(parsed: ParsedBatch) -> Columns:
         positions,
         source.idle_seconds,
         source.arrival_us,
+        source.resume_watermark_us,
         parsed.blank,
         [(d.reason.value, d.error, d.position, d.record) for d in parsed.dead_letters],
         [e.customer_id for e in events],
@@ -38,10 +39,11 @@ def to_columns(parsed: ParsedBatch) -> Columns:
 
 
 def from_columns(columns: Columns) -> ParsedBatch:
-    (partition, kind, count, positions, idle_seconds, arrival_us, blank, dead,
+    (partition, kind, count, positions, idle_seconds, arrival_us, resume_watermark_us, blank, dead,
      customers, types, transactions, times, event_positions, properties) = columns
     # The counter only needs how many records there were, not their bytes.
-    source = RecordBatch(partition, BatchKind(kind), (b"",) * count, positions, idle_seconds, arrival_us)
+    source = RecordBatch(partition, BatchKind(kind), (b"",) * count, positions, idle_seconds, arrival_us,
+                         resume_watermark_us)
     events = [
         Event(c, e, x, t, p or NO_PROPERTIES, partition, pos)
         for c, e, x, t, pos, p in zip(customers, types, transactions, times, event_positions, properties)

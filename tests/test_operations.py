@@ -39,12 +39,12 @@ def spool_with(tmp_path: Path, lines: list[str]) -> str:
 def committed(tmp_path: Path) -> int:
     db = sqlite3.connect(tmp_path / "spool" / "spool.sqlite3")
     try:
-        rows = db.execute("SELECT * FROM offsets").fetchall()
+        rows = db.execute("SELECT next_seq FROM offsets").fetchall()
     except sqlite3.OperationalError:
         return 0
     finally:
         db.close()
-    return max((r[-1] for r in rows), default=0)
+    return max((r[0] for r in rows), default=0)
 
 
 def test_sd_notify_messages_on_a_real_socket(tmp_path):

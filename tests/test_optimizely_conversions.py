@@ -134,7 +134,7 @@ def test_fan_out_checkpoints_only_after_a_2xx(manager: DatafileManager) -> None:
         ListDeadLetters(), conversions=builder, endpoint=server.url + "/v1/events", flush_interval=0.05,
         backoff_base=0.01, backoff_cap=0.03,
     )
-    fan_out = SinkFanOut([sink], RunSummary(), commit=lambda p, pos: commits.append(pos), checkpoint_interval=0)
+    fan_out = SinkFanOut([sink], RunSummary(), commit=lambda p, pos, watermark=None: commits.append(pos), checkpoint_interval=0)
     events = stream_events(40, first_position=1000)  # purchases at 1000, 1004, ...
     try:
         fan_out.on_next(batch_of(events[:20]))

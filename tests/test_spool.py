@@ -360,3 +360,19 @@ def test_bad_reader_uri_raises_value_error(uri: str) -> None:
 def test_console_is_write_only() -> None:
     with pytest.raises(ValueError, match="write-only"):
         open_reader("console")
+
+
+def test_the_committed_watermark_comes_back_on_the_first_batch_after_a_restart(tmp_path: Path) -> None:
+    with SpoolWriter(tmp_path) as writer:
+        writer.send(payloads("w", 6))
+    first = SpoolReader(tmp_path, poll_interval=FAST)
+    seen = records_of(drain(first))
+    first.commit(first.partition, seen[2][1], watermark_us=123_456)
+    first.commit(first.partition, seen[1][1], watermark_us=999)  # backwards: ignored, watermark too
+    first.close()
+    second = SpoolReader(tmp_path, poll_interval=FAST)
+    batches = [b for b in drain(second) if b.kind is BatchKind.DATA]
+    assert batches[0].resume_watermark_us == 123_456
+    assert all(b.resume_watermark_us is None for b in batches[1:])
+    assert records_of(batches) == seen[2:]
+    second.close()
