@@ -60,6 +60,7 @@ class Settings:
     max_record_bytes: int
     checkpoint_interval: float
     stop_timeout: timedelta
+    provisional_interval: timedelta
     idle_poll_interval: float
     rollups: tuple[RollupSpec, ...]
     query_rollup: str
@@ -210,6 +211,7 @@ def _build(raw: dict[str, Any], profile: Path) -> Settings:
         max_record_bytes=pipeline.positive_int("max_record_bytes", 1 << 20),
         checkpoint_interval=pipeline.get("checkpoint_interval", float, 1.0),
         stop_timeout=pipeline.duration("stop_timeout", "30s"),
+        provisional_interval=pipeline.duration("provisional_interval", "5s"),
         idle_poll_interval=pipeline.get("idle_poll_interval", float, 0.2),
         rollups=tuple(rollups),
         query_rollup=query.get("rollup", str, "customer_hourly"),

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 from consumers.object_keys import render_key
 from consumers.ports import ObjectStore
-from streams.events import SCHEMA_VERSION, WindowCount, format_utc_seconds, us_to_datetime
+from streams.events import SCHEMA_VERSION, BatchKind, WindowCount, format_utc_seconds, us_to_datetime
 from streams.window_counter import CountedBatch
 
 DEFAULT_AGGREGATE_KEY_TEMPLATE = "aggregates/{rollup}/dt={dt}/hour={hour}/{window}-{partition}.jsonl"
@@ -28,8 +28,12 @@ class AggregateWriter:
 
     def write(self, batch: CountedBatch) -> None:
         groups: dict[tuple[str, int, str], list[WindowCount]] = defaultdict(list)
+        stop_flush = batch.kind is BatchKind.EOF
         for count in batch.closed:
-            groups[(count.rollup, count.window_start_us, count.partition)].append(count)
+            # Running counts of open windows are for the count store; objects
+            # are written for final windows, and for the flush at a stop.
+            if count.final or stop_flush:
+                groups[(count.rollup, count.window_start_us, count.partition)].append(count)
         for (rollup, start, partition), counts in groups.items():
             when = us_to_datetime(start)
             key = render_key(

@@ -191,7 +191,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         endless = getattr(source, "count", 0) is None
         with ServiceLoop("run") as service, _stop_on_signals(source.stop, settings, service), \
                 embedded_http(settings, endless=endless):
-            summary = run_job(settings, source.observable(), parser, on_ready=service.ready if endless else None)
+            summary = run_job(settings, source.observable(), parser, on_ready=service.ready if endless else None,
+                              unbounded=endless)
     _print_summary(summary, settings, args.json)
     return 0
 
@@ -235,7 +236,7 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
             embedded_http(settings, source=reader):
         try:
             summary = run_job(settings, reader.batches(), parser_for(settings, "ndjson"), commit=reader.commit,
-                              on_ready=lambda: service.ready(args.source_uri))
+                              on_ready=lambda: service.ready(args.source_uri), unbounded=True)
         finally:
             stop.set()
     _print_summary(summary, settings, args.json)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from datetime import timedelta
 from dataclasses import dataclass
 from typing import Callable
 
@@ -72,12 +73,14 @@ def run_job(
     progress_total: int | None = None,
     on_ready: Callable[[], None] | None = None,
     parsed: bool = False,
+    unbounded: bool = False,
 ) -> RunSummary:
     """Subscribe the pipeline on this thread and block until the source
     completes; then flush and checkpoint every sink. Raises what broke the
     stream (a sink failure, never a bad record). With `parsed=True` the
     source already yields `ParsedBatch`es (parsed in another process)."""
-    counter = make_counter(settings.rollups, settings.lateness, wall_clock, settings.future_tolerance)
+    counter = make_counter(settings.rollups, settings.lateness, wall_clock, settings.future_tolerance,
+                           settings.provisional_interval if unbounded else timedelta(0))
     summary = RunSummary()
     fan_out = SinkFanOut(sinks if sinks is not None else build_sinks(settings), summary, commit, settings.checkpoint_interval)
     errors: list[BaseException] = []

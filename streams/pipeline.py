@@ -24,12 +24,14 @@ def make_counter(
     lateness: timedelta,
     wall_clock_us: Callable[[], int],
     future_tolerance: timedelta = timedelta(days=1),
+    provisional_interval: timedelta = timedelta(0),
 ) -> WindowCounter:
     return WindowCounter(
         rollups=tuple(rollups),
         clock=EventClock(int(lateness.total_seconds() * 1_000_000)),
         wall_clock_us=wall_clock_us,
         future_tolerance_us=int(future_tolerance.total_seconds() * 1_000_000),
+        provisional_interval_us=int(provisional_interval.total_seconds() * 1_000_000),
     )
 
 

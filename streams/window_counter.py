@@ -66,6 +66,10 @@ class WindowCounter:
     clock: EventClock
     wall_clock_us: Callable[[], int]
     future_tolerance_us: int = DAY_US
+    # Unbounded sources: every this often (wall time), the running counts of
+    # open windows that changed are emitted as provisional counts, so a store
+    # is fresh long before a window is final. 0 turns it off.
+    provisional_interval_us: int = 0
 
     def build(self, partition: str, resume_watermark_us: int | None = None) -> "PartitionCounter":
         return PartitionCounter(self, partition, resume_watermark_us)
@@ -105,6 +109,8 @@ class PartitionCounter:
         self.seen: dict[int, set[tuple]] = {}
         self.next_close_us = WATERMARK_MAX
         self.next_position = 0
+        self._provisional_at = config.wall_clock_us()
+        self._provisional_sent: dict[tuple[str, int, tuple[str, ...]], int] = {}
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -112,7 +118,9 @@ class PartitionCounter:
         batch = parsed.source
         if batch.kind is BatchKind.IDLE:
             self.clock.on_idle(batch.idle_seconds)
-            return self._result(batch.kind)
+            out = self._result(batch.kind)
+            self._maybe_provisional(out)
+            return out
         if batch.kind is BatchKind.EOF:
             return self.on_eof()
         out = self._result(BatchKind.DATA, close=False)
@@ -125,7 +133,27 @@ class PartitionCounter:
             self.next_position = max(self.next_position, batch.positions[-1] + 1)
         out.safe_position, out.safe_watermark_us = self.safe_point()
         out.watermark_us = self.clock.watermark_us
+        self._maybe_provisional(out)
         return out
+
+    def _maybe_provisional(self, out: CountedBatch) -> None:
+        interval = self.config.provisional_interval_us
+        if not interval:
+            return
+        now = self.config.wall_clock_us()
+        if now - self._provisional_at < interval:
+            return
+        self._provisional_at = now
+        sent = self._provisional_sent
+        open_keys = set()
+        for count in self.open_counts():
+            ident = (count.rollup, count.window_start_us, count.key)
+            open_keys.add(ident)
+            if sent.get(ident) != count.count:
+                sent[ident] = count.count
+                out.closed.append(count)
+        for ident in [i for i in sent if i not in open_keys]:  # windows closed since
+            del sent[ident]
 
     def on_eof(self) -> CountedBatch:
         self.clock.on_eof()

@@ -257,3 +257,33 @@ def test_a_crash_and_replay_from_the_safe_point_gives_the_oracle(items, size, cr
     expected = run_oracle(lines, lateness_s * 1_000_000, DEFAULT_ROLLUPS)
     want = {(name, start, key): n for name in DEFAULT_ROLLUPS for (start, key), n in expected.counts[name].items()}
     assert {k: v for k, v in store.items() if v} == want
+
+
+def test_running_counts_of_open_windows_are_emitted_when_they_change():
+    from streams.window_counter import WindowCounter
+    from streams.windowing import EventClock
+
+    now = [BASE]
+    counter = WindowCounter(default_rollups(), EventClock(600_000_000), lambda: now[0],
+                            provisional_interval_us=5_000_000).build("s")
+    parser = EventsCsvParser()
+
+    def feed(*lines, position=[0]):
+        records = [line.encode() for line in lines]
+        positions = range(position[0] + 1, position[0] + 1 + len(records))
+        position[0] += len(records)
+        return counter.on_batch(parser.parse_batch(RecordBatch.data("s", records, positions)))
+
+    assert feed(row("a", BASE), row("b", BASE)).closed == []  # not yet 5 s of wall time
+    now[0] = BASE + 5_000_000
+    out = feed(row("a", BASE + 1))
+    assert sorted((c.rollup, c.key, c.count, c.final) for c in out.closed) == [
+        ("customer_hourly", ("a",), 2, False), ("customer_hourly", ("b",), 1, False),
+        ("event_type_minutely", ("click",), 3, False)]
+    now[0] = BASE + 10_000_000
+    out = counter.on_batch(parser.parse_batch(RecordBatch.idle("s", 5)))
+    assert out.closed == []  # nothing changed
+    now[0] = BASE + 15_000_000
+    out = feed(row("b", BASE + 2))
+    assert sorted((c.key, c.count) for c in out.closed if c.rollup == "customer_hourly") == [(("b",), 2)]
+    assert out.safe_position == 1  # provisional counts never move the safe point
