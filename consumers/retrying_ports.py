@@ -39,8 +39,14 @@ class Backoff:
         return self.rng.uniform(0, min(self.cap, self.base * 2 ** attempt))
 
 
+def is_outage(exc: BaseException) -> bool:
+    """Errors worth waiting out. A bad argument (an unsafe key, a wrong type)
+    will fail the same way forever, so it is raised at once."""
+    return not isinstance(exc, (ValueError, TypeError, KeyError))
+
+
 def retry_until_done(call: Callable[[], T], what: str, backoff: Backoff, health: PipelineHealth = HEALTH,
-                     retryable: Callable[[BaseException], bool] = lambda exc: True) -> T:
+                     retryable: Callable[[BaseException], bool] = is_outage) -> T:
     attempt = 0
     while True:
         try:

@@ -50,3 +50,17 @@ def test_backoff_is_jittered_and_capped():
     backoff = Backoff(base=1, cap=8, rng=random.Random(2))
     delays = [backoff.delay(a) for a in range(10) for _ in range(20)]
     assert max(delays) <= 8 and len(set(round(d, 3) for d in delays)) > 100
+
+
+def test_a_bad_argument_is_not_retried():
+    class Refusing:
+        calls = 0
+
+        def put(self, key, body):
+            self.calls += 1
+            raise ValueError("unsafe object key")
+
+    inner = Refusing()
+    with pytest.raises(ValueError):
+        RetryingObjectStore(inner, Backoff(sleep=lambda s: None)).put("../x", b"")
+    assert inner.calls == 1
