@@ -26,9 +26,10 @@ from config.settings import ConfigError, Settings, load_settings
 from consumers.ports import CountStore, DeadLetterSink
 from consumers.retrying_ports import STOP_REQUESTED
 from daemon.job import parser_for, run_job
+from producers.transport import start_drain_watch
 from daemon.reload import install_sighup_handler, on_reload
 from daemon.service_loop import ServiceLoop
-from producers.file_source import FileSource, file_partition
+from producers.file_source import FileSource
 from producers.random_source import RandomEventSource
 from streams.events import format_utc, format_utc_seconds
 from streams.parsers import PARSERS
@@ -219,17 +220,7 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
         args.source_uri, group=args.group, batch_size=settings.batch_size, poll_interval=settings.idle_poll_interval,
         settings=settings, create_resources=args.create_resources,
     )
-    stop = threading.Event()
-    watcher = None
-    if args.drain is not None:
-        def watch() -> None:
-            while not stop.wait(0.1):
-                if reader.caught_up_seconds() >= args.drain:
-                    reader.stop()
-                    return
-
-        watcher = threading.Thread(target=watch, name="drain-watch", daemon=True)
-        watcher.start()
+    stop = start_drain_watch(reader, args.drain) if args.drain is not None else threading.Event()
     from daemon.http_commands import embedded_http  # [http] enabled: serve while consuming
 
     with ServiceLoop("consume") as service, _stop_on_signals(reader.stop, settings, service), \

@@ -23,6 +23,7 @@ import threading
 from typing import Any, Callable
 
 from daemon.cli import CliError, command
+from producers.transport import start_drain_watch
 
 DEFAULT_FORWARD_GROUP = "optimizely"
 
@@ -93,15 +94,7 @@ def cmd_forward(args: argparse.Namespace, settings: Any) -> int:
     dead_letters = inject.instance(DeadLetterSink)
     sink = OptimizelyBulkSink.from_settings(opt, dead_letters)
     forwarder = PayloadForwarder(reader, sink, commit_interval=settings.checkpoint_interval)
-    stop = threading.Event()
-    if args.drain is not None:
-        def watch() -> None:
-            while not stop.wait(0.1):
-                if reader.caught_up_seconds() >= args.drain:
-                    reader.stop()
-                    return
-
-        threading.Thread(target=watch, name="drain-watch", daemon=True).start()
+    stop = start_drain_watch(reader, args.drain) if args.drain is not None else threading.Event()
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -66,31 +66,27 @@ def build_optimizely_router(
     if not public and auth_dependency is None:
         raise ValueError("the bucketer needs an auth dependency unless it is public")
 
-    @router.get("/bucketer", dependencies=guarded)
-    def bucketer_route(
-        request: Request, e: str | None = None, u: str | None = None, a: str | None = None, debug: str | None = None
-    ) -> JSONResponse:
+    def answer(ask, key: str | None, request: Request, u: str | None, a: str | None, debug: str | None) -> JSONResponse:
+        """Parse the attributes, ask the bucketer, map its errors to 4xx."""
         try:
-            attributes = parse_attributes(a)
-            result = bucketer.variation(e, _user(request, u), attributes)
+            result = ask(key, _user(request, u), parse_attributes(a))
         except AttributeParseError as exc:
             return _error(400, "bad_attribute", str(exc))
         except BucketerError as exc:
             return _error(exc.status, exc.code, exc.reason)
         return JSONResponse(result.to_response(_truthy(debug)))
 
+    @router.get("/bucketer", dependencies=guarded)
+    def bucketer_route(
+        request: Request, e: str | None = None, u: str | None = None, a: str | None = None, debug: str | None = None
+    ) -> JSONResponse:
+        return answer(bucketer.variation, e, request, u, a, debug)
+
     @router.get("/decide", dependencies=guarded)
     def decide_route(
         request: Request, flag: str | None = None, u: str | None = None, a: str | None = None, debug: str | None = None
     ) -> JSONResponse:
-        try:
-            attributes = parse_attributes(a)
-            result = bucketer.decide(flag, _user(request, u), attributes)
-        except AttributeParseError as exc:
-            return _error(400, "bad_attribute", str(exc))
-        except BucketerError as exc:
-            return _error(exc.status, exc.code, exc.reason)
-        return JSONResponse(result.to_response(_truthy(debug)))
+        return answer(bucketer.decide, flag, request, u, a, debug)
 
     @router.post("/webhooks/optimizely")
     async def webhook_route(request: Request) -> JSONResponse:

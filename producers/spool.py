@@ -36,9 +36,8 @@ from typing import Any, Callable, Sequence
 
 import reactivex
 from reactivex import abc
-from reactivex.disposable import Disposable
 
-from producers.transport import TransportFull
+from producers.transport import TransportFull, blocking_observable
 from streams.events import RecordBatch
 
 SPOOL_FILE = "spool.sqlite3"
@@ -279,14 +278,7 @@ class SpoolReader:
         return row[0] if row else None
 
     def batches(self) -> reactivex.Observable:
-        def subscribe(observer: abc.ObserverBase, scheduler: abc.SchedulerBase | None = None) -> Disposable:
-            try:
-                self._loop(observer)
-            except Exception as exc:  # noqa: BLE001 - surfaced through on_error
-                observer.on_error(exc)
-            return Disposable()
-
-        return reactivex.create(subscribe)
+        return blocking_observable(self._loop)
 
     def _loop(self, observer: abc.ObserverBase) -> None:
         # The read cursor is in memory only: it runs ahead of the committed

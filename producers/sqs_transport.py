@@ -49,7 +49,6 @@ from typing import Any, Callable, Sequence
 import botocore.exceptions
 import reactivex
 from reactivex import abc
-from reactivex.disposable import Disposable
 
 from producers.aws_clients import (
     AwsConfig,
@@ -61,7 +60,7 @@ from producers.aws_clients import (
     sleep_unless,
 )
 from producers.kinesis_writer import RejectedRecord
-from producers.transport import TransportFull
+from producers.transport import TransportFull, blocking_observable
 from streams.events import RecordBatch
 
 MAX_BATCH_ENTRIES = 10
@@ -241,16 +240,7 @@ class SqsReader:
     # -- reading --------------------------------------------------------------
 
     def batches(self) -> reactivex.Observable:
-        def subscribe(observer: abc.ObserverBase, scheduler: abc.SchedulerBase | None = None) -> Disposable:
-            try:
-                self._loop(observer)
-            except Exception as exc:  # noqa: BLE001 - surfaced through on_error
-                observer.on_error(exc)
-            finally:
-                self._extender_stop.set()
-            return Disposable()
-
-        return reactivex.create(subscribe)
+        return blocking_observable(self._loop, cleanup=self._extender_stop.set)
 
     def _loop(self, observer: abc.ObserverBase) -> None:
         self._extender = threading.Thread(target=self._extend_loop, name="sqs-visibility", daemon=True)

@@ -10,9 +10,12 @@ only then may the transport forget it (or, after a restart, skip it).
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+import threading
+from typing import Callable, Protocol, Sequence
 
 import reactivex
+from reactivex import abc
+from reactivex.disposable import Disposable
 
 
 class TransportFull(RuntimeError):
@@ -47,3 +50,36 @@ class TransportReader(Protocol):
 
     def caught_up_seconds(self) -> float:
         """How long every partition has been caught up (for `--drain`)."""
+
+
+def blocking_observable(loop: Callable[[abc.ObserverBase], None], cleanup: Callable[[], None] | None = None) -> reactivex.Observable:
+    """An observable that runs a reader's blocking `loop(observer)` on the
+    subscribing thread; an exception from the loop ends the stream with
+    `on_error` instead of escaping into the caller."""
+
+    def subscribe(observer: abc.ObserverBase, scheduler: abc.SchedulerBase | None = None) -> Disposable:
+        try:
+            loop(observer)
+        except Exception as exc:  # noqa: BLE001 - surfaced through on_error
+            observer.on_error(exc)
+        finally:
+            if cleanup is not None:
+                cleanup()
+        return Disposable()
+
+    return reactivex.create(subscribe)
+
+
+def start_drain_watch(reader: TransportReader, seconds: float, interval: float = 0.1) -> threading.Event:
+    """`--drain SECONDS`: stop `reader` once it has been caught up that long.
+    Set the returned event to end the watch early."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(interval):
+            if reader.caught_up_seconds() >= seconds:
+                reader.stop()
+                return
+
+    threading.Thread(target=watch, name="drain-watch", daemon=True).start()
+    return done
