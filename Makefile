@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast test-slow bench clean
+.PHONY: run test test-fast test-slow bench clean kinesalite
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,14 +15,25 @@ $(STAMP): requirements.txt
 run: $(STAMP)
 	$(PY) run_stream_processing.py
 
+## kinesalite 3.3.3 (Kinesis emulator with resharding) for the scale-out tests;
+## without npm the resharding test skips.
+KINESALITE := node_modules/.bin/kinesalite
+
+$(KINESALITE): package.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm install --no-save --no-audit --no-fund kinesalite@3.3.3 || echo "kinesalite not installed: the resharding test will skip"; \
+	else echo "npm not found: the resharding test will skip"; fi
+
+kinesalite: $(KINESALITE)
+
 ## The whole suite (what CI runs).
-test: $(STAMP)
+test: $(STAMP) kinesalite
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) kinesalite
 	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP)

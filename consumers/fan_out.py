@@ -45,7 +45,9 @@ class SinkFanOut:
         self.batches += 1
         if batch.read or batch.closed:
             point = (batch.safe_position, batch.safe_watermark_us)
-            self._safe[batch.partition] = max(self._safe.get(batch.partition, point), point)
+            # Not max(): a partition restarted from its checkpoint (a Kinesis
+            # lease taken back) starts over with a lower safe point.
+            self._safe[batch.partition] = point
         if self.commit is not None and self.clock() - self._last_checkpoint >= self.checkpoint_interval:
             self.checkpoint()
 

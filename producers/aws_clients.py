@@ -64,6 +64,12 @@ class AwsConfig:
     object_prefix: str = ""
     count_table: str = "rivulet-counts"
     checkpoint_table: str = "rivulet-leases"
+    # Kinesis shard leases (docs/scaleout.md). "" = the checkpoint table.
+    lease_table: str = ""
+    failover_seconds: float = 10.0
+    lease_renew_seconds: float = 0.0  # 0 = failover_seconds / 3
+    shard_discovery_seconds: float = 10.0
+    worker_id: str = ""  # "" = <hostname>-<pid>
     partition_key: str = "customer_id"
     retry_mode: str = "standard"
     max_attempts: int = 5
@@ -325,7 +331,8 @@ def ensure_queue(client: Any, name: str, create: bool, visibility_timeout: int =
 
 def checkpoint_table_name(config: AwsConfig, group: str) -> str:
     """One checkpoint table per consumer group, as the KCL has one per application."""
-    return config.checkpoint_table if group == "default" else f"{config.checkpoint_table}-{group}"
+    base = config.lease_table or config.checkpoint_table
+    return base if group == "default" else f"{base}-{group}"
 
 
 def ensure_profile_resources(settings: Settings | None, config: AwsConfig, create: bool, kinesis: bool = False) -> None:

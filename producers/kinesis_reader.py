@@ -20,9 +20,17 @@ How it works:
   a KPL aggregated record (0 for a plain record): positions then stay distinct
   and increasing even for the user records of one aggregated record, which the
   raw-event writer's object names and the checkpoints need.
-- Start: the group's checkpoint if there is one (`AT_SEQUENCE_NUMBER`, skipping
-  what was already durable), else `start_after[shard]` (`AFTER_SEQUENCE_NUMBER`),
-  else `[aws] iterator_type`: TRIM_HORIZON (default), LATEST or AT_TIMESTAMP.
+- Which shards: those whose lease this worker holds (`producers/kinesis_leases.py`,
+  a `LeaseCoordinator` thread renews, takes, balances and loses leases; a lone
+  worker takes them all). A poller starts when a lease is taken and stops at
+  once when it is lost; batches of a lost lease still in the queue are dropped
+  and never committed. Children of a split or merge are read only after every
+  parent's lease is finished (read to SHARD_END, final checkpoint written).
+- Start: the lease's checkpoint if there is one (`AT_SEQUENCE_NUMBER`, skipping
+  what was already durable; the stored watermark comes back as
+  `resume_watermark_us` on the first batch), else `start_after[shard]`
+  (`AFTER_SEQUENCE_NUMBER`), else TRIM_HORIZON for a child shard, else
+  `[aws] iterator_type`: TRIM_HORIZON (default), LATEST or AT_TIMESTAMP.
 - An expired iterator is renewed `AFTER_SEQUENCE_NUMBER` the last record read
   (or from the original start if none was read yet).
 - IDLE: only a poll that returns no records while MillisBehindLatest is 0
@@ -35,21 +43,27 @@ How it works:
   caught up, i.e. its polls find the tip and the pipeline has taken every
   batch read from it (for `consume --drain`: records still waiting in the
   queue are not processed yet).
-- `commit(partition, position)` stores the shard's checkpoint in DynamoDB
-  (see `producers/kinesis_checkpoints.py`).
-
-Resharding (parents before children) is left to the lease-table issue: every
-shard listed at subscribe time is read, from its own start.
+- `commit(partition, position, watermark_us)` writes the shard's checkpoint
+  into its lease item, conditional on our leaseCounter (a refused write means
+  the lease is lost: the poller stops).
+- `close()` (also at interpreter exit) hands the leases back after the final
+  checkpoint: SIGTERM and `--drain` end with a graceful handoff.
 """
 
 from __future__ import annotations
 
+import atexit
 import base64
+import collections
+import dataclasses
 import logging
+import os
 import queue
 import random
+import socket
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
@@ -75,8 +89,12 @@ from producers.aws_clients import (
     sleep_unless,
     startup_call,
 )
-from producers.kinesis_checkpoints import HASH_KEY, Checkpoint, KinesisCheckpoints
+from daemon.metrics import MILLIS_BEHIND
+from producers import kinesis_metrics as metrics
+from producers.kinesis_checkpoints import HASH_KEY, KinesisCheckpoints
+from producers.kinesis_leases import Lease, LeaseCoordinator, LeaseTable, ShardInfo
 from streams.events import BatchKind, RecordBatch
+from streams.windowing import WATERMARK_MIN
 
 SUB_SCALE = 1_000_000  # user records per Kinesis record never reach this (1 MiB / 4 B)
 QUEUE_WAIT = 0.05
@@ -127,9 +145,17 @@ class _Shard:
     caught_up_since: float | None = None  # since when polls find the tip (poller's view)
     undelivered: int = 0  # DATA batches queued but not yet handed to the pipeline
     delivered_at: float = 0.0  # when the pipeline last finished a DATA batch of this shard
-    finished: bool = False
+    finished: bool = False  # SHARD_END read (the poller ended)
     polls: int = 0
     thread: threading.Thread | None = field(default=None, repr=False)
+    active: bool = True  # False once the lease is lost, handed back or retired
+    resume_watermark_us: int | None = None  # for the first batch of this ownership
+    resume_pending: bool = True
+    end_position: int = 0  # after SHARD_END: everything before this was delivered
+    eof_taken: bool = False  # the pipeline took the EOF batch
+    retired: bool = False
+    behind_ms: int | None = None
+    pending: collections.deque = field(default_factory=collections.deque, repr=False)  # (last position, taken at)
 
 
 class KinesisReader:
@@ -149,6 +175,7 @@ class KinesisReader:
         start_after: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock_us: Callable[[], int] = _wall_clock_us,
+        worker_id: str | None = None,
         **_ignored: Any,
     ) -> None:
         self.config = config or AwsConfig.from_settings(settings)
@@ -171,15 +198,36 @@ class KinesisReader:
             ensure_table(dynamodb, table, create_resources, HASH_KEY)
             checkpoints = KinesisCheckpoints(dynamodb, table, stream)
         ensure_profile_resources(settings, self.config, create_resources, kinesis=True)
-        self.checkpoints = checkpoints
+        self.checkpoints = checkpoints  # the checkpoints live in the lease items of its table
+        self.leases = LeaseTable(checkpoints.client, checkpoints.table, stream)
+        self.worker_id = worker_id or self.config.worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self._clock = clock
         self._wall_clock_us = wall_clock_us
         self._rng = random.Random()
         self._queue: queue.Queue = queue.Queue(maxsize=self.config.queue_batches)
-        self._shards: dict[str, _Shard] = {}  # by partition
+        self._shards: dict[str, _Shard] = {}  # by partition: the shards whose lease we hold
+        self._shards_lock = threading.RLock()
         self._count_lock = threading.Lock()
         self._stopped = False  # a plain flag: stop() may run in a signal handler
         self._started = False
+        self._closed = False
+        self._ended_at: float | None = None  # when batches() completed
+        self._child_shards: set[str] = set()
+        self.coordinator = LeaseCoordinator(
+            self.leases,
+            self.worker_id,
+            list_shards=self._list_shard_infos,
+            on_acquired=self._on_acquired,
+            on_lost=self._on_lost,
+            failover_seconds=self.config.failover_seconds,
+            renew_seconds=self.config.lease_renew_seconds,
+            discovery_seconds=self.config.shard_discovery_seconds,
+            clock=clock,
+        )
+        self._coordinator_thread: threading.Thread | None = None
+        self._last_status = 0.0
+        self._last_heartbeat = 0.0
+        _release_at_exit(self)
 
     # -- observable -----------------------------------------------------------
 
@@ -192,6 +240,7 @@ class KinesisReader:
                 self._run(observer)
             except Exception as exc:  # noqa: BLE001 - surfaced through on_error
                 self._stopped = True
+                self._ended_at = self._clock()
                 observer.on_error(exc)
             return Disposable()
 
@@ -201,63 +250,164 @@ class KinesisReader:
         if self._started:
             raise RuntimeError("KinesisReader.batches() can be subscribed once")
         self._started = True
-        for shard_id in self._list_shards():
-            shard = self._shards[self.partition_of(shard_id)] = self._prepare(shard_id)
-            shard.thread = threading.Thread(target=self._poll_guarded, args=(shard,), name=f"kinesis-{shard_id}", daemon=True)
-        for shard in self._shards.values():
-            assert shard.thread is not None
-            shard.thread.start()
+        startup_call(f"kinesis stream {self.stream!r}", self.coordinator.discover)
+        self.coordinator.round()  # a lone worker takes every lease here
+        self._coordinator_thread = threading.Thread(target=self._coordinate, name=f"kinesis-leases-{self.stream}", daemon=True)
+        self._coordinator_thread.start()
         try:
             while not self._stopped:
                 try:
-                    item = self._queue.get(timeout=QUEUE_WAIT)
+                    shard, item = self._queue.get(timeout=QUEUE_WAIT)
                 except queue.Empty:
-                    if all(s.thread is not None and not s.thread.is_alive() for s in self._shards.values()):
-                        break  # every shard ended
+                    if self.coordinator.all_finished and not self._shards:
+                        break  # every shard of the stream ended
+                    self._heartbeat(observer)
                     continue
                 if isinstance(item, BaseException):
-                    raise item
+                    if shard is None or shard.active:
+                        raise item
+                    continue
+                if self._shards.get(item.partition) is not shard or not shard.active:
+                    # A lost (or handed back) lease: its queued batches are not ours to process.
+                    if item.kind is BatchKind.DATA:
+                        with self._count_lock:
+                            shard.undelivered -= 1
+                    continue
                 observer.on_next(item)
                 if item.kind is BatchKind.DATA:
-                    shard = self._shards[item.partition]
                     with self._count_lock:
                         shard.undelivered -= 1
                     shard.delivered_at = self._clock()
+                    shard.pending.append((item.positions[-1], shard.delivered_at))
+                elif item.kind is BatchKind.EOF:
+                    shard.eof_taken = True
+                    self._maybe_finish(shard)
         finally:
             self._stopped = True
-            for shard in self._shards.values():
+            self._ended_at = self._clock()
+            self.coordinator.acquiring = False
+            for shard in list(self._shards.values()):
                 if shard.thread is not None:
                     shard.thread.join(timeout=10)
         observer.on_completed()
 
-    def _list_shards(self) -> list[str]:
-        def call() -> list[str]:
-            shards: list[str] = []
-            params: dict[str, Any] = {"StreamName": self.stream}
-            while True:
-                page = self.client.list_shards(**params)
-                shards.extend(s["ShardId"] for s in page["Shards"])
-                token = page.get("NextToken")
-                if not token:
-                    return shards
-                params = {"NextToken": token}
+    def _heartbeat(self, observer: abc.ObserverBase) -> None:
+        """A shard at SHARD_END waits for the commit that covers its last
+        records, and the pipeline commits only when a batch passes: while one
+        waits and nothing else arrives, pass an empty IDLE batch now and then."""
+        now = self._clock()
+        if now - self._last_heartbeat < 0.5:
+            return
+        for shard in list(self._shards.values()):
+            if shard.eof_taken and not shard.retired and shard.active:
+                self._last_heartbeat = now
+                observer.on_next(RecordBatch.idle(shard.partition, 0.0))
+                return
 
-        return startup_call(f"kinesis stream {self.stream!r}", call)
+    # -- leases ----------------------------------------------------------------
 
-    def _prepare(self, shard_id: str) -> _Shard:
+    def _list_shard_infos(self) -> list[ShardInfo]:
+        shards: list[ShardInfo] = []
+        params: dict[str, Any] = {"StreamName": self.stream}
+        while True:
+            page = self.client.list_shards(**params)
+            for s in page["Shards"]:
+                parents = tuple(p for p in (s.get("ParentShardId"), s.get("AdjacentParentShardId")) if p)
+                shards.append(ShardInfo(s["ShardId"], parents))
+            token = page.get("NextToken")
+            if not token:
+                break
+            params = {"NextToken": token}
+        self._child_shards = {s.shard_id for s in shards if s.parents}
+        return shards
+
+    def _coordinate(self) -> None:
+        linger = max(self.config.failover_seconds, 1.0)
+        while not self._closed:
+            sleep_unless(lambda: self._closed, self.coordinator.round_every)
+            if self._closed:
+                return
+            if self._ended_at is not None and self._clock() - self._ended_at > linger:
+                # Stopped and nobody called close(): hand the leases back anyway.
+                self.close()
+                return
+            try:
+                self.coordinator.round()
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+                log.warning("worker %s: lease round failed: %s", self.worker_id, type(exc).__name__)
+            except Exception:  # noqa: BLE001 - keep renewing whatever happens
+                log.exception("worker %s: lease round failed", self.worker_id)
+            self._status()
+
+    def _on_acquired(self, lease: Lease, how: str) -> None:
+        if self._stopped:
+            return
+        shard = self._prepare(lease)
+        shard.thread = threading.Thread(target=self._poll_guarded, args=(shard,), name=f"kinesis-{lease.shard_id}", daemon=True)
+        with self._shards_lock:
+            old = self._shards.get(shard.partition)
+            if old is not None:
+                old.active = False
+            self._shards[shard.partition] = shard
+        shard.thread.start()
+
+    def _on_lost(self, shard_id: str, reason: str) -> None:
+        with self._shards_lock:
+            shard = self._shards.pop(self.partition_of(shard_id), None)
+        if shard is not None:
+            shard.active = False  # the poller stops at its next step
+            metrics.CHECKPOINT_LAG.labels(shard=shard_id).set(0)
+
+    def _prepare(self, lease: Lease) -> _Shard:
+        shard_id = lease.shard_id
         partition = self.partition_of(shard_id)
-        checkpoint = self.checkpoints.load(shard_id)
-        if checkpoint is not None:
-            start = {"ShardIteratorType": "AT_SEQUENCE_NUMBER", "StartingSequenceNumber": checkpoint.sequence_number}
-            resume = position_of(checkpoint.sequence_number, checkpoint.sub_sequence_number)
-            return _Shard(shard_id, partition, start, skip_below=resume, committed=resume)
-        if shard_id in self.start_after:
-            start = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "StartingSequenceNumber": self.start_after[shard_id]}
-        elif self.iterator_type == "AT_TIMESTAMP":
-            start = {"ShardIteratorType": "AT_TIMESTAMP", "Timestamp": self.start_timestamp}
+        if lease.checkpoint is not None:
+            start = {"ShardIteratorType": "AT_SEQUENCE_NUMBER", "StartingSequenceNumber": lease.checkpoint}
+            resume = position_of(lease.checkpoint, lease.sub_sequence)
+            shard = _Shard(shard_id, partition, start, skip_below=resume, committed=resume, end_position=resume)
         else:
-            start = {"ShardIteratorType": self.iterator_type}
-        return _Shard(shard_id, partition, start)
+            if shard_id in self.start_after:
+                start = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "StartingSequenceNumber": self.start_after[shard_id]}
+            elif lease.parents or shard_id in self._child_shards:
+                start = {"ShardIteratorType": "TRIM_HORIZON"}  # a child: from its first record, no gap
+            elif self.iterator_type == "AT_TIMESTAMP":
+                start = {"ShardIteratorType": "AT_TIMESTAMP", "Timestamp": self.start_timestamp}
+            else:
+                start = {"ShardIteratorType": self.iterator_type}
+            shard = _Shard(shard_id, partition, start)
+        # Every ownership starts its partition afresh in the pipeline, with the
+        # watermark stored with the checkpoint (the minimum when none is).
+        shard.resume_watermark_us = lease.watermark_us if lease.watermark_us is not None else WATERMARK_MIN
+        return shard
+
+    def _maybe_finish(self, shard: _Shard) -> None:
+        """A shard read to SHARD_END whose every record is durable: retire its lease."""
+        if shard.retired or not shard.eof_taken or shard.committed < shard.end_position:
+            return
+        shard.retired = True
+        self.coordinator.finish(shard.shard_id)
+        with self._shards_lock:
+            if self._shards.get(shard.partition) is shard:
+                del self._shards[shard.partition]
+
+    def _status(self) -> None:
+        now = self._clock()
+        for shard in list(self._shards.values()):
+            lag = now - shard.pending[0][1] if shard.pending else 0.0
+            metrics.CHECKPOINT_LAG.labels(shard=shard.shard_id).set(lag)
+        if now - self._last_status < 10.0:
+            return
+        self._last_status = now
+        shards = sorted(self._shards.values(), key=lambda s: s.shard_id)
+        log.info(
+            "worker %s: %d leases held of stream %s (%d workers seen): %s",
+            self.worker_id, len(shards), self.stream, self.coordinator.workers_seen,
+            ", ".join(
+                f"{s.shard_id} behind={s.behind_ms if s.behind_ms is not None else '?'}ms "
+                f"checkpoint_lag={now - s.pending[0][1] if s.pending else 0.0:.1f}s"
+                for s in shards
+            ) or "none",
+        )
 
     # -- one poller per shard -----------------------------------------------
 
@@ -265,7 +415,7 @@ class KinesisReader:
         try:
             self._poll(shard)
         except BaseException as exc:  # noqa: BLE001 - handed to the subscribing thread
-            self._put(exc)
+            self._put(shard, exc)
 
     def _iterator(self, shard: _Shard) -> str:
         if shard.last_sequence is not None:
@@ -283,11 +433,12 @@ class KinesisReader:
         last_poll = self._clock()
         next_call = 0.0
         failures = 0
-        while not self._stopped:
+        running = lambda: not self._stopped and shard.active  # noqa: E731
+        while running():
             wait = next_call - self._clock()
             if wait > 0:
-                sleep_unless(lambda: self._stopped, wait)
-                if self._stopped:
+                sleep_unless(lambda: not running(), wait)
+                if not running():
                     return
             next_call = self._clock() + min_gap
             try:
@@ -313,11 +464,16 @@ class KinesisReader:
                 log.warning("kinesis %s: %s; retrying", shard.shard_id, type(exc).__name__)
                 next_call = self._clock() + self._backoff(failures)
                 continue
+            if not running():
+                return  # lost meanwhile: what this poll read is not ours
             failures = 0
             shard.polls += 1
             now = self._clock()
             records = response.get("Records", [])
             behind = response.get("MillisBehindLatest")
+            if behind is not None:
+                shard.behind_ms = behind
+                MILLIS_BEHIND.labels(shard=shard.shard_id).set(behind)
             if records:
                 shard.caught_up_since = None
                 self._emit_records(shard, records)
@@ -325,14 +481,14 @@ class KinesisReader:
             elif behind == 0:
                 if shard.caught_up_since is None:
                     shard.caught_up_since = now
-                self._put(RecordBatch.idle(shard.partition, now - last_poll))
+                self._put(shard, RecordBatch.idle(shard.partition, now - last_poll))
             else:
                 shard.caught_up_since = None
             last_poll = now
             iterator = response.get("NextShardIterator")
             if iterator is None:  # a closed shard, read to its end
                 shard.finished = True
-                self._put(RecordBatch.eof(shard.partition))
+                self._put(shard, RecordBatch.eof(shard.partition))
                 return
             if not records:
                 next_call = max(next_call, now + self.poll_interval)
@@ -350,16 +506,21 @@ class KinesisReader:
                 if position >= shard.skip_below:
                     data.append(payload)
                     positions.append(position)
+        if positions:
+            shard.end_position = max(shard.end_position, positions[-1] + 1)
         arrival = self._wall_clock_us()
         for i in range(0, len(data), self.batch_size):
             with self._count_lock:
                 shard.undelivered += 1
-            self._put(RecordBatch.data(shard.partition, data[i : i + self.batch_size], positions[i : i + self.batch_size], arrival))
+            self._put(shard, RecordBatch.data(shard.partition, data[i : i + self.batch_size], positions[i : i + self.batch_size], arrival))
 
-    def _put(self, item: Any) -> None:
-        while not self._stopped:
+    def _put(self, shard: _Shard | None, item: Any) -> None:
+        if isinstance(item, RecordBatch) and shard is not None and shard.resume_pending:
+            shard.resume_pending = False
+            item = dataclasses.replace(item, resume_watermark_us=shard.resume_watermark_us)
+        while not self._stopped and (shard is None or shard.active):
             try:
-                self._queue.put(item, timeout=QUEUE_WAIT)
+                self._queue.put((shard, item), timeout=QUEUE_WAIT)
                 return
             except queue.Full:
                 continue
@@ -367,38 +528,80 @@ class KinesisReader:
     # -- control --------------------------------------------------------------
 
     def commit(self, partition: str, position: int, watermark_us: int | None = None) -> None:
-        """Records of `partition` before `position` are durable downstream."""
-        shard = self._shards.get(partition)
-        if shard is None:
+        """Records of `partition` before `position` are durable downstream;
+        a replay from `position` starts with `watermark_us`. A commit of a
+        shard whose lease this worker no longer holds is ignored."""
+        if not partition.startswith(f"kinesis:{self.stream}/"):
             raise ValueError(f"unknown partition {partition!r}: this reader reads kinesis stream {self.stream!r}")
-        if position <= shard.committed:
+        shard = self._shards.get(partition)
+        if shard is None or not shard.active:
+            log.debug("worker %s: commit of %s ignored: lease not held", self.worker_id, partition)
             return
-        sequence, sub = divmod(position, SUB_SCALE)
-        self.checkpoints.save(shard.shard_id, Checkpoint(str(sequence), sub))
-        shard.committed = position
+        if position > shard.committed:
+            sequence, sub = divmod(position, SUB_SCALE)
+            if not self.coordinator.checkpoint(shard.shard_id, str(sequence), sub, watermark_us):
+                return  # lost: the coordinator stopped the poller
+            shard.committed = position
+            while shard.pending and shard.pending[0][0] < position:
+                shard.pending.popleft()
+        self._maybe_finish(shard)
 
     def stop(self) -> None:
-        """End `batches()` soon; safe from any thread or a signal handler."""
+        """End `batches()` soon; safe from any thread or a signal handler.
+        The leases are handed back by `close()` (after the final commit)."""
         self._stopped = True
 
     def caught_up_seconds(self) -> float:
-        """The minimum over shards of how long each has been caught up: its
-        polls find the tip AND the pipeline has taken all it read (records
-        waiting in the queue are not processed yet, so they do not count)."""
-        open_shards = [s for s in self._shards.values() if not s.finished]
-        if not self._shards:
+        """How long this worker has been caught up: the minimum over the shards
+        it holds of how long each has been (polls find the tip AND the pipeline
+        took all it read), and no longer than no lease has been waiting for an
+        owner (unowned, or its owner stopped renewing)."""
+        since = self.coordinator.nothing_waiting_since
+        if since is None:
             return 0.0
-        if not open_shards:
-            return float("inf")
         now = self._clock()
-        return min(self._caught_up(s, now) for s in open_shards)
+        base = max(0.0, now - since)
+        open_shards = [s for s in list(self._shards.values()) if not s.finished or not s.retired]
+        if not open_shards:
+            return base
+        return min(base, min(self._caught_up(s, now) for s in open_shards))
 
     @staticmethod
     def _caught_up(shard: _Shard, now: float) -> float:
+        if shard.finished:  # read to SHARD_END: waiting for its final checkpoint
+            return float("inf") if shard.retired else 0.0
         since = shard.caught_up_since
         if since is None or shard.undelivered > 0:
             return 0.0
         return max(0.0, now - max(since, shard.delivered_at))
 
     def close(self) -> None:
+        """Stop, and hand every lease back (graceful handoff). Call it after
+        the final commit; it also runs at interpreter exit."""
         self.stop()
+        if self._closed:
+            return
+        self._closed = True
+        self.coordinator.acquiring = False
+        with self._shards_lock:
+            for shard in self._shards.values():
+                shard.active = False
+            self._shards.clear()
+        try:
+            self.coordinator.release_all()
+        except Exception:  # noqa: BLE001 - at exit: the leases expire instead
+            log.exception("worker %s: releasing leases failed", self.worker_id)
+
+
+_OPEN_READERS: "weakref.WeakSet[KinesisReader]" = weakref.WeakSet()
+
+
+def _release_at_exit(reader: KinesisReader) -> None:
+    _OPEN_READERS.add(reader)
+
+
+@atexit.register
+def _close_open_readers() -> None:
+    for reader in list(_OPEN_READERS):
+        if reader._started and not reader._closed:
+            reader.close()

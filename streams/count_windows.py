@@ -34,7 +34,9 @@ def count_windows(counter: WindowCounter) -> Callable[[Observable[ParsedBatch]],
             def on_next(parsed: ParsedBatch) -> None:
                 name = parsed.partition
                 state = partitions.get(name)
-                if state is None:
+                if state is None or parsed.source.resume_watermark_us is not None:
+                    # A (re)start of the partition (e.g. a Kinesis lease taken
+                    # back): replay from its checkpoint starts from scratch.
                     state = partitions[name] = counter.build(name, parsed.source.resume_watermark_us)
                 try:
                     counted = state.on_batch(parsed)
