@@ -106,6 +106,12 @@ class S3PartitionedWriter:
 
     def write(self, batch: CountedBatch) -> None:
         now = self.clock()
+        if batch.restarted:
+            # The partition replays from its checkpoint, which is at or before
+            # everything buffered for it (see pending_floor): drop the buffers
+            # rather than write those events twice.
+            for buffer_key in [k for k in self._buffers if k[0] == batch.partition]:
+                del self._buffers[buffer_key]
         prefixes: dict[tuple[str, int, str], str] = {}
         # Lines are grouped per object and compressed a group at a time.
         grouped: dict[tuple[str, str], tuple[int, list[bytes]]] = {}

@@ -475,6 +475,9 @@ class LeaseCoordinator:
             if self.held.pop(shard_id, None) is None:
                 return
             left = len(self.held)
+        # The lease now waits for an owner (maybe us again): --drain must not
+        # see "nothing held, nothing waiting" before the next round says so.
+        self.nothing_waiting_since = None
         metrics.LEASES_LOST.labels(stream=self.table.stream).inc()
         metrics.LEASES_HELD.labels(stream=self.table.stream).set(left)
         log.info("worker %s: lost lease %s (%s); now holding %d", self.worker_id, shard_id, reason, left)

@@ -56,6 +56,10 @@ class CountedBatch:
     # first run did (what was late stays late).
     safe_position: int = 0
     safe_watermark_us: int = WATERMARK_MIN
+    # The first batch of a partition that restarted from its checkpoint (a
+    # Kinesis lease taken back): what sinks still buffer for the partition is
+    # about to be delivered again, so they may drop it.
+    restarted: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,7 @@ class PartitionCounter:
         self.seen: dict[int, set[tuple]] = {}
         self.next_close_us = WATERMARK_MAX
         self.next_position = 0
+        self._restarted = resume_watermark_us is not None
         self._provisional_at = config.wall_clock_us()
         self._provisional_sent: dict[tuple[str, int, tuple[str, ...]], int] = {}
 
@@ -189,7 +194,8 @@ class PartitionCounter:
     # -- internals -------------------------------------------------------------
 
     def _result(self, kind: BatchKind, close: bool = True) -> CountedBatch:
-        out = CountedBatch(self.partition, kind)
+        out = CountedBatch(self.partition, kind, restarted=self._restarted)
+        self._restarted = False
         if close:
             self._close(out.closed)
             out.safe_position, out.safe_watermark_us = self.safe_point()

@@ -106,3 +106,14 @@ def test_key_template_for_per_user_fan_out(tmp_path):
     assert key.startswith("users/c1/page_view/2021-03-01/")
     with pytest.raises(ValueError):
         S3PartitionedWriter(store, key_template="users/{customer_id}.jsonl.gz")
+
+
+def test_a_restarted_partition_drops_its_buffers_instead_of_writing_them_twice(tmp_path):
+    store = LocalObjectStore(tmp_path)
+    writer = S3PartitionedWriter(store, max_bytes=1 << 30, max_age_seconds=3600)
+    writer.write(CountedBatch("file:/in.csv", BatchKind.DATA, events=[event("click", 5), event("click", 6)]))
+    replay = CountedBatch("file:/in.csv", BatchKind.DATA, events=[event("click", 5), event("click", 6)], restarted=True)
+    writer.write(replay)
+    writer.flush()
+    lines = [l for k in store.list() for l in gzip.decompress(store.get(k)).splitlines()]
+    assert len(lines) == 2
