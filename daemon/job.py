@@ -13,7 +13,6 @@ import reactivex
 
 from config.settings import Settings
 from daemon.health import HEALTH
-from optimizely_integration.wiring import build_conversion_sink
 from consumers.aggregate_writer import AggregateWriter
 from consumers.count_sink import CountSink
 from consumers.dead_letter_sink import DeadLetterOutput
@@ -53,9 +52,13 @@ def build_sinks(settings: Settings) -> list[Sink]:
         sinks.append(AggregateWriter(objects, settings.aggregates.key_template))
     sinks.append(CountSink(RetryingCountStore(inject.instance(CountStore))))
     # Stream events as Optimizely conversions: only when [optimizely.conversions] maps an event type.
-    conversions = build_conversion_sink(settings, inject.instance(DeadLetterSink))
-    if conversions is not None:
-        sinks.append(conversions)
+    # (imported only then: the Optimizely SDK costs memory and start-up time)
+    if settings.section("optimizely").get("conversions"):
+        from optimizely_integration.wiring import build_conversion_sink
+
+        conversions = build_conversion_sink(settings, inject.instance(DeadLetterSink))
+        if conversions is not None:
+            sinks.append(conversions)
     return sinks
 
 
