@@ -23,6 +23,9 @@ import inject
 from config.settings import Settings
 from consumers.ports import CountStore
 from daemon.cli import CliError, command
+from daemon.health import PipelineHealth
+from daemon.reload import install_sighup_handler, on_reload
+from daemon.service_loop import ServiceLoop
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +76,20 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         print(f"serving on {scheme}://{shown}:{bound_port} (collector -> {http.transport})", flush=True)
 
     tls = {"ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile} if args.ssl_certfile else {}
-    try:
-        serve_forever(app, host, port, announce=announce, **tls)
-    except ServerStartError as exc:
-        raise CliError(str(exc)) from None
-    finally:
-        close()
+    # sd_notify: READY=1 once the socket is bound, the watchdog while serving
+    # (no pipeline here, so no progress is expected of one), STOPPING=1 at exit.
+    with ServiceLoop("serve", health=PipelineHealth(stall_seconds=float("inf"))) as service:
+        def ready(bound_host: str, bound_port: int) -> None:
+            announce(bound_host, bound_port)
+            service.ready(f"on port {bound_port}")
+
+        install_sighup_handler()
+        try:
+            serve_forever(app, host, port, announce=ready, **tls)
+        except ServerStartError as exc:
+            raise CliError(str(exc)) from None
+        finally:
+            close()
     return 0
 
 
@@ -103,11 +114,13 @@ def build_service(
                 components.update(check())
         return components
 
+    credentials = CredentialStore(http.credentials_file)
+    on_reload("credentials", lambda: credentials._reload(force=True))  # SIGHUP
     app = build_app(
         settings,
         writer,
         inject.instance(CountStore),
-        CredentialStore(http.credentials_file),
+        credentials,
         router,
         readiness=combined,
         http=http,

@@ -20,9 +20,11 @@ _BASIC = re.compile(r"(?i)(basic|bearer)\s+[A-Za-z0-9+/=._-]{8,}")
 
 
 def redact(text: str) -> str:
+    # Credentials after a scheme first: `Authorization: Basic <token>` must
+    # lose the token, not just the word "Basic".
+    text = _BASIC.sub(lambda m: m.group(1) + " ***", text)
     text = _SECRET.sub(lambda m: m.group(1) + "***", text)
-    text = _AWS_KEY_ID.sub("***", text)
-    return _BASIC.sub(lambda m: m.group(1) + " ***", text)
+    return _AWS_KEY_ID.sub("***", text)
 
 
 class RedactingFilter(logging.Filter):

@@ -135,6 +135,9 @@ def build_router(settings: Any, auth_dependency: Callable[..., Any] | None = Non
     parts = build_bucketer(settings)
     atexit.register(parts.close)  # flush buffered impressions to the transport
     _parts = parts
+    from daemon.reload import on_reload
+
+    on_reload("datafile", parts.datafile_manager.refresh_now)  # SIGHUP refetches at once
     public = opt.bucketer_public or auth_dependency is None
     return build_optimizely_router(parts.bucketer, parts.datafile_manager, auth_dependency, opt.webhook_secret(), public)
 
