@@ -72,11 +72,15 @@ class S3PartitionedWriter:
         max_bytes: int = 64 << 20,
         max_age_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        max_open_objects: int = 64,
     ) -> None:
         self.store = store
         self.key_template = key_template
         self.max_bytes = max_bytes
         self.max_age_seconds = max_age_seconds
+        # Each open object holds a zlib stream (~0.3 MiB): a backfill over
+        # many (event type, hour) partitions would otherwise hold hundreds.
+        self.max_open_objects = max_open_objects
         self.clock = clock
         # The key's fixed part is everything before `first_position`.
         if "{first_position}" not in key_template or "{partition}" not in key_template:
@@ -134,6 +138,8 @@ class S3PartitionedWriter:
             self._add(buffer_key, first_position, lines, now)
         for buffer_key in [k for k, b in self._buffers.items() if now - b.opened_at >= self.max_age_seconds]:
             self._write(buffer_key)
+        while len(self._buffers) > self.max_open_objects:
+            self._write(next(iter(self._buffers)))  # the oldest opened (dicts keep insertion order)
 
     def _add(self, buffer_key: tuple[str, str], first_position: int, lines: list[bytes], now: float) -> None:
         buffer = self._buffers.get(buffer_key)

@@ -117,3 +117,15 @@ def test_a_restarted_partition_drops_its_buffers_instead_of_writing_them_twice(t
     writer.flush()
     lines = [l for k in store.list() for l in gzip.decompress(store.get(k)).splitlines()]
     assert len(lines) == 2
+
+
+def test_open_objects_are_bounded_and_the_oldest_is_written_first(tmp_path):
+    store = LocalObjectStore(tmp_path)
+    writer = S3PartitionedWriter(store, max_bytes=1 << 30, max_age_seconds=3600, max_open_objects=3)
+    hour = 3_600_000_000
+    writer.write(CountedBatch("p", BatchKind.DATA, events=[event("click", i, 1_614_556_800_000_000 + i * hour) for i in range(1, 6)]))
+    assert len(writer._buffers) == 3
+    written = sorted(store.list())
+    assert [k.split("/")[3] for k in written] == ["hour=01", "hour=02"]
+    writer.flush()
+    assert len(list(store.list())) == 5
