@@ -72,3 +72,25 @@ def client(service: str, endpoint: str | None = None, max_attempts: int = 1, **c
         endpoint_url=endpoint,
         config=botocore.config.Config(retries={"mode": "standard", "total_max_attempts": max_attempts}, **config),
     )
+
+
+def read_batches(reader: Any, until: Any, timeout: float = 20.0) -> list:
+    """Subscribe to `reader.batches()` on this thread; stop the reader when
+    `until(batches)` holds (or on timeout) and return what it emitted."""
+    import threading
+
+    batches: list = []
+    timer = threading.Timer(timeout, reader.stop)
+    timer.start()
+
+    def on_next(batch: Any) -> None:
+        batches.append(batch)
+        if until(batches):
+            reader.stop()
+
+    errors: list[BaseException] = []
+    reader.batches().subscribe(on_next, errors.append)
+    timer.cancel()
+    if errors:
+        raise errors[0]
+    return batches

@@ -16,7 +16,7 @@ from producers.aws_clients import AwsConfig, ensure_table
 from producers.kinesis_checkpoints import HASH_KEY, KinesisCheckpoints
 from producers.kinesis_reader import SUB_SCALE, KinesisReader
 from streams.events import BatchKind, RecordBatch
-from tests.aws_fixtures import client, unique
+from tests.aws_fixtures import read_batches, client, unique
 from tests.fault_proxy import GET_RECORDS, FaultProxy
 
 pytestmark = pytest.mark.timeout(60)
@@ -64,23 +64,8 @@ def reader_for(endpoint: str, stream: str, store: KinesisCheckpoints | None = No
     )
 
 
-def read(reader: KinesisReader, until, timeout: float = 20.0) -> list[RecordBatch]:
-    """Subscribe on this thread; stop when `until(batches)` holds (or on timeout)."""
-    batches: list[RecordBatch] = []
-    timer = threading.Timer(timeout, reader.stop)
-    timer.start()
-
-    def on_next(batch: RecordBatch) -> None:
-        batches.append(batch)
-        if until(batches):
-            reader.stop()
-
-    errors: list[BaseException] = []
-    reader.batches().subscribe(on_next, errors.append)
-    timer.cancel()
-    if errors:
-        raise errors[0]
-    return batches
+def read(reader, until, timeout: float = 20.0) -> list[RecordBatch]:
+    return read_batches(reader, until, timeout)
 
 
 def idle_in_all(partitions: set[str]):

@@ -12,7 +12,7 @@ import pytest
 from producers.aws_clients import AwsConfig
 from producers.sqs_transport import MAX_BATCH_BYTES, MAX_BATCH_ENTRIES, SqsReader, SqsWriter
 from streams.events import BatchKind, RecordBatch
-from tests.aws_fixtures import client, unique
+from tests.aws_fixtures import read_batches, client, unique
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -30,22 +30,8 @@ def queue_counts(sqs, url: str) -> tuple[int, int]:
     return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
 
 
-def read(reader: SqsReader, until, timeout: float = 20.0) -> list[RecordBatch]:
-    batches: list[RecordBatch] = []
-    timer = threading.Timer(timeout, reader.stop)
-    timer.start()
-
-    def on_next(batch: RecordBatch) -> None:
-        batches.append(batch)
-        if until(batches):
-            reader.stop()
-
-    errors: list[BaseException] = []
-    reader.batches().subscribe(on_next, errors.append)
-    timer.cancel()
-    if errors:
-        raise errors[0]
-    return batches
+def read(reader, until, timeout: float = 20.0) -> list[RecordBatch]:
+    return read_batches(reader, until, timeout)
 
 
 def first_idle(batches: list[RecordBatch]) -> bool:
