@@ -85,13 +85,18 @@ def test_stop_or_crash_mid_stream_then_restart_gives_exact_counts(tmp_path, sig)
     lines = list(generate(60_000, seed=21, step_ms=500))  # about 8 hours of events
     spool = spool_with(tmp_path, lines)
     proc = start_cli("consume", "--from", spool, "--data-dir", str(tmp_path), "--json")
-    deadline = time.time() + 60
-    while committed(tmp_path) < 5000 and time.time() < deadline:
-        time.sleep(0.05)
-    assert committed(tmp_path) >= 5000, "the consumer made no progress"
-    started = time.time()
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
+    try:
+        deadline = time.time() + 60
+        while committed(tmp_path) < 5000 and time.time() < deadline:
+            time.sleep(0.05)
+        assert committed(tmp_path) >= 5000, "the consumer made no progress"
+        started = time.time()
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # never leave a daemon behind a failed test
+            proc.kill()
+            proc.communicate()
     if sig == signal.SIGTERM:
         assert proc.returncode == 0, err
         assert time.time() - started < 30
