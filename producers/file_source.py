@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import gzip
 import os
-import time
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 import reactivex
 from reactivex import abc
 
+from producers.transport import wall_clock_us
 from streams.events import RecordBatch
 
 GZIP_MAGIC = b"\x1f\x8b"
-
-
-def wall_clock_us() -> int:
-    return time.time_ns() // 1000
 
 
 def open_maybe_gzip(path: str | os.PathLike[str]) -> BinaryIO:

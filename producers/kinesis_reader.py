@@ -93,6 +93,7 @@ from daemon.metrics import MILLIS_BEHIND
 from producers import kinesis_metrics as metrics
 from producers.kinesis_checkpoints import HASH_KEY, KinesisCheckpoints
 from producers.kinesis_leases import Lease, LeaseCoordinator, LeaseTable, ShardInfo
+from producers.transport import wall_clock_us
 from streams.events import BatchKind, RecordBatch
 from streams.windowing import WATERMARK_MIN
 
@@ -128,10 +129,6 @@ def user_records(record: Mapping[str, Any]) -> list[bytes]:
         else:  # the magic bytes, but not a valid aggregate: the data as it is
             out.append(kinesis["data"])
     return out
-
-
-def _wall_clock_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass
@@ -174,7 +171,7 @@ class KinesisReader:
         start_timestamp: datetime | None = None,
         start_after: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
-        wall_clock_us: Callable[[], int] = _wall_clock_us,
+        wall_clock_us: Callable[[], int] = wall_clock_us,
         worker_id: str | None = None,
         **_ignored: Any,
     ) -> None:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import reactivex
 from reactivex import abc
 
-from producers.transport import TransportFull, blocking_observable
+from producers.transport import TransportFull, blocking_observable, wall_clock_us
 from streams.events import RecordBatch
 
 END_MARKER = None
@@ -114,7 +114,7 @@ class MpQueueReader:
         partition: str = DEFAULT_PARTITION,
         poll_interval: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
-        wall_clock_us: Callable[[], int] = lambda: time.time_ns() // 1000,
+        wall_clock_us: Callable[[], int] = wall_clock_us,
     ) -> None:
         self._queue = queue
         self.partition = partition

@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 import reactivex
 from reactivex import abc
 
-from producers.transport import TransportFull, blocking_observable
+from producers.transport import TransportFull, blocking_observable, wall_clock_us
 from streams.events import RecordBatch
 
 SPOOL_FILE = "spool.sqlite3"
@@ -200,10 +200,6 @@ class SpoolWriter:
         self.close()
 
 
-def _wall_clock_us() -> int:
-    return time.time_ns() // 1000
-
-
 class SpoolReader:
     """Reads the spool for one consumer group; see the module docstring.
 
@@ -224,7 +220,7 @@ class SpoolReader:
         poll_interval: float = 0.2,
         partition_name: str | None = None,
         clock: Callable[[], float] = time.monotonic,
-        wall_clock_us: Callable[[], int] = _wall_clock_us,
+        wall_clock_us: Callable[[], int] = wall_clock_us,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")

@@ -60,7 +60,7 @@ from producers.aws_clients import (
     sleep_unless,
 )
 from producers.kinesis_writer import RejectedRecord
-from producers.transport import TransportFull, blocking_observable
+from producers.transport import TransportFull, blocking_observable, wall_clock_us
 from streams.events import RecordBatch
 
 MAX_BATCH_ENTRIES = 10
@@ -276,7 +276,7 @@ class SqsReader:
                 self._caught_up_since = None
                 records, positions = self._hold(messages, now)
                 if records:
-                    observer.on_next(RecordBatch.data(self.partition, records, positions, time.time_ns() // 1000))
+                    observer.on_next(RecordBatch.data(self.partition, records, positions, wall_clock_us()))
             else:
                 if self._caught_up_since is None:
                     self._caught_up_since = now

@@ -11,11 +11,18 @@ only then may the transport forget it (or, after a restart, skip it).
 from __future__ import annotations
 
 import threading
+import time
 from typing import Callable, Protocol, Sequence
 
 import reactivex
 from reactivex import abc
 from reactivex.disposable import Disposable
+
+
+def wall_clock_us() -> int:
+    """Wall time in UTC epoch microseconds: sources stamp batches' `arrival_us`
+    with it (processing-time formats count on it), and tests inject their own."""
+    return time.time_ns() // 1000
 
 
 class TransportFull(RuntimeError):
