@@ -190,7 +190,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         from daemon.http_commands import embedded_http  # [http] enabled: serve while an endless run runs
 
         endless = getattr(source, "count", 0) is None
-        with ServiceLoop("run") as service, _stop_on_signals(source.stop, settings, service), \
+        with ServiceLoop("run") as service, stop_on_signals(source.stop, settings, service), \
                 embedded_http(settings, endless=endless):
             summary = run_job(settings, source.observable(), parser, on_ready=service.ready if endless else None,
                               unbounded=endless)
@@ -204,7 +204,7 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
 
     source, forced_format = _make_source(args, settings)
     parser = parser_for(settings, forced_format)
-    with _stop_on_signals(source.stop):
+    with stop_on_signals(source.stop):
         sent, dead = produce(
             source.observable(), parser, args.to, inject.instance(DeadLetterSink), settings, args.create_resources
         )
@@ -223,7 +223,7 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     stop = start_drain_watch(reader, args.drain) if args.drain is not None else threading.Event()
     from daemon.http_commands import embedded_http  # [http] enabled: serve while consuming
 
-    with ServiceLoop("consume") as service, _stop_on_signals(reader.stop, settings, service), \
+    with ServiceLoop("consume") as service, stop_on_signals(reader.stop, settings, service), \
             embedded_http(settings, source=reader):
         try:
             summary = run_job(settings, reader.batches(), parser_for(settings, "ndjson"), commit=reader.commit,
@@ -280,7 +280,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 # -- plumbing -------------------------------------------------------------------
 
 
-class _stop_on_signals:
+class stop_on_signals:
     """SIGTERM/SIGINT stop intake; the pipeline then drains, flushes and
     checkpoints every sink and the command exits 0. If that takes longer than
     `pipeline.stop_timeout`, the process exits 1 without a checkpoint: the
@@ -307,7 +307,7 @@ class _stop_on_signals:
             self.timeout, signum)
         os._exit(1)
 
-    def __enter__(self) -> "_stop_on_signals":
+    def __enter__(self) -> "stop_on_signals":
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self.previous[sig] = signal.signal(sig, self._on_signal)

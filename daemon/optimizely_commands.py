@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import threading
 from typing import Any, Callable
 
-from daemon.cli import CliError, command
+from daemon.cli import stop_on_signals, CliError, command
 from producers.transport import start_drain_watch
 
 DEFAULT_FORWARD_GROUP = "optimizely"
@@ -95,16 +94,11 @@ def cmd_forward(args: argparse.Namespace, settings: Any) -> int:
     sink = OptimizelyBulkSink.from_settings(opt, dead_letters)
     forwarder = PayloadForwarder(reader, sink, commit_interval=settings.checkpoint_interval)
     stop = start_drain_watch(reader, args.drain) if args.drain is not None else threading.Event()
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, lambda *_: reader.stop())
     try:
-        forwarder.run()
+        with stop_on_signals(reader.stop, settings):
+            forwarder.run()
     finally:
         stop.set()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         sink.close()
         dead_letters.flush()
         close = getattr(reader, "close", None)
