@@ -331,9 +331,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv:
         argv = ["run", "--input", str(BUNDLED_SAMPLE)]
     args = parser.parse_args(argv)
+    from daemon.gc_policy import relax_garbage_collection
     from daemon.logs import setup_logging
 
     setup_logging(args.log_level, args.log_format)
+    relax_garbage_collection()
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

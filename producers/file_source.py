@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from itertools import repeat
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -73,7 +74,7 @@ class FileSource:
                         if first < self.start_position:
                             lines = lines[self.start_position - first:]
                             first = self.start_position
-                        records = [line.rstrip(b"\r\n") for line in lines]
+                        records = list(map(bytes.rstrip, lines, repeat(b"\r\n")))
                         observer.on_next(RecordBatch.data(self.partition, records, range(first, position), self.clock_us()))
                     if self._stopped:
                         observer.on_completed()

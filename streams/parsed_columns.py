@@ -1,7 +1,7 @@
 """A `ParsedBatch` as plain columns, to cross a process boundary cheaply.
 
-Pickling 5,000 `Event` objects costs several µs each; pickling five lists of
-strings and ints costs well under one. `run --processes 2` parses in the
+Pickling 5,000 `Event` objects costs several µs each; pickling the lists of
+an `EventColumns` costs well under one. `run --processes 2` parses in the
 producer process and ships batches in this form.
 """
 
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.events import NO_PROPERTIES, BatchKind, DeadLetter, Event, Reason, RecordBatch
+from streams.event_columns import EventColumns
+from streams.events import BatchKind, DeadLetter, Reason, RecordBatch
 from streams.parsers import ParsedBatch
 
 Columns = tuple[Any, ...]
@@ -29,12 +30,12 @@ def to_columns(parsed: ParsedBatch) -> Columns:
         source.resume_watermark_us,
         parsed.blank,
         [(d.reason.value, d.error, d.position, d.record) for d in parsed.dead_letters],
-        [e.customer_id for e in events],
-        [e.event_type for e in events],
-        [e.transaction_id for e in events],
-        [e.event_time_us for e in events],
-        [e.position for e in events],
-        [dict(e.properties) if e.properties else None for e in events],
+        events.customer_ids,
+        events.event_types,
+        events.transaction_ids,
+        events.times_us,
+        events.positions if isinstance(events.positions, (list, range)) else list(events.positions),
+        None if events.properties is None else [dict(p) if p else None for p in events.properties],
     )
 
 
@@ -44,9 +45,6 @@ def from_columns(columns: Columns) -> ParsedBatch:
     # The counter only needs how many records there were, not their bytes.
     source = RecordBatch(partition, BatchKind(kind), (b"",) * count, positions, idle_seconds, arrival_us,
                          resume_watermark_us)
-    events = [
-        Event(c, e, x, t, p or NO_PROPERTIES, partition, pos)
-        for c, e, x, t, pos, p in zip(customers, types, transactions, times, event_positions, properties)
-    ]
+    events = EventColumns(partition, customers, types, transactions, times, event_positions, properties)
     letters = [DeadLetter(Reason(r), error, partition, pos, record) for r, error, pos, record in dead]
     return ParsedBatch(source, events, letters, blank)

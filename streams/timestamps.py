@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta, timezone, tzinfo
-from functools import lru_cache
+from itertools import compress, repeat
+from operator import floordiv, not_, sub
+from typing import Sequence
 
 from streams.events import ParseError, Reason, datetime_to_us
 
@@ -65,6 +67,50 @@ def parse_timestamp_us(text: str, naive_zone: tzinfo | None = None) -> int:
 _minute_cache: dict[str, int] = {}
 _SEPARATORS = ("T", " ")
 _ONE_US = timedelta(microseconds=1)
+
+
+# The contract as a shape: every ASCII digit of a text is read as "9" first, so
+# a batch of timestamps has only a few distinct shapes, each checked once.
+_SHAPE = re.compile(rb"9999-99-99[T ]99:99(?::99)?(?:\.9{1,9})?(?:Z|[+-]99(?::?99)?)")
+_DIGITS_AS_NINE = bytes.maketrans(b"0123456789", b"9999999999")
+_shape_is_valid: dict[bytes, bool] = {}
+
+
+def parse_timestamp_column(texts: Sequence[str]) -> list[int | None]:
+    """`parse_timestamp_us` over a column, with None where a text has to take
+    the per-text path (an error, which that path words, or no offset).
+
+    The per-text path costs about 1.5 µs a timestamp; this one about half, since
+    its loops run in C: the whole column's shapes come from one `translate`,
+    and `fromisoformat`, the subtraction of the epoch and the division by one
+    microsecond are each mapped over the column. Only texts of a valid shape
+    (offset included) reach `fromisoformat`, which then accepts nothing beyond
+    the contract; it still rejects impossible values (month 13), one at a time.
+    """
+    shapes = "\n".join(texts).encode().translate(_DIGITS_AS_NINE).split(b"\n")
+    if len(shapes) != len(texts):  # a text held a newline
+        return [None] * len(texts)
+    distinct = set(shapes)
+    new = distinct.difference(_shape_is_valid)
+    if new:
+        if len(_shape_is_valid) > 4096:  # garbage input makes endless shapes
+            _shape_is_valid.clear()
+        for shape in new:
+            _shape_is_valid[shape] = _SHAPE.fullmatch(shape) is not None
+    valid = _shape_is_valid
+    if not all(map(valid.__getitem__, distinct)):
+        texts = list(texts)
+        for index in compress(range(len(texts)), map(not_, map(valid.__getitem__, shapes))):
+            texts[index] = ""  # fails below
+    out: list[int | None] = []
+    n = len(texts)
+    while len(out) < n:
+        try:
+            # Items appended before an exception stay: the failing text is next.
+            out.extend(map(floordiv, map(sub, map(_fromisoformat, texts[len(out):]), repeat(_EPOCH)), repeat(_ONE_US)))
+        except ValueError:
+            out.append(None)
+    return out
 
 
 def _parse_general(text: str, naive_zone: tzinfo | None) -> int:

@@ -20,12 +20,15 @@ changes a result.
 from __future__ import annotations
 
 import json
+from collections import Counter, deque
 from dataclasses import dataclass, field
-from operator import attrgetter
-from typing import Callable, Sequence
+from itertools import accumulate, compress, repeat
+from operator import add, eq, ge, mod, not_, sub
+from typing import Any, Callable, Sequence
 
+from streams.event_columns import CORE_FIELDS, EventColumns
 from streams.events import BatchKind, DeadLetter, Event, Reason, WindowCount
-from streams.parsers import CORE_FIELDS, ParsedBatch
+from streams.parsers import ParsedBatch
 from streams.rollups import RollupSpec
 from streams.windowing import WATERMARK_MAX, WATERMARK_MIN, EventClock
 
@@ -39,7 +42,7 @@ class CountedBatch:
 
     partition: str
     kind: BatchKind
-    events: list[Event] = field(default_factory=list)  # accepted: on time and first seen
+    events: Sequence[Event] = ()  # accepted: on time and first seen
     dead_letters: list[DeadLetter] = field(default_factory=list)
     closed: list[WindowCount] = field(default_factory=list)
     read: int = 0
@@ -84,17 +87,70 @@ def _as_key(key: str | tuple[str, ...]) -> tuple[str, ...]:
 
 
 class _RollupState:
-    __slots__ = ("spec", "size", "windows", "first_position", "fast_key", "needs_properties")
+    """The open windows of one rollup."""
+
+    __slots__ = ("spec", "size", "windows", "first_position", "key_fields", "next_close_us")
 
     def __init__(self, spec: RollupSpec) -> None:
         self.spec = spec
         self.size = spec.window.size_us
-        self.windows: dict[int, dict[tuple[str, ...], int]] = {}
+        # window start -> key -> count
+        self.windows: dict[int, Counter[Any]] = {}
         # window start -> (position of its first event, watermark just before it)
         self.first_position: dict[int, tuple[int, int]] = {}
-        # Rollups on core fields skip the generic (property, list-expanding) path.
-        self.fast_key = attrgetter(*spec.key_fields) if set(spec.key_fields) <= set(CORE_FIELDS) else None
-        self.needs_properties = self.fast_key is None
+        # Rollups on core fields count straight from the columns; others need
+        # each event's properties.
+        self.key_fields = spec.key_fields if set(spec.key_fields) <= set(CORE_FIELDS) else None
+        self.next_close_us = WATERMARK_MAX
+
+    def add(self, accepted: EventColumns, watermark_before: Callable[[int], int]) -> None:
+        """Count accepted events; `watermark_before(i)` is the partition's
+        watermark just before the i-th of them."""
+        size = self.size
+        windows = self.windows
+        if self.key_fields is not None:
+            times = accepted.times_us
+            starts = list(map(sub, times, map(mod, times, repeat(size))))
+            columns = [accepted.column(name) for name in self.key_fields]
+            keys = columns[0] if len(columns) == 1 else list(zip(*columns))
+            distinct = set(starts)
+            self._open(distinct, starts, accepted, watermark_before)
+            if len(distinct) == 1:  # the usual batch: one C loop, no pairs
+                windows[starts[0]].update(keys)
+                return
+            pairs = Counter(zip(starts, keys))
+        else:
+            starts = []
+            pairs = Counter()
+            for event in accepted:
+                start = event.event_time_us - event.event_time_us % size
+                keys = list(self.spec.keys_of(event))
+                pairs.update((start, key) for key in keys)
+                starts.append(start if keys else None)  # no key: no window
+            self._open(set(starts).difference((None,)), starts, accepted, watermark_before)
+        for (start, key), count in pairs.items():
+            counts = windows[start]
+            counts[key] += count
+
+    def _open(self, starts: set[int], all_starts: list, accepted: EventColumns, watermark_before: Callable[[int], int]) -> None:
+        firsts = self.first_position
+        for start in starts.difference(firsts):
+            index = all_starts.index(start)  # the window's first event
+            firsts[start] = (accepted.positions[index], watermark_before(index))
+            self.windows[start] = Counter()
+            if start + self.size < self.next_close_us:
+                self.next_close_us = start + self.size
+
+    def close(self, watermark_us: int, partition: str, closed: list[WindowCount]) -> None:
+        if watermark_us < self.next_close_us:
+            return
+        size = self.size
+        name = self.spec.name
+        for start in sorted(s for s in self.windows if s + size <= watermark_us):
+            counts = self.windows.pop(start)
+            del self.first_position[start]
+            closed.extend(WindowCount(name, _as_key(key), start, partition, count, True) for key, count in counts.items())
+        self.next_close_us = min(self.windows, default=WATERMARK_MAX - size) + size
 
 
 class PartitionCounter:
@@ -103,6 +159,9 @@ class PartitionCounter:
     Lifecycle: `on_batch` for data, `on_idle` for an empty caught-up poll of an
     unbounded source, `on_eof` at the end of a finite input. `open_counts()`
     gives provisional counts of windows not yet final.
+
+    A batch is decided as a whole, by C loops over its columns, with exactly
+    the per-record results (see `_count`).
     """
 
     def __init__(self, config: WindowCounter, partition: str, resume_watermark_us: int | None) -> None:
@@ -110,8 +169,12 @@ class PartitionCounter:
         self.partition = partition
         self.clock = config.clock.build(resume_watermark_us)
         self.rollups = [_RollupState(spec) for spec in config.rollups]
-        self.seen: dict[int, set[tuple]] = {}
-        self.next_close_us = WATERMARK_MAX
+        # dedup key -> the serial number of the event that first had it
+        self.seen: dict[tuple, int] = {}
+        self._serial = 0
+        # The keys each batch added, and when they may go: once the watermark
+        # passes the end of the minute of the batch's newest event.
+        self._seen_batches: deque[tuple[int, list[tuple]]] = deque()
         self.next_position = 0
         self._restarted = resume_watermark_us is not None
         self._provisional_at = config.wall_clock_us()
@@ -133,9 +196,14 @@ class PartitionCounter:
         out.blank = parsed.blank
         out.malformed = len(parsed.dead_letters)
         out.dead_letters.extend(parsed.dead_letters)
-        self._count(parsed.events, out)
+        events = parsed.events
+        if not isinstance(events, EventColumns):
+            events = EventColumns.from_events(self.partition, events)
+        if len(events):
+            self._count(events, out)
         if batch.positions:
             self.next_position = max(self.next_position, batch.positions[-1] + 1)
+        self._close(out.closed)
         out.safe_position, out.safe_watermark_us = self.safe_point()
         out.watermark_us = self.clock.watermark_us
         self._maybe_provisional(out)
@@ -180,6 +248,9 @@ class PartitionCounter:
             for key, count in counts.items()
         ]
 
+    def open_window_count(self) -> int:
+        return sum(len(r.first_position) for r in self.rollups)
+
     def safe_point(self) -> tuple[int, int]:
         """(position, watermark) a replay may start from: the first event of
         the oldest open window and the watermark just before it, or, with no
@@ -202,95 +273,88 @@ class PartitionCounter:
             out.watermark_us = self.clock.watermark_us
         return out
 
-    def _count(self, events: list[Event], out: CountedBatch) -> None:
-        # The per-event loop of the daemon: locals instead of attributes, and
-        # the last dedup bucket and window of each rollup remembered, since
-        # events mostly arrive in time order.
-        clock = self.clock
-        lateness = clock.lateness_us
-        watermark = clock.watermark_us
+    def _count(self, events: EventColumns, out: CountedBatch) -> None:
+        """Future, then late, then duplicate, then count: the per-record rules,
+        decided for the whole batch at once.
+
+        Why that is exact: the watermark before record i is
+        max(watermark at the batch start, newest earlier time − lateness) over
+        the earlier records that were counted. Future records are dropped
+        first, and they alone could raise that maximum wrongly: a late record
+        is older than the watermark, and a duplicate has the time of a record
+        already counted. So a running maximum of the remaining times
+        (`accumulate`) gives every record's watermark. No counted record can
+        fall in a window that closed earlier in the batch (it would have been
+        late), so windows are closed once, after the batch is counted.
+        """
+        lateness = self.clock.lateness_us
+        start_watermark = self.clock.watermark_us
+        times = events.times_us
         future_limit = self.config.wall_clock_us() + self.config.future_tolerance_us
-        seen = self.seen
-        accepted = out.events
-        plan = [(r.size, r.windows, r.first_position, r.fast_key, r.needs_properties, r.spec) for r in self.rollups]
-        last_start = [None] * len(plan)
-        last_counts: list[dict] = [{}] * len(plan)
-        last_bucket = None
-        keys: set = set()
-        for event in events:
-            t = event.event_time_us
-            if t > future_limit:
-                out.future += 1
-                out.dead_letters.append(self._dead(event, Reason.FUTURE, "timestamp is more than the future tolerance after the wall clock"))
-                continue
-            if t < watermark:
-                out.late += 1
-                if watermark - t > out.max_late_by_us:
-                    out.max_late_by_us = watermark - t
-                out.dead_letters.append(self._dead(event, Reason.LATE, "older than the partition watermark"))
-                continue
-            bucket = t - t % DEDUP_BUCKET_US
-            if bucket != last_bucket:
-                keys = seen.get(bucket)
-                if keys is None:
-                    keys = seen[bucket] = set()
-                last_bucket = bucket
-            key = (event.customer_id, event.event_type, event.transaction_id, t)
-            if key in keys:
-                out.duplicates += 1
-                continue
-            keys.add(key)
-            i = 0
-            for size, windows, firsts, getter, needs_properties, spec in plan:
-                if needs_properties and not event.properties:
-                    i += 1
-                    continue
-                start = t - t % size
-                if start == last_start[i]:
-                    counts = last_counts[i]
-                else:
-                    counts = windows.get(start)
-                    if counts is None:
-                        counts = windows[start] = {}
-                        firsts[start] = (event.position, watermark)
-                        if start + size < self.next_close_us:
-                            self.next_close_us = start + size
-                    last_start[i] = start
-                    last_counts[i] = counts
-                if getter is not None:
-                    k = getter(event)  # a str for one key field, a tuple for several
-                    counts[k] = counts.get(k, 0) + 1
-                else:
-                    for k in spec.keys_of(event):
-                        counts[k] = counts.get(k, 0) + 1
-                i += 1
-            accepted.append(event)
-            if t - lateness > watermark:
-                watermark = clock.watermark_us = t - lateness
-                if watermark >= self.next_close_us:
-                    self._close(out.closed)
-                    # Closed windows are gone; forget the remembered ones.
-                    last_start = [None] * len(plan)
-                    last_bucket = None
+        if max(times) > future_limit:
+            events = self._drop(events, [t <= future_limit for t in times], out, Reason.FUTURE,
+                                "timestamp is more than the future tolerance after the wall clock")
+            if not len(events):
+                return
+            times = events.times_us
+        oldest = min(times)
+        # A batch that spans less than the lateness, and starts after the
+        # watermark, has no late record: the common case skips the check.
+        if oldest < start_watermark or oldest + lateness < max(times):
+            # newest[i] − lateness is the watermark before record i
+            newest = list(accumulate(times, max, initial=start_watermark + lateness))
+            on_time = list(map(ge, map(add, times, repeat(lateness)), newest))
+        else:
+            on_time = None
+        if on_time is not None and False in on_time:
+            out.late += on_time.count(False)
+            out.max_late_by_us = max(out.max_late_by_us, max(
+                n - lateness - t for t, n, ok in zip(times, newest, on_time) if not ok))
+            events = self._drop(events, on_time, out, Reason.LATE, "older than the partition watermark")
+            if not len(events):
+                return
+            times = events.times_us
+        keys = events.dedup_keys()
+        serials = range(self._serial, self._serial + len(keys))
+        self._serial += len(keys)
+        # setdefault hands back the serial of the first event with the key:
+        # another serial than the event's own means a duplicate.
+        first_serials = list(map(self.seen.setdefault, keys, serials))
+        if first_serials != list(serials):
+            is_first = list(map(eq, first_serials, serials))
+            out.duplicates += is_first.count(False)
+            events = events.select(is_first)
+            if not len(events):
+                return
+            times = events.times_us
+        newest_time = max(times)
+        self._seen_batches.append((newest_time - newest_time % DEDUP_BUCKET_US + DEDUP_BUCKET_US, keys))
+
+        def watermark_before(index: int) -> int:
+            return max(start_watermark, max(times[:index], default=WATERMARK_MIN) - lateness)
+
+        for rollup in self.rollups:
+            rollup.add(events, watermark_before)
+        out.events = events
+        self.clock.on_event(newest_time)
+
+    def _drop(self, events: EventColumns, keep: list[bool], out: CountedBatch, reason: Reason, error: str) -> EventColumns:
+        for index in compress(range(len(keep)), map(not_, keep)):
+            out.dead_letters.append(self._dead(events[index], reason, error))
+        if reason is Reason.FUTURE:
+            out.future += keep.count(False)
+        return events.select(keep)
 
     def _close(self, closed: list[WindowCount]) -> None:
         watermark = self.clock.watermark_us
-        if watermark < self.next_close_us:
-            return
-        next_close = WATERMARK_MAX
-        for r in self.rollups:
-            for start in sorted(r.windows):
-                end = start + r.size
-                if end <= watermark:
-                    counts = r.windows.pop(start)
-                    del r.first_position[start]
-                    name = r.spec.name
-                    closed.extend(WindowCount(name, _as_key(k), start, self.partition, c, True) for k, c in counts.items())
-                elif end < next_close:
-                    next_close = end
-        self.next_close_us = next_close
-        for bucket in [b for b in self.seen if b + DEDUP_BUCKET_US <= watermark]:
-            del self.seen[bucket]
+        for rollup in self.rollups:
+            rollup.close(watermark, self.partition, closed)
+        # Keys of closed minutes can only match late events, which are dropped
+        # before deduplication: forget them.
+        batches = self._seen_batches
+        pop = self.seen.pop
+        while batches and batches[0][0] <= watermark:
+            deque(map(pop, batches.popleft()[1], repeat(None)), maxlen=0)
 
     def _dead(self, event: Event, reason: Reason, error: str) -> DeadLetter:
         return DeadLetter(reason, error, self.partition, event.position, json.dumps(event.to_record(), default=list).encode())

@@ -128,9 +128,9 @@ def test_state_is_bounded_by_open_windows():
     for i in range(0, len(lines), 500):
         chunk = [line.encode() for line in lines[i:i + 500]]
         counter.on_batch(parser.parse_batch(RecordBatch.data("p", chunk, range(i + 1, i + 1 + len(chunk)))))
-        peak_seen = max(peak_seen, sum(len(s) for s in counter.seen.values()))
-        peak_windows = max(peak_windows, sum(len(r.windows) for r in counter.rollups))
-    assert peak_seen <= 12 * 60 + 500  # ~11 minutes of keys plus one batch
+        peak_seen = max(peak_seen, len(counter.seen))
+        peak_windows = max(peak_windows, counter.open_window_count())
+    assert peak_seen <= 12 * 60 + 2 * 500  # ~11 minutes of keys plus two batches
     assert peak_windows <= 2 + 20
 
 

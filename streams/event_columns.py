@@ -1,0 +1,100 @@
+"""A batch of events as columns: one list per field.
+
+Parsing and counting work on whole micro-batches, and most of their work is
+done by C loops over columns (`map`, `zip`, `itertools.compress`, slicing)
+instead of Python code per event. `Event` objects are made only where a sink
+needs them (raw events, Optimizely): `EventColumns` is a `Sequence[Event]`
+that builds each `Event` when it is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import compress
+from typing import Any, Iterable, Iterator, Mapping, overload
+
+from streams.events import NO_PROPERTIES, Event
+
+CORE_FIELDS = ("customer_id", "event_type", "transaction_id")
+
+
+@dataclass(slots=True, eq=False)
+class EventColumns(Sequence[Event]):
+    """Events of one partition, in position order, as columns.
+
+    `properties` is None when no event has any (the common case: events-csv),
+    else one mapping per event.
+    """
+
+    partition: str
+    customer_ids: Sequence[str]
+    event_types: Sequence[str]
+    transaction_ids: Sequence[str]
+    times_us: Sequence[int]
+    positions: Sequence[int]
+    properties: Sequence[Mapping[str, Any]] | None = None
+
+    @classmethod
+    def empty(cls, partition: str) -> "EventColumns":
+        return cls(partition, [], [], [], [], [])
+
+    @classmethod
+    def from_events(cls, partition: str, events: Iterable[Event]) -> "EventColumns":
+        events = list(events)
+        properties = [e.properties for e in events]
+        return cls(
+            partition,
+            [e.customer_id for e in events],
+            [e.event_type for e in events],
+            [e.transaction_id for e in events],
+            [e.event_time_us for e in events],
+            [e.position for e in events],
+            properties if any(properties) else None,
+        )
+
+    def __len__(self) -> int:
+        return len(self.times_us)
+
+    @overload
+    def __getitem__(self, index: int) -> Event: ...
+    @overload
+    def __getitem__(self, index: slice) -> "Sequence[Event]": ...
+    def __getitem__(self, index: int | slice) -> Event | Sequence[Event]:
+        if isinstance(index, slice):
+            return list(self)[index]
+        properties = NO_PROPERTIES if self.properties is None else self.properties[index] or NO_PROPERTIES
+        return Event(self.customer_ids[index], self.event_types[index], self.transaction_ids[index],
+                     self.times_us[index], properties, self.partition, self.positions[index])
+
+    def __iter__(self) -> Iterator[Event]:
+        partition = self.partition
+        properties = self.properties or (NO_PROPERTIES,) * len(self)
+        for c, e, x, t, p, pos in zip(self.customer_ids, self.event_types, self.transaction_ids, self.times_us,
+                                      properties, self.positions):
+            yield Event(c, e, x, t, p or NO_PROPERTIES, partition, pos)
+
+    def select(self, keep: Sequence[bool]) -> "EventColumns":
+        """The events whose `keep` flag is true, in order."""
+        return EventColumns(
+            self.partition,
+            list(compress(self.customer_ids, keep)),
+            list(compress(self.event_types, keep)),
+            list(compress(self.transaction_ids, keep)),
+            list(compress(self.times_us, keep)),
+            list(compress(self.positions, keep)),
+            None if self.properties is None else list(compress(self.properties, keep)),
+        )
+
+    def column(self, name: str) -> Sequence[str]:
+        """A core field's column."""
+        if name == "customer_id":
+            return self.customer_ids
+        if name == "event_type":
+            return self.event_types
+        if name == "transaction_id":
+            return self.transaction_ids
+        raise KeyError(name)
+
+    def dedup_keys(self) -> list[tuple[str, str, str, int]]:
+        return list(zip(self.customer_ids, self.event_types, self.transaction_ids, self.times_us))
