@@ -94,24 +94,22 @@ def _fields_of(lines: list[str], is_clean: list[bool]) -> list[str]:
     return ",".join(kept).split(",") if kept else []
 
 
-def _rows_with_empty_field_or_header(text: str, fields: list[str]) -> list[int]:
+def _rows_with_empty_field_or_header(fields: list[str]) -> list[int]:
     rows = []
-    # Substring searches on the batch's text are far cheaper than a scan of
-    # its fields; most batches have neither.
-    if ",," in text or ",\n" in text or "\n," in text or text[:1] == "," or text[-1:] == ",":
-        rows.extend(_indexes(fields, "", lambda at: at // 4))
-    if "customer_id," in text:
-        rows.extend(_indexes(fields, "customer_id", lambda at: at // 4 if at % 4 == 0 else None))
-    return [row for row in rows if row is not None]
+    if "" in fields:
+        rows.extend(at // 4 for at in _indexes(fields, ""))
+    if "customer_id" in fields:
+        rows.extend(at // 4 for at in _indexes(fields, "customer_id") if at % 4 == 0)
+    return rows
 
 
-def _indexes(items: list[str], value: str, row_of: Callable[[int], int | None]) -> list[int | None]:
+def _indexes(items: list[str], value: str) -> list[int]:
     found = []
     at = -1
     try:
         while True:
             at = items.index(value, at + 1)
-            found.append(row_of(at))
+            found.append(at)
     except ValueError:
         return found
 
@@ -187,7 +185,7 @@ class EventsCsvParser:
             is_clean = [ok and '"' not in line and "\x00" not in line and len(line) <= limit
                         for ok, line in zip(is_clean, lines)]
         fields = _fields_of(lines, is_clean)
-        unclean = _rows_with_empty_field_or_header(text, fields)
+        unclean = _rows_with_empty_field_or_header(fields)
         if unclean:
             _mark_unclean(is_clean, unclean)
             fields = _fields_of(lines, is_clean)

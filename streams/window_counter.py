@@ -20,19 +20,19 @@ changes a result.
 from __future__ import annotations
 
 import json
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from itertools import accumulate, compress, repeat
-from operator import add, eq, ge, mod, not_, sub
+from operator import add, ge, mod, not_, sub
 from typing import Any, Callable, Sequence
 
+from streams.dedup_keys import DedupKeys
 from streams.event_columns import CORE_FIELDS, EventColumns
 from streams.events import BatchKind, DeadLetter, Event, Reason, WindowCount
 from streams.parsers import ParsedBatch
 from streams.rollups import RollupSpec
 from streams.windowing import WATERMARK_MAX, WATERMARK_MIN, EventClock
 
-DEDUP_BUCKET_US = 60_000_000
 DAY_US = 86_400_000_000
 
 
@@ -169,12 +169,7 @@ class PartitionCounter:
         self.partition = partition
         self.clock = config.clock.build(resume_watermark_us)
         self.rollups = [_RollupState(spec) for spec in config.rollups]
-        # dedup key -> the serial number of the event that first had it
-        self.seen: dict[tuple, int] = {}
-        self._serial = 0
-        # The keys each batch added, and when they may go: once the watermark
-        # passes the end of the minute of the batch's newest event.
-        self._seen_batches: deque[tuple[int, list[tuple]]] = deque()
+        self.seen = DedupKeys()
         self.next_position = 0
         self._restarted = resume_watermark_us is not None
         self._provisional_at = config.wall_clock_us()
@@ -314,21 +309,14 @@ class PartitionCounter:
             if not len(events):
                 return
             times = events.times_us
-        keys = events.dedup_keys()
-        serials = range(self._serial, self._serial + len(keys))
-        self._serial += len(keys)
-        # setdefault hands back the serial of the first event with the key:
-        # another serial than the event's own means a duplicate.
-        first_serials = list(map(self.seen.setdefault, keys, serials))
-        if first_serials != list(serials):
-            is_first = list(map(eq, first_serials, serials))
+        is_first = self.seen.first_seen(events.dedup_keys(), times)
+        if is_first is not None:
             out.duplicates += is_first.count(False)
             events = events.select(is_first)
             if not len(events):
                 return
             times = events.times_us
         newest_time = max(times)
-        self._seen_batches.append((newest_time - newest_time % DEDUP_BUCKET_US + DEDUP_BUCKET_US, keys))
 
         def watermark_before(index: int) -> int:
             return max(start_watermark, max(times[:index], default=WATERMARK_MIN) - lateness)
@@ -349,12 +337,7 @@ class PartitionCounter:
         watermark = self.clock.watermark_us
         for rollup in self.rollups:
             rollup.close(watermark, self.partition, closed)
-        # Keys of closed minutes can only match late events, which are dropped
-        # before deduplication: forget them.
-        batches = self._seen_batches
-        pop = self.seen.pop
-        while batches and batches[0][0] <= watermark:
-            deque(map(pop, batches.popleft()[1], repeat(None)), maxlen=0)
+        self.seen.forget(watermark)
 
     def _dead(self, event: Event, reason: Reason, error: str) -> DeadLetter:
         return DeadLetter(reason, error, self.partition, event.position, json.dumps(event.to_record(), default=list).encode())

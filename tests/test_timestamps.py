@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.events import ParseError, Reason, format_utc
-from streams.timestamps import parse_duration, parse_timestamp_us
+from streams.timestamps import parse_duration, parse_timestamp_column, parse_timestamp_us
 from tests.oracle import stamp_to_us
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -103,3 +103,35 @@ def test_durations():
     assert parse_duration("90").total_seconds() == 90
     with pytest.raises(ValueError):
         parse_duration("ten minutes")
+
+
+bad_or_odd = st.sampled_from([
+    "2021-03-01 00:01:11", "2021-02-30 00:00:00Z", "2021-03-01 24:00:00Z", "2021-03-01 00:00:00+24:00",
+    "yesterday", "", "2021-03-01 00:00:00.Z", "20210301T000000Z", "2021-03-01 00:00:00.1234567890Z",
+    " 2021-03-01T00:00:00Z", "2021-03-01T00:00:00Z ", "2021-13-01T00:00:00Z", "2021-03-01T00:00:00+01:00:30",
+    "２０２１-03-01T00:00:00Z", "2021-W09-1T00:00:00Z", "2021-03-01T00Z",
+])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(
+    st.builds(
+        lambda moment, sep, digits, extra, offset: moment.strftime("%Y-%m-%d") + sep + moment.strftime("%H:%M:%S")
+        + ("." + f"{moment.microsecond:06d}{extra:03d}"[:digits] if digits else "") + offset,
+        st.datetimes(min_value=__import__("datetime").datetime(1971, 1, 1), max_value=__import__("datetime").datetime(9998, 1, 1)),
+        st.sampled_from(["T", " "]), st.integers(0, 9), st.integers(0, 999), offsets),
+    bad_or_odd,
+    st.text(max_size=30).filter(lambda t: "\n" not in t),  # a newline defers the whole column
+), max_size=60))
+def test_the_column_parser_agrees_with_the_oracle_or_defers(texts):
+    """Each text gets the oracle's value, or None: then the per-text parser
+    decides (and words the error). A valid timestamp without padding is never
+    deferred."""
+    column = parse_timestamp_column(texts)
+    assert len(column) == len(texts)
+    for text, value in zip(texts, column):
+        expected = stamp_to_us(text)
+        if value is not None:
+            assert value == expected, text
+        elif expected is not None and text == text.strip() and text.isascii():
+            raise AssertionError(f"deferred a valid timestamp: {text!r}")
