@@ -13,7 +13,7 @@ generations, each about the lateness plus a minute of event time.
 from __future__ import annotations
 
 from itertools import repeat
-from operator import eq, not_
+from operator import is_, not_
 from typing import Sequence
 
 from streams.windowing import WATERMARK_MIN
@@ -24,15 +24,14 @@ DedupKey = tuple[str, str, str, int]
 
 
 class DedupKeys:
-    __slots__ = ("current", "previous", "previous_newest_us", "current_newest_us", "_serial")
+    __slots__ = ("current", "previous", "previous_newest_us", "current_newest_us")
 
     def __init__(self) -> None:
-        # key -> the serial number of the first event that had it
-        self.current: dict[DedupKey, int] = {}
-        self.previous: dict[DedupKey, int] = {}
+        # key -> the key object of the first event that had it
+        self.current: dict[DedupKey, DedupKey] = {}
+        self.previous: dict[DedupKey, DedupKey] = {}
         self.previous_newest_us = WATERMARK_MIN
         self.current_newest_us = WATERMARK_MIN
-        self._serial = 0
 
     def __len__(self) -> int:
         return len(self.current) + len(self.previous)
@@ -41,12 +40,11 @@ class DedupKeys:
         """Which of `keys` (in order) are seen for the first time, with the
         earlier keys of the same batch counting as seen; None when all are.
         Every key is remembered from now on."""
-        serials = range(self._serial, self._serial + len(keys))
-        self._serial += len(keys)
-        # setdefault hands back the serial of the first event with the key:
-        # any other serial than the event's own is a duplicate.
-        first_serials = list(map(self.current.setdefault, keys, serials))
-        is_first = None if first_serials == list(serials) else list(map(eq, first_serials, serials))
+        # setdefault hands back the key object of the first event with the
+        # key: any other object than the event's own is a duplicate.
+        is_first = list(map(is_, map(self.current.setdefault, keys, keys), keys))
+        if False not in is_first:
+            is_first = None
         if self.previous and min(times_us) <= self.previous_newest_us:
             in_previous = list(map(self.previous.__contains__, keys))
             if True in in_previous:
