@@ -17,6 +17,7 @@ from typing import Any, Iterable, Iterator, Mapping, overload
 from streams.events import NO_PROPERTIES, Event
 
 CORE_FIELDS = ("customer_id", "event_type", "transaction_id")
+_COLUMN_OF = {"customer_id": "customer_ids", "event_type": "event_types", "transaction_id": "transaction_ids"}
 
 
 @dataclass(slots=True, eq=False)
@@ -88,13 +89,7 @@ class EventColumns(Sequence[Event]):
 
     def column(self, name: str) -> Sequence[str]:
         """A core field's column."""
-        if name == "customer_id":
-            return self.customer_ids
-        if name == "event_type":
-            return self.event_types
-        if name == "transaction_id":
-            return self.transaction_ids
-        raise KeyError(name)
+        return getattr(self, _COLUMN_OF[name])
 
     def dedup_keys(self) -> list[tuple[str, str, str, int]]:
         return list(zip(self.customer_ids, self.event_types, self.transaction_ids, self.times_us))
