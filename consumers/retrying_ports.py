@@ -18,7 +18,7 @@ import time
 from typing import Callable, Iterator, Sequence, TypeVar
 
 from consumers.ports import CountStore, ObjectStore
-from daemon.health import HEALTH, PipelineHealth
+from observability.health import HEALTH, PipelineHealth
 from streams.events import WindowCount
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import inject
 from config.settings import Settings
 from consumers.ports import CountStore
 from daemon.cli import CliError, command
-from daemon.health import PipelineHealth
+from observability.health import PipelineHealth
 from daemon.reload import install_sighup_handler, on_reload
 from daemon.service_loop import ServiceLoop
 
@@ -226,7 +226,7 @@ def embedded_http(settings: Settings, source: Any = None, endless: bool = True) 
     command when `[http] enabled`; yields the server handle or None.
 
     /readyz then also reports `source` (the transport reader given) and
-    `pipeline` (daemon.health: progress, failing sinks and sources); a finite
+    `pipeline` (observability.health: progress, failing sinks and sources); a finite
     command (`endless` False) serves nothing."""
     from service.settings import HttpSettings
 
@@ -251,7 +251,7 @@ def embedded_http(settings: Settings, source: Any = None, endless: bool = True) 
 
 
 def _pipeline_readiness(source: Any) -> dict[str, Any]:
-    """The pipeline this process runs: its source, and `daemon.health` (progress
+    """The pipeline this process runs: its source, and `observability.health` (progress
     within the stall limit; sinks and sources that reported failures)."""
     components: dict[str, Any] = {}
     if source is not None:
@@ -262,7 +262,7 @@ def _pipeline_readiness(source: Any) -> dict[str, Any]:
         else:
             components["source"] = (True, type(source).__name__)
     try:
-        from daemon.health import HEALTH
+        from observability.health import HEALTH
     except ImportError:
         return components
     problems = HEALTH.problems()

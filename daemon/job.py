@@ -12,7 +12,7 @@ import inject
 import reactivex
 
 from config.settings import Settings
-from daemon.health import HEALTH
+from observability.health import HEALTH
 from consumers.aggregate_writer import AggregateWriter
 from consumers.count_sink import CountSink
 from consumers.dead_letter_sink import DeadLetterOutput

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from daemon.health import HEALTH, PipelineHealth
+from observability.health import HEALTH, PipelineHealth
 from daemon.sd_notify import SystemdNotifier
 
 log = logging.getLogger(__name__)

@@ -61,7 +61,7 @@ from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from consumers.ports import DeadLetterSink
-from daemon import metrics as pipeline_metrics
+from observability import metrics as pipeline_metrics
 from optimizely_integration import metrics
 from optimizely_integration.conversions import ConversionBuilder
 from optimizely_integration.event_batcher import (

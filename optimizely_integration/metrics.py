@@ -1,7 +1,7 @@
 """Prometheus metrics of the Optimizely integration (default registry, so the
 daemon's `/metrics` serves them). Labels are bounded: outcomes and kinds only.
 
-The generic per-sink metrics of `daemon.metrics` (writes, failures, latency)
+The generic per-sink metrics of `observability.metrics` (writes, failures, latency)
 are also fed, with `sink="optimizely"`.
 """
 

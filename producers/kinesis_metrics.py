@@ -2,7 +2,7 @@
 
 Each worker process serves its own (`/metrics` when [http] is on), so every
 series is per worker by construction; labels are the stream or the shard,
-never a customer or key. MillisBehindLatest is `daemon.metrics.MILLIS_BEHIND`.
+never a customer or key. MillisBehindLatest is `observability.metrics.MILLIS_BEHIND`.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ from producers.aws_clients import (
     sleep_unless,
     startup_call,
 )
-from daemon.metrics import MILLIS_BEHIND
+from observability.metrics import MILLIS_BEHIND
 from producers import kinesis_metrics as metrics
 from producers.kinesis_checkpoints import HASH_KEY, KinesisCheckpoints
 from producers.kinesis_leases import Lease, LeaseCoordinator, LeaseTable, ShardInfo

@@ -3,7 +3,7 @@ import random
 import pytest
 
 from consumers.retrying_ports import STOP_REQUESTED, Backoff, RetryingObjectStore, retry_until_done
-from daemon.health import PipelineHealth
+from observability.health import PipelineHealth
 
 
 class FlakyStore:
