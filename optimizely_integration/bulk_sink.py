@@ -62,6 +62,7 @@ from urllib.parse import urlsplit
 
 from consumers.ports import DeadLetterSink
 from observability import metrics as pipeline_metrics
+from observability.health import HEALTH, PipelineHealth
 from optimizely_integration import metrics
 from optimizely_integration.conversions import ConversionBuilder
 from optimizely_integration.event_batcher import (
@@ -198,7 +199,9 @@ class OptimizelyBulkSink:
         extra_headers: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        health: PipelineHealth = HEALTH,
     ) -> None:
+        self.health = health  # told of outages, so readiness and the watchdog see them
         self.dead_letters = dead_letters
         self.endpoint = endpoint
         self.eu_endpoint = eu_endpoint
@@ -453,6 +456,8 @@ class OptimizelyBulkSink:
         )
 
     def _failed(self, kind: str, body: RequestBody, what: str) -> None:
+        if kind != "4xx":  # a retried outage, not a rejected visitor
+            self.health.failing(SINK_NAME, what)
         with self._stats_lock:
             self.stats.failures += 1
         metrics.SINK_FAILURES.labels(kind).inc()
@@ -460,6 +465,7 @@ class OptimizelyBulkSink:
         log.warning("optimizely sink: POST of %d visitors to %s failed: %s", len(body.origins), body.endpoint, what)
 
     def _sent(self, body: RequestBody, size: int) -> None:
+        self.health.recovered(SINK_NAME)
         with self._stats_lock:
             self.stats.batches_sent += 1
             self.stats.visitors_sent += len(body.origins)

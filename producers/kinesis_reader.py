@@ -89,6 +89,7 @@ from producers.aws_clients import (
     sleep_unless,
     startup_call,
 )
+from observability.health import HEALTH, PipelineHealth
 from observability.metrics import MILLIS_BEHIND
 from producers import kinesis_metrics as metrics
 from producers.kinesis_checkpoints import HASH_KEY, KinesisCheckpoints
@@ -155,6 +156,10 @@ class _Shard:
     pending: collections.deque = field(default_factory=collections.deque, repr=False)  # (last position, taken at)
 
 
+# A throttled poll is ordinary on a shared shard; this many in a row is an
+# outage, reported to the health model (readiness, the systemd watchdog).
+OUTAGE_AFTER_FAILED_POLLS = 3
+
 class KinesisReader:
     def __init__(
         self,
@@ -173,9 +178,11 @@ class KinesisReader:
         clock: Callable[[], float] = time.monotonic,
         wall_clock_us: Callable[[], int] = wall_clock_us,
         worker_id: str | None = None,
+        health: PipelineHealth = HEALTH,
         **_ignored: Any,
     ) -> None:
         self.config = config or AwsConfig.from_settings(settings)
+        self.health = health
         self.stream = stream
         self.batch_size = max(1, batch_size)
         self.poll_interval = poll_interval
@@ -425,6 +432,12 @@ class KinesisReader:
         return self.client.get_shard_iterator(StreamName=self.stream, ShardId=shard.shard_id, **start)["ShardIterator"]
 
     def _poll(self, shard: _Shard) -> None:
+        try:
+            self._poll_until_done(shard)
+        finally:  # a shard given up mid-outage is no longer this worker's problem
+            self.health.recovered(f"kinesis {shard.shard_id}")
+
+    def _poll_until_done(self, shard: _Shard) -> None:
         iterator: str | None = None
         min_gap = 1.0 / self.config.polls_per_second
         last_poll = self._clock()
@@ -452,17 +465,25 @@ class KinesisReader:
                 if code not in RETRYABLE_READ_CODES:
                     raise
                 failures += 1
+                if failures >= OUTAGE_AFTER_FAILED_POLLS:
+                    self.health.failing(f"kinesis {shard.shard_id}", code)
                 next_call = self._clock() + self._backoff(failures)
                 continue
             except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
                 # An outage: keep the shard's place and try again; the
-                # pipeline simply sees no batches meanwhile.
+                # pipeline simply sees no batches meanwhile, and readiness
+                # and the watchdog hear of it through the health model.
                 failures += 1
                 log.warning("kinesis %s: %s; retrying", shard.shard_id, type(exc).__name__)
+                if failures >= OUTAGE_AFTER_FAILED_POLLS:
+                    self.health.failing(f"kinesis {shard.shard_id}", type(exc).__name__)
                 next_call = self._clock() + self._backoff(failures)
                 continue
             if not running():
                 return  # lost meanwhile: what this poll read is not ours
+            if failures >= OUTAGE_AFTER_FAILED_POLLS:
+                self.health.recovered(f"kinesis {shard.shard_id}")
+                log.warning("kinesis %s: recovered after %d failed polls", shard.shard_id, failures)
             failures = 0
             shard.polls += 1
             now = self._clock()

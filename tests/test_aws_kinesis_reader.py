@@ -12,9 +12,10 @@ from datetime import datetime, timezone
 import pytest
 from aws_kinesis_agg.aggregator import RecordAggregator
 
+from observability.health import PipelineHealth
 from producers.aws_clients import AwsConfig, ensure_table
 from producers.kinesis_checkpoints import HASH_KEY, KinesisCheckpoints
-from producers.kinesis_reader import SUB_SCALE, KinesisReader
+from producers.kinesis_reader import OUTAGE_AFTER_FAILED_POLLS, SUB_SCALE, KinesisReader
 from streams.events import BatchKind, RecordBatch
 from tests.aws_fixtures import read_batches, client, unique
 from tests.fault_proxy import GET_RECORDS, FaultProxy
@@ -306,3 +307,36 @@ def test_records_waiting_in_the_queue_are_not_caught_up(aws_env: str) -> None:
     assert len(data_of(batches)[partition]) == 300
     assert all(caught_up == 0.0 for caught_up, _ in during_data)
     assert any(at_tip for _, at_tip in during_data)  # the poller was at the tip before the pipeline caught up
+
+
+class RecordingHealth(PipelineHealth):
+    def __init__(self) -> None:
+        super().__init__()
+        self.changes: list[tuple[str, str]] = []
+
+    def failing(self, component: str, reason: str) -> None:
+        self.changes.append(("failing", component))
+        super().failing(component, reason)
+
+    def recovered(self, component: str) -> None:
+        self.changes.append(("recovered", component))
+        super().recovered(component)
+
+
+def test_a_throttled_shard_is_reported_to_the_health_model_until_it_recovers(aws_env: str, proxy: FaultProxy) -> None:
+    stream = make_stream(aws_env, 1)
+    written = put(aws_env, stream, [f"r{i}".encode() for i in range(30)])
+    partition = f"kinesis:{stream}/{written[0][0]}"
+    proxy.error(GET_RECORDS, "ProvisionedThroughputExceededException", times=5, after=1)
+    health = RecordingHealth()
+    reader = reader_for(proxy.endpoint, stream, checkpoints(aws_env, stream), config=AwsConfig(get_records_limit=10),
+                        health=health)
+
+    batches = read(reader, idle_in_all({partition}))
+
+    assert [d for _, d in data_of(batches)[partition]] == [d for _, _, d in written]
+    component = f"kinesis {written[0][0]}"
+    # One throttle is ordinary; the 3rd, 4th and 5th in a row are an outage.
+    assert health.changes.count(("failing", component)) == 5 - OUTAGE_AFTER_FAILED_POLLS + 1
+    assert health.changes[3] == ("recovered", component)  # on the first good poll, not only at the end
+    assert health.problems() == {}

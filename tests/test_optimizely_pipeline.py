@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from observability.health import PipelineHealth
 from optimizely_integration.bulk_event_dispatcher import BulkEventDispatcher
 from optimizely_integration.bulk_sink import OptimizelyBulkSink
 from optimizely_integration.event_batcher import Origin
@@ -160,9 +161,10 @@ def test_503_then_200_loses_nothing_and_holds_the_checkpoint(tmp_path: Path) -> 
     with SpoolWriter(tmp_path) as writer:
         writer.send(records)
     reader = SpoolReader(tmp_path, group="optimizely", poll_interval=0.01)
+    health = PipelineHealth()
     sink = OptimizelyBulkSink(
         ListDeadLetters(), endpoint=server.url + "/v1/events", max_visitors=20, flush_interval=0.05,
-        backoff_base=0.01, backoff_cap=0.05,
+        backoff_base=0.01, backoff_cap=0.05, health=health,
     )
     forwarder = PayloadForwarder(reader, sink, commit_interval=0.02)
     thread = threading.Thread(target=forwarder.run, daemon=True)
@@ -172,8 +174,10 @@ def test_503_then_200_loses_nothing_and_holds_the_checkpoint(tmp_path: Path) -> 
         # Failing: the source must not be checkpointed past the first record.
         assert sink.pending_floor(reader.partition) == 1
         assert reader.committed() == 1
+        assert "optimizely" in health.problems()  # readiness and the watchdog hear of the outage
         healthy.set()
         assert wait_for(lambda: sink.outstanding == 0 and reader.committed() == len(records) + 1)
+        assert health.problems() == {}
     finally:
         reader.stop()
         thread.join(10)
