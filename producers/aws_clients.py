@@ -346,7 +346,7 @@ def ensure_profile_resources(settings: Settings | None, config: AwsConfig, creat
     if not create:
         return
     if kinesis:
-        from producers.kinesis_checkpoints import HASH_KEY as CHECKPOINT_KEY
+        from producers.kinesis_leases import HASH_KEY as CHECKPOINT_KEY
 
         ensure_table(aws_client("dynamodb", config), checkpoint_table_name(config, "default"), True, CHECKPOINT_KEY)
     if settings is not None and settings.backend == "aws":

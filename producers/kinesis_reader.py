@@ -92,8 +92,7 @@ from producers.aws_clients import (
 from observability.health import HEALTH, PipelineHealth
 from observability.metrics import MILLIS_BEHIND
 from producers import kinesis_metrics as metrics
-from producers.kinesis_checkpoints import HASH_KEY, KinesisCheckpoints
-from producers.kinesis_leases import Lease, LeaseCoordinator, LeaseTable, ShardInfo
+from producers.kinesis_leases import HASH_KEY, Lease, LeaseCoordinator, LeaseTable, ShardInfo
 from producers.transport import wall_clock_us
 from streams.events import BatchKind, RecordBatch
 from streams.windowing import WATERMARK_MIN
@@ -171,7 +170,7 @@ class KinesisReader:
         poll_interval: float = 0.2,
         client: Any = None,
         config: AwsConfig | None = None,
-        checkpoints: KinesisCheckpoints | None = None,
+        leases: LeaseTable | None = None,
         iterator_type: str | None = None,
         start_timestamp: datetime | None = None,
         start_after: Mapping[str, str] | None = None,
@@ -196,14 +195,13 @@ class KinesisReader:
         self.client = client or aws_client("kinesis", self.config, pool_size=64)
         if client is None or create_resources:
             ensure_stream(self.client, stream, create_resources, self.config.shard_count)
-        if checkpoints is None:
+        if leases is None:
             dynamodb = aws_client("dynamodb", self.config)
             table = checkpoint_table_name(self.config, group)
             ensure_table(dynamodb, table, create_resources, HASH_KEY)
-            checkpoints = KinesisCheckpoints(dynamodb, table, stream)
+            leases = LeaseTable(dynamodb, table, stream)
         ensure_profile_resources(settings, self.config, create_resources, kinesis=True)
-        self.checkpoints = checkpoints  # the checkpoints live in the lease items of its table
-        self.leases = LeaseTable(checkpoints.client, checkpoints.table, stream)
+        self.leases = leases  # the lease items also hold the checkpoints
         self.worker_id = worker_id or self.config.worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self._clock = clock
         self._wall_clock_us = wall_clock_us

@@ -14,7 +14,7 @@ from aws_kinesis_agg.aggregator import RecordAggregator
 
 from observability.health import PipelineHealth
 from producers.aws_clients import AwsConfig, ensure_table
-from producers.kinesis_checkpoints import HASH_KEY, KinesisCheckpoints
+from producers.kinesis_leases import HASH_KEY, LeaseTable
 from producers.kinesis_reader import OUTAGE_AFTER_FAILED_POLLS, SUB_SCALE, KinesisReader
 from streams.events import BatchKind, RecordBatch
 from tests.aws_fixtures import read_batches, client, unique
@@ -47,18 +47,18 @@ def put(endpoint: str, stream: str, payloads: list[bytes], keys: list[str] | Non
     return out
 
 
-def checkpoints(endpoint: str, stream: str) -> KinesisCheckpoints:
+def checkpoints(endpoint: str, stream: str) -> LeaseTable:
     dynamodb = client("dynamodb", endpoint)
     table = unique("ckpt")
     ensure_table(dynamodb, table, True, HASH_KEY)
-    return KinesisCheckpoints(dynamodb, table, stream)
+    return LeaseTable(dynamodb, table, stream)
 
 
-def reader_for(endpoint: str, stream: str, store: KinesisCheckpoints | None = None, **options) -> KinesisReader:
+def reader_for(endpoint: str, stream: str, store: LeaseTable | None = None, **options) -> KinesisReader:
     return KinesisReader(
         stream,
         client=client("kinesis", endpoint, max_pool_connections=20),
-        checkpoints=store or checkpoints(endpoint, stream),
+        leases=store or checkpoints(endpoint, stream),
         config=options.pop("config", FAST),
         poll_interval=options.pop("poll_interval", 0.05),
         **options,
@@ -253,7 +253,7 @@ def test_at_most_five_get_records_per_second_per_shard(aws_env: str) -> None:
         "provide-client-params.kinesis.GetRecords",
         lambda **_: calls[threading.current_thread().name].append(time.monotonic()),
     )
-    reader = KinesisReader(stream, client=kinesis, checkpoints=checkpoints(aws_env, stream), config=FAST, poll_interval=0.0)
+    reader = KinesisReader(stream, client=kinesis, leases=checkpoints(aws_env, stream), config=FAST, poll_interval=0.0)
     started = time.monotonic()
     read(reader, lambda batches: time.monotonic() - started > 2.0)
 
