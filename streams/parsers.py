@@ -14,13 +14,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import json.scanner
 from dataclasses import dataclass, field
 from itertools import compress, repeat
-from operator import is_not, not_
+from operator import add, eq, is_not, not_
 from datetime import tzinfo
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
-from streams.event_columns import EventColumns
+from streams.event_columns import CORE_FIELDS, EventColumns
 from streams.events import NO_PROPERTIES, DeadLetter, Event, ParseError, Reason, RecordBatch
 from streams.timestamps import parse_timestamp_column, parse_timestamp_us
 
@@ -65,6 +66,9 @@ def _decode(data: bytes, max_bytes: int) -> str:
 
 
 LineParser = Callable[[str], "Event | None"]
+
+# The C JSON scanner itself: `json.loads` wraps it in Python code per call.
+_scan_json = json.scanner.make_scanner(json.JSONDecoder())
 
 
 def _run(out: ParsedBatch, records: Sequence[bytes], positions: Sequence[int], parse_line: LineParser, max_bytes: int) -> list[Event]:
@@ -122,6 +126,21 @@ def _mark_unclean(is_clean: list[bool], rows: Sequence[int]) -> None:
         is_clean[clean_indexes[row]] = False
 
 
+def _clean_then_odd(batch: RecordBatch, columns: EventColumns, is_clean: list[bool], parse_line: LineParser,
+                    max_bytes: int) -> ParsedBatch:
+    """A batch's common rows, parsed as columns, with the other rows sent
+    down the per-record path, merged back in position order."""
+    out = ParsedBatch.of(batch)
+    if len(columns) < len(batch.records):
+        is_odd = list(map(not_, is_clean))
+        odd = _run(out, list(compress(batch.records, is_odd)), list(compress(batch.positions, is_odd)), parse_line,
+                   max_bytes)
+        if odd:  # rare, so merged the simple way
+            columns = EventColumns.from_events(batch.partition, sorted([*columns, *odd], key=_by_position))
+    out.events = columns
+    return out
+
+
 def _by_position(event: Event) -> int:
     return event.position
 
@@ -147,17 +166,7 @@ class EventsCsvParser:
     name: str = "events-csv"
 
     def parse_batch(self, batch: RecordBatch) -> ParsedBatch:
-        out = ParsedBatch.of(batch)
-        records, positions = batch.records, batch.positions
-        columns, is_clean = self._clean_rows(batch)
-        if len(columns) < len(records):
-            is_odd = list(map(not_, is_clean))
-            odd = _run(out, list(compress(records, is_odd)), list(compress(positions, is_odd)), self._parse_line,
-                       self.max_record_bytes)
-            if odd:  # quoted CSV and the like: rare, so merged the simple way
-                columns = EventColumns.from_events(batch.partition, sorted([*columns, *odd], key=_by_position))
-        out.events = columns
-        return out
+        return _clean_then_odd(batch, *self._clean_rows(batch), self._parse_line, self.max_record_bytes)
 
     def _clean_rows(self, batch: RecordBatch) -> tuple[EventColumns, list[bool]]:
         """The common rows of a batch as columns, and which records they were.
@@ -231,15 +240,65 @@ class NdjsonParser:
     name: str = "ndjson"
 
     def parse_batch(self, batch: RecordBatch) -> ParsedBatch:
-        out = ParsedBatch.of(batch)
-        events = _run(out, batch.records, batch.positions, self._parse_line, self.max_record_bytes)
-        out.events = EventColumns.from_events(batch.partition, events)
-        return out
+        return _clean_then_odd(batch, *self._clean_rows(batch), self._parse_line, self.max_record_bytes)
+
+    def _clean_rows(self, batch: RecordBatch) -> tuple[EventColumns, list[bool]]:
+        """The common records as columns, and which records they were.
+
+        Common: a JSON object alone on its line (no padding), with non-empty
+        string core fields, an ISO string timestamp with an offset, and no
+        other field than `v`. The JSON of the whole batch is read by the C
+        scanner mapped over the records, and each field is taken as a column
+        (`map(dict.get, ...)`). Every other record takes the general path.
+        """
+        records = batch.records
+        n = len(records)
+        texts: list[str] = []
+        if max(map(len, records), default=0) <= self.max_record_bytes:
+            try:
+                texts = b"\n".join(records).decode().split("\n")
+            except UnicodeDecodeError:
+                pass
+        if len(texts) != n:  # undecodable, or a record holds a newline: all on their own
+            return EventColumns.empty(batch.partition), [False] * n
+        scanned: list[Any] = []
+        while len(scanned) < n:
+            try:
+                # A StopIteration from the scanner (nothing to read) ends the
+                # map early; an error raises. Either way the record at
+                # len(scanned) failed, and what came before it stays.
+                scanned.extend(map(_scan_json, texts[len(scanned):], repeat(0)))
+            except (ValueError, RecursionError):
+                pass
+            if len(scanned) < n:
+                scanned.append((None, -1))
+        objects, ends = zip(*scanned) if scanned else ((), ())
+        is_clean = list(map(eq, ends, map(len, texts)))  # the whole line is one value
+        is_clean = list(map(bool.__and__, is_clean, map(isinstance, objects, repeat(dict))))
+        objects = list(compress(objects, is_clean))
+        core = [list(map(dict.get, objects, repeat(name))) for name in (*CORE_FIELDS, "timestamp")]
+        # Only the core fields and `v`, each core field a non-empty string:
+        sizes = list(map(len, objects))
+        expected = list(map(add, repeat(4), map(dict.__contains__, objects, repeat("v"))))
+        good = list(map(eq, sizes, expected))
+        for column in core:
+            good = list(map(bool.__and__, good, map(isinstance, column, repeat(str))))
+            if "" in column:
+                good = list(map(bool.__and__, good, map(bool, column)))
+        stamps = core[3] if all(good) else [t if ok else "" for t, ok in zip(core[3], good)]  # "" is deferred
+        times = parse_timestamp_column(stamps)
+        good = list(map(bool.__and__, good, map(is_not, times, repeat(None))))
+        if False in good:
+            _mark_unclean(is_clean, list(compress(range(len(good)), map(not_, good))))
+            core = [list(compress(column, good)) for column in core[:3]]
+            times = list(compress(times, good))
+        positions = batch.positions if all(is_clean) else list(compress(batch.positions, is_clean))
+        return EventColumns(batch.partition, *core[:3], times, positions), is_clean
 
     def _parse_line(self, text: str) -> Event:
         try:
             obj = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ParseError(Reason.MALFORMED, f"bad JSON: {exc}") from None
         if not isinstance(obj, dict):
             raise ParseError(Reason.MALFORMED, f"expected a JSON object, got {type(obj).__name__}")
