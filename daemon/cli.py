@@ -23,6 +23,7 @@ import inject
 
 from config.bindings import configure
 from config.settings import ConfigError, Settings, load_settings
+from consumers.bucket_query import query_buckets
 from consumers.ports import CountStore, DeadLetterSink
 from consumers.retrying_ports import STOP_REQUESTED
 from daemon.job import parser_for, run_job
@@ -31,7 +32,7 @@ from daemon.reload import install_sighup_handler, on_reload
 from daemon.service_loop import ServiceLoop
 from producers.file_source import FileSource
 from producers.random_source import RandomEventSource
-from streams.events import format_utc, format_utc_seconds
+from streams.events import format_utc_seconds
 from streams.parsers import PARSERS
 from streams.timestamps import parse_duration, parse_timestamp_us
 
@@ -241,30 +242,14 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
         end_us = parse_timestamp_us(args.end, settings.naive_timezone)
     except ValueError as exc:
         raise CliError(f"bad timestamp: {exc}") from None
-    result = query_buckets(inject.instance(CountStore), settings, args.customer, start_us, end_us)
+    result = query_buckets(inject.instance(CountStore), settings.rollup(settings.query_rollup), settings.query_max_range,
+                           args.customer, start_us, end_us)
     print(json.dumps(result))
     if args.plot:
         from consumers.bucket_chart import write_chart
 
         write_chart(result, args.plot)
     return 0
-
-
-def query_buckets(store: CountStore, settings: Settings, customer_id: str, start_us: int, end_us: int) -> dict:
-    """The seed API's answer: every bucket with events whose start lies in
-    [start floored to the bucket, end), ascending. Raises ValueError on a bad
-    range (shared by the CLI and the HTTP API)."""
-    if start_us >= end_us:
-        raise ValueError("start must be before end")
-    if end_us - start_us > settings.query_max_range.total_seconds() * 1_000_000:
-        raise ValueError(f"range is longer than the configured maximum ({settings.query_max_range})")
-    rollup = settings.rollup(settings.query_rollup)
-    floor = rollup.window.start_of(start_us)
-    buckets = store.buckets(rollup.name, (customer_id,), floor, end_us)
-    return {
-        "customer_id": customer_id,
-        "buckets": [{"ts_start_of_hour": format_utc(start), "count": count} for start, count in buckets],
-    }
 
 
 @command("export")

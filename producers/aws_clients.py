@@ -335,20 +335,16 @@ def checkpoint_table_name(config: AwsConfig, group: str) -> str:
     return base if group == "default" else f"{base}-{group}"
 
 
-def ensure_profile_resources(settings: Settings | None, config: AwsConfig, create: bool, kinesis: bool = False) -> None:
+def ensure_profile_resources(settings: Settings | None, config: AwsConfig, create: bool) -> None:
     """With `create` (`--create-resources`), everything else the profile names:
-    the default group's Kinesis checkpoint table when `kinesis`, and, with the
-    aws backend, the count table and the bucket the sinks write to.
+    with the aws backend, the count table and the bucket the sinks write to.
+    (The Kinesis transports create their lease table: `ensure_lease_table`.)
 
     The transports call this, so one flag on `produce`, `consume` or `serve`
     creates every table, stream, bucket and queue a later command needs.
     """
     if not create:
         return
-    if kinesis:
-        from producers.kinesis_leases import HASH_KEY as CHECKPOINT_KEY
-
-        ensure_table(aws_client("dynamodb", config), checkpoint_table_name(config, "default"), True, CHECKPOINT_KEY)
     if settings is not None and settings.backend == "aws":
         from consumers.dynamodb_count_store import HASH_KEY, RANGE_KEY, TTL_ATTRIBUTE
 

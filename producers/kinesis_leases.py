@@ -41,9 +41,18 @@ from typing import Any, Callable, Iterable
 import botocore.exceptions
 
 from producers import kinesis_metrics as metrics
-from producers.aws_clients import error_code
+from producers.aws_clients import AwsConfig, aws_client, checkpoint_table_name, ensure_table, error_code
 
 HASH_KEY = "leaseKey"
+
+
+def ensure_lease_table(config: AwsConfig, group: str, create: bool) -> Any:
+    """The lease (and checkpoint) table of a consumer group: a DynamoDB client
+    and the table's name, the table created first with `create`."""
+    dynamodb = aws_client("dynamodb", config)
+    table = checkpoint_table_name(config, group)
+    ensure_table(dynamodb, table, create, HASH_KEY)
+    return dynamodb, table
 SHARD_END = "SHARD_END"
 
 log = logging.getLogger(__name__)

@@ -81,10 +81,8 @@ from producers.aws_clients import (
     AwsConfig,
     aws_client,
     backoff_delay,
-    checkpoint_table_name,
     ensure_profile_resources,
     ensure_stream,
-    ensure_table,
     error_code,
     sleep_unless,
     startup_call,
@@ -92,7 +90,7 @@ from producers.aws_clients import (
 from observability.health import HEALTH, PipelineHealth
 from observability.metrics import MILLIS_BEHIND
 from producers import kinesis_metrics as metrics
-from producers.kinesis_leases import HASH_KEY, Lease, LeaseCoordinator, LeaseTable, ShardInfo
+from producers.kinesis_leases import Lease, LeaseCoordinator, LeaseTable, ShardInfo, ensure_lease_table
 from producers.transport import wall_clock_us
 from streams.events import BatchKind, RecordBatch
 from streams.windowing import WATERMARK_MIN
@@ -196,11 +194,8 @@ class KinesisReader:
         if client is None or create_resources:
             ensure_stream(self.client, stream, create_resources, self.config.shard_count)
         if leases is None:
-            dynamodb = aws_client("dynamodb", self.config)
-            table = checkpoint_table_name(self.config, group)
-            ensure_table(dynamodb, table, create_resources, HASH_KEY)
-            leases = LeaseTable(dynamodb, table, stream)
-        ensure_profile_resources(settings, self.config, create_resources, kinesis=True)
+            leases = LeaseTable(*ensure_lease_table(self.config, group, create_resources), stream)
+        ensure_profile_resources(settings, self.config, create_resources)
         self.leases = leases  # the lease items also hold the checkpoints
         self.worker_id = worker_id or self.config.worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self._clock = clock

@@ -42,6 +42,7 @@ from typing import Any, Callable, Sequence
 import botocore.exceptions
 
 from producers.aws_clients import AwsConfig, aws_client, backoff_delay, ensure_profile_resources, ensure_stream, error_code
+from producers.kinesis_leases import ensure_lease_table
 from producers.transport import TransportFull
 
 MAX_BATCH_RECORDS = 500
@@ -110,7 +111,9 @@ class KinesisWriter:
         self._rng = rng or random.Random()
         if client is None or create_resources:
             ensure_stream(self.client, stream, create_resources, self.config.shard_count)
-            ensure_profile_resources(settings, self.config, create_resources, kinesis=True)
+            ensure_profile_resources(settings, self.config, create_resources)
+            if create_resources:  # so that a later `consume` finds its lease table
+                ensure_lease_table(self.config, "default", True)
         self._rejected: list[RejectedRecord] = []
         # Statistics, for the bench and the tests.
         self.calls = 0

@@ -4,7 +4,7 @@
   authenticated user's all-time count, the sum over every window of the
   rollups keyed by (customer_id, url) and (customer_id, button_id).
 - GET /events/customers/{customer_id}/buckets?start=ISO&end=ISO: the JSON of
-  `query buckets` (daemon.cli.query_buckets, so the rules are shared). Seed
+  `query buckets` (consumers.bucket_query, so the rules are shared). Seed
   004's form, a GET with a JSON body `{customer_id, start, end}`, works too.
 - GET /events/customers/{customer_id}/buckets.svg: the same as a bar chart.
 """
@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 from config.settings import ConfigError
 from consumers.bucket_chart import render_svg
-from daemon.cli import query_buckets
+from consumers.bucket_query import query_buckets
 from service.bodies import parse_json, read_capped
 from service.context import ServiceContext
 from service.errors import ApiError, reason, validation_error
@@ -116,7 +116,8 @@ async def _buckets(ctx: ServiceContext, settings: Any, customer_id: str, request
         except ParseError as exc:
             raise ApiError(400, f"bad timestamp: {name}: {exc}", [reason([where, name], str(exc), "bad_timestamp")]) from None
     try:
-        return await run_in_threadpool(query_buckets, ctx.store, settings, customer_id, bounds["start"], bounds["end"])
+        return await run_in_threadpool(query_buckets, ctx.store, settings.rollup(settings.query_rollup),
+                                     settings.query_max_range, customer_id, bounds["start"], bounds["end"])
     except ConfigError as exc:
         raise ApiError(503, f"bucket queries are not configured: {exc}") from None
     except ValueError as exc:  # start >= end, range over the maximum

@@ -7,10 +7,11 @@ from typing import Callable
 import reactivex
 from reactivex import operators as ops
 
+from streams.events import RecordBatch
 from streams.parsers import ParsedBatch, RecordParser
 
 
-def parse_records(parser: RecordParser) -> Callable[[reactivex.Observable], reactivex.Observable]:
+def parse_records(parser: RecordParser) -> Callable[[reactivex.Observable[RecordBatch]], reactivex.Observable[ParsedBatch]]:
     """Map each `RecordBatch` to a `ParsedBatch`.
 
     Bad records become dead letters inside the batch; nothing a record holds
