@@ -19,11 +19,10 @@ from streams.events import ParseError, Reason, datetime_to_us
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
-_ISO = re.compile(
-    r"(\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2})?)"  # date and time
-    r"(?:\.(\d{1,9}))?"  # fraction
-    r"(Z|[+-]\d{2}(?::?\d{2})?)?"  # offset
-)
+_DATE_TIME = r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2})?"
+_FRACTION = r"\.(\d{1,9})"
+_OFFSET = r"Z|[+-]\d{2}(?::?\d{2})?"
+_ISO = re.compile(rf"({_DATE_TIME})(?:{_FRACTION})?({_OFFSET})?")
 
 
 _fromisoformat = datetime.fromisoformat
@@ -69,9 +68,10 @@ _SEPARATORS = ("T", " ")
 _ONE_US = timedelta(microseconds=1)
 
 
-# The contract as a shape: every ASCII digit of a text is read as "9" first, so
-# a batch of timestamps has only a few distinct shapes, each checked once.
-_SHAPE = re.compile(rb"9999-99-99[T ]99:99(?::99)?(?:\.9{1,9})?(?:Z|[+-]99(?::?99)?)")
+# The contract as a shape (offset required): every ASCII digit of a text is
+# read as "9" first, so a batch of timestamps has only a few distinct shapes,
+# each checked once.
+_SHAPE = re.compile(rf"{_DATE_TIME}(?:{_FRACTION})?(?:{_OFFSET})".replace(r"\d", "9").encode())
 _DIGITS_AS_NINE = bytes.maketrans(b"0123456789", b"9999999999")
 _shape_is_valid: dict[bytes, bool] = {}
 
