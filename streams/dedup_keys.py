@@ -12,7 +12,6 @@ generations, each about the lateness plus a minute of event time.
 
 from __future__ import annotations
 
-from itertools import repeat
 from operator import is_, not_
 from typing import Sequence
 
@@ -48,7 +47,7 @@ class DedupKeys:
         if self.previous and min(times_us) <= self.previous_newest_us:
             in_previous = list(map(self.previous.__contains__, keys))
             if True in in_previous:
-                is_first = list(map(bool.__and__, is_first or list(repeat(True, len(keys))), map(not_, in_previous)))
+                is_first = list(map(bool.__and__, is_first or [True] * len(keys), map(not_, in_previous)))
         self.current_newest_us = max(self.current_newest_us, max(times_us))
         return is_first
 

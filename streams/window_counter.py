@@ -191,11 +191,8 @@ class PartitionCounter:
         out.blank = parsed.blank
         out.malformed = len(parsed.dead_letters)
         out.dead_letters.extend(parsed.dead_letters)
-        events = parsed.events
-        if not isinstance(events, EventColumns):
-            events = EventColumns.from_events(self.partition, events)
-        if len(events):
-            self._count(events, out)
+        if len(parsed.events):
+            self._count(parsed.events, out)
         if batch.positions:
             self.next_position = max(self.next_position, batch.positions[-1] + 1)
         self._close(out.closed)
@@ -287,7 +284,9 @@ class PartitionCounter:
         times = events.times_us
         future_limit = self.config.wall_clock_us() + self.config.future_tolerance_us
         if max(times) > future_limit:
-            events = self._drop(events, [t <= future_limit for t in times], out, Reason.FUTURE,
+            in_time = [t <= future_limit for t in times]
+            out.future += in_time.count(False)
+            events = self._drop(events, in_time, out, Reason.FUTURE,
                                 "timestamp is more than the future tolerance after the wall clock")
             if not len(events):
                 return
@@ -299,16 +298,14 @@ class PartitionCounter:
             # newest[i] − lateness is the watermark before record i
             newest = list(accumulate(times, max, initial=start_watermark + lateness))
             on_time = list(map(ge, map(add, times, repeat(lateness)), newest))
-        else:
-            on_time = None
-        if on_time is not None and False in on_time:
-            out.late += on_time.count(False)
-            out.max_late_by_us = max(out.max_late_by_us, max(
-                n - lateness - t for t, n, ok in zip(times, newest, on_time) if not ok))
-            events = self._drop(events, on_time, out, Reason.LATE, "older than the partition watermark")
-            if not len(events):
-                return
-            times = events.times_us
+            if False in on_time:
+                out.late += on_time.count(False)
+                out.max_late_by_us = max(out.max_late_by_us, max(
+                    n - lateness - t for t, n, ok in zip(times, newest, on_time) if not ok))
+                events = self._drop(events, on_time, out, Reason.LATE, "older than the partition watermark")
+                if not len(events):
+                    return
+                times = events.times_us
         is_first = self.seen.first_seen(events.dedup_keys(), times)
         if is_first is not None:
             out.duplicates += is_first.count(False)
@@ -329,8 +326,6 @@ class PartitionCounter:
     def _drop(self, events: EventColumns, keep: list[bool], out: CountedBatch, reason: Reason, error: str) -> EventColumns:
         for index in compress(range(len(keep)), map(not_, keep)):
             out.dead_letters.append(self._dead(events[index], reason, error))
-        if reason is Reason.FUTURE:
-            out.future += keep.count(False)
         return events.select(keep)
 
     def _close(self, closed: list[WindowCount]) -> None:
