@@ -46,7 +46,7 @@ from producers.aws_clients import AwsConfig, aws_client, checkpoint_table_name, 
 HASH_KEY = "leaseKey"
 
 
-def ensure_lease_table(config: AwsConfig, group: str, create: bool) -> Any:
+def ensure_lease_table(config: AwsConfig, group: str, create: bool) -> tuple[Any, str]:
     """The lease (and checkpoint) table of a consumer group: a DynamoDB client
     and the table's name, the table created first with `create`."""
     dynamodb = aws_client("dynamodb", config)

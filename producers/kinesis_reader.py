@@ -458,19 +458,14 @@ class KinesisReader:
                 if code not in RETRYABLE_READ_CODES:
                     raise
                 failures += 1
-                if failures >= OUTAGE_AFTER_FAILED_POLLS:
-                    self.health.failing(f"kinesis {shard.shard_id}", code)
-                next_call = self._clock() + self._backoff(failures)
+                next_call = self._after_failed_poll(shard, failures, code)
                 continue
             except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
                 # An outage: keep the shard's place and try again; the
-                # pipeline simply sees no batches meanwhile, and readiness
-                # and the watchdog hear of it through the health model.
+                # pipeline simply sees no batches meanwhile.
                 failures += 1
                 log.warning("kinesis %s: %s; retrying", shard.shard_id, type(exc).__name__)
-                if failures >= OUTAGE_AFTER_FAILED_POLLS:
-                    self.health.failing(f"kinesis {shard.shard_id}", type(exc).__name__)
-                next_call = self._clock() + self._backoff(failures)
+                next_call = self._after_failed_poll(shard, failures, type(exc).__name__)
                 continue
             if not running():
                 return  # lost meanwhile: what this poll read is not ours
@@ -503,6 +498,13 @@ class KinesisReader:
                 return
             if not records:
                 next_call = max(next_call, now + self.poll_interval)
+
+    def _after_failed_poll(self, shard: _Shard, failures: int, reason: str) -> float:
+        """When to poll again; from the OUTAGE_AFTER_FAILED_POLLS-th failure in
+        a row on, readiness and the watchdog hear of it (the health model)."""
+        if failures >= OUTAGE_AFTER_FAILED_POLLS:
+            self.health.failing(f"kinesis {shard.shard_id}", reason)
+        return self._clock() + self._backoff(failures)
 
     def _backoff(self, failures: int) -> float:
         return max(1.0 / self.config.polls_per_second, backoff_delay(failures, 0.2, 10.0, self._rng.uniform))
