@@ -20,6 +20,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.fault_proxy import FaultProxy
+
 DUMMY_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -94,3 +96,11 @@ def read_batches(reader: Any, until: Any, timeout: float = 20.0) -> list:
     if errors:
         raise errors[0]
     return batches
+
+
+@pytest.fixture
+def proxy(aws_env: str) -> Iterator[FaultProxy]:
+    """A fault-injecting proxy in front of the moto server."""
+    fault_proxy = FaultProxy(aws_env)
+    yield fault_proxy
+    fault_proxy.close()

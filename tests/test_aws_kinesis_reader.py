@@ -197,13 +197,6 @@ def test_kpl_aggregated_records_are_deaggregated_and_resume_inside_one(aws_env: 
     assert [d for _, d in resumed] == users[3:] + [b"plain-2"]
 
 
-@pytest.fixture
-def proxy(aws_env: str):
-    fault_proxy = FaultProxy(aws_env)
-    yield fault_proxy
-    fault_proxy.close()
-
-
 def test_idle_only_after_an_empty_poll_at_the_tip(aws_env: str, proxy: FaultProxy) -> None:
     stream = make_stream(aws_env, 1)
     written = put(aws_env, stream, [b"a", b"b", b"c"])

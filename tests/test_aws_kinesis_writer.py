@@ -131,13 +131,6 @@ def test_record_without_the_key_field_gets_a_stable_digest_key(aws_env: str) -> 
     }
 
 
-@pytest.fixture
-def proxy(aws_env: str):
-    fault_proxy = FaultProxy(aws_env)
-    yield fault_proxy
-    fault_proxy.close()
-
-
 def test_partial_failure_resends_only_failed_entries(aws_env: str, proxy: FaultProxy) -> None:
     stream = make_stream(aws_env)
     sleeps: list[float] = []
