@@ -117,6 +117,17 @@ def pack_bodies(records: Sequence[bytes], max_bytes: int) -> tuple[list[str], li
     return bodies, rejected
 
 
+def _open_queue(queue: str, settings: Any, create_resources: bool, client: Any,
+                config: AwsConfig | None) -> tuple[AwsConfig, Any, str]:
+    """The config, client and URL of a queue both ends share (created, with
+    the rest of the profile's resources, under `--create-resources`)."""
+    config = config or AwsConfig.from_settings(settings)
+    client = client or aws_client("sqs", config)
+    queue_url = ensure_queue(client, queue, create_resources, config.sqs_visibility_timeout)
+    ensure_profile_resources(settings, config, create_resources)
+    return config, client, queue_url
+
+
 class SqsWriter:
     def __init__(
         self,
@@ -129,10 +140,7 @@ class SqsWriter:
         rng: random.Random | None = None,
         **_ignored: Any,
     ) -> None:
-        self.config = config or AwsConfig.from_settings(settings)
-        self.client = client or aws_client("sqs", self.config)
-        self.queue_url = ensure_queue(self.client, queue, create_resources, self.config.sqs_visibility_timeout)
-        ensure_profile_resources(settings, self.config, create_resources)
+        self.config, self.client, self.queue_url = _open_queue(queue, settings, create_resources, client, config)
         self.queue = queue
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -217,10 +225,7 @@ class SqsReader:
         clock: Callable[[], float] = time.monotonic,
         **_ignored: Any,
     ) -> None:
-        self.config = config or AwsConfig.from_settings(settings)
-        self.client = client or aws_client("sqs", self.config)
-        self.queue_url = ensure_queue(self.client, queue, create_resources, self.config.sqs_visibility_timeout)
-        ensure_profile_resources(settings, self.config, create_resources)
+        self.config, self.client, self.queue_url = _open_queue(queue, settings, create_resources, client, config)
         self.queue = queue
         self.partition = f"sqs:{queue}"
         self.poll_interval = poll_interval
