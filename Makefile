@@ -2,6 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: run test test-fast test-slow bench clean kinesalite
 
@@ -10,6 +11,11 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
+
+## Tests and benchmarks add their own packages on top of the runtime ones.
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(DEV_STAMP)
 
 ## The main job on the bundled sample, local mode: no cloud needed.
 run: $(STAMP)
@@ -27,16 +33,16 @@ $(KINESALITE): package.json
 kinesalite: $(KINESALITE)
 
 ## The whole suite (what CI runs).
-test: $(STAMP) kinesalite
+test: $(DEV_STAMP) kinesalite
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(DEV_STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-test-slow: $(STAMP) kinesalite
+test-slow: $(DEV_STAMP) kinesalite
 	$(PY) -m pytest -q -m slow
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(PY) bench/throughput.py --rows 1000000
 
 clean:

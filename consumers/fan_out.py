@@ -43,7 +43,7 @@ class SinkFanOut:
             sink.write(batch)
         self.summary.add(batch)
         self.batches += 1
-        if batch.read or batch.closed:
+        if batch.read or batch.windows:
             point = (batch.safe_position, batch.safe_watermark_us)
             # Not max(): a partition restarted from its checkpoint (a Kinesis
             # lease taken back) starts over with a lower safe point.

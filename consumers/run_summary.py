@@ -33,7 +33,7 @@ class RunSummary:
         self.late += batch.late
         self.future += batch.future
         self.blank += batch.blank
-        self.windows_written += sum(1 for c in batch.closed if c.final)
+        self.windows_written += batch.final_windows
         self.max_lateness_us = max(self.max_lateness_us, batch.max_late_by_us)
         for letter in batch.dead_letters:
             self.reasons[letter.reason.value] = self.reasons.get(letter.reason.value, 0) + 1

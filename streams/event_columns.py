@@ -9,12 +9,19 @@ that builds each `Event` when it is read.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import compress
-from typing import Any, Iterable, Iterator, Mapping, overload
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, overload
+
+if TYPE_CHECKING:
+    import polars as pl
 
 from streams.events import NO_PROPERTIES, Event
+
+# Tuples (GDELT's countries) are written as lists.
+_encode_properties = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=list, sort_keys=True).encode
 
 CORE_FIELDS = ("customer_id", "event_type", "transaction_id")
 _COLUMN_OF = {"customer_id": "customer_ids", "event_type": "event_types", "transaction_id": "transaction_ids"}
@@ -90,6 +97,27 @@ class EventColumns(Sequence[Event]):
     def column(self, name: str) -> Sequence[str]:
         """A core field's column."""
         return getattr(self, _COLUMN_OF[name])
+
+    def to_frame(self) -> "pl.DataFrame":
+        """The events as an Arrow-format frame: `customer_id`, `event_type`,
+        `transaction_id` (String), `event_time_us`, `position` (Int64) and
+        `properties` (String: the JSON object of the other fields, null when
+        an event has none)."""
+        import polars as pl
+
+        if self.properties is None:
+            properties = pl.Series("properties", [None] * len(self), dtype=pl.String)
+        else:
+            properties = pl.Series("properties", [_encode_properties(p) if p else None for p in self.properties],
+                                   dtype=pl.String)
+        return pl.DataFrame({
+            "customer_id": pl.Series(self.customer_ids, dtype=pl.String),
+            "event_type": pl.Series(self.event_types, dtype=pl.String),
+            "transaction_id": pl.Series(self.transaction_ids, dtype=pl.String),
+            "event_time_us": pl.Series(self.times_us, dtype=pl.Int64),
+            "position": pl.Series(self.positions, dtype=pl.Int64),
+            "properties": properties,
+        })
 
     def dedup_keys(self) -> list[tuple[str, str, str, int]]:
         return list(zip(self.customer_ids, self.event_types, self.transaction_ids, self.times_us))

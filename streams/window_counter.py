@@ -31,6 +31,7 @@ from streams.event_columns import CORE_FIELDS, EventColumns
 from streams.events import BatchKind, DeadLetter, Event, Reason, WindowCount
 from streams.parsers import ParsedBatch
 from streams.rollups import RollupSpec
+from streams.window_counts import WindowCounts
 from streams.windowing import WATERMARK_MAX, WATERMARK_MIN, EventClock
 
 DAY_US = 86_400_000_000
@@ -44,7 +45,9 @@ class CountedBatch:
     kind: BatchKind
     events: Sequence[Event] = ()  # accepted: on time and first seen
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    closed: list[WindowCount] = field(default_factory=list)
+    # Counts of windows per rollup, as columns: final ones, and provisional
+    # ones (`final` false) of windows still open.
+    windows: list[WindowCounts] = field(default_factory=list)
     read: int = 0
     blank: int = 0
     malformed: int = 0
@@ -63,6 +66,16 @@ class CountedBatch:
     # Kinesis lease taken back): what sinks still buffer for the partition is
     # about to be delivered again, so they may drop it.
     restarted: bool = False
+
+    @property
+    def closed(self) -> list[WindowCount]:
+        """`windows` as one `WindowCount` per row: for tests and adapters that
+        send a request per window anyway, not for the hot path."""
+        return [row for counts in self.windows for row in counts.rows()]
+
+    @property
+    def final_windows(self) -> int:
+        return sum(counts.final_count for counts in self.windows)
 
 
 @dataclass(frozen=True)
@@ -195,7 +208,7 @@ class PartitionCounter:
             self._count(parsed.events, out)
         if batch.positions:
             self.next_position = max(self.next_position, batch.positions[-1] + 1)
-        self._close(out.closed)
+        self._close(out)
         out.safe_position, out.safe_watermark_us = self.safe_point()
         out.watermark_us = self.clock.watermark_us
         self._maybe_provisional(out)
@@ -211,12 +224,14 @@ class PartitionCounter:
         self._provisional_at = now
         sent = self._provisional_sent
         open_keys = set()
-        for count in self.open_counts():
+        changed = []
+        for count in self._open_rows():
             ident = (count.rollup, count.window_start_us, count.key)
             open_keys.add(ident)
             if sent.get(ident) != count.count:
                 sent[ident] = count.count
-                out.closed.append(count)
+                changed.append(count)
+        out.windows.extend(self._as_frames(changed))
         for ident in [i for i in sent if i not in open_keys]:  # windows closed since
             del sent[ident]
 
@@ -227,12 +242,23 @@ class PartitionCounter:
     def on_stop(self) -> CountedBatch:
         """Flush open windows as provisional counts without finalising them."""
         out = self._result(BatchKind.EOF, close=False)
-        out.closed = self.open_counts()
+        out.windows = self.open_counts()
         out.safe_position, out.safe_watermark_us = self.safe_point()
         out.watermark_us = self.clock.watermark_us
         return out
 
-    def open_counts(self) -> list[WindowCount]:
+    def open_counts(self) -> list[WindowCounts]:
+        return self._as_frames(self._open_rows())
+
+    def _as_frames(self, rows: list[WindowCount]) -> list[WindowCounts]:
+        out = []
+        for r in self.rollups:
+            mine = [row for row in rows if row.rollup == r.spec.name]
+            if mine:
+                out.append(WindowCounts.from_rows(r.spec.name, r.spec.key_fields, r.size, self.partition, mine))
+        return out
+
+    def _open_rows(self) -> list[WindowCount]:
         return [
             WindowCount(r.spec.name, _as_key(key), start, self.partition, count, False)
             for r in self.rollups
@@ -260,7 +286,7 @@ class PartitionCounter:
         out = CountedBatch(self.partition, kind, restarted=self._restarted)
         self._restarted = False
         if close:
-            self._close(out.closed)
+            self._close(out)
             out.safe_position, out.safe_watermark_us = self.safe_point()
             out.watermark_us = self.clock.watermark_us
         return out
@@ -328,10 +354,12 @@ class PartitionCounter:
             out.dead_letters.append(self._dead(events[index], reason, error))
         return events.select(keep)
 
-    def _close(self, closed: list[WindowCount]) -> None:
+    def _close(self, out: CountedBatch) -> None:
         watermark = self.clock.watermark_us
+        closed: list[WindowCount] = []
         for rollup in self.rollups:
             rollup.close(watermark, self.partition, closed)
+        out.windows.extend(self._as_frames(closed))
         self.seen.forget(watermark)
 
     def _dead(self, event: Event, reason: Reason, error: str) -> DeadLetter:
