@@ -55,3 +55,26 @@ def check_key(key: str) -> str:
     if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in key or "\\" in key:
         raise ValueError(f"unsafe object key: {key[:120]!r}")
     return key
+
+
+_NAME_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+MAX_NAME_CHARS = 160
+
+
+def encode_name_part(value: str) -> str:
+    """A value as part of an object's file name, encoded injectively.
+
+    Every byte of its UTF-8 outside `[A-Za-z0-9._-]` becomes `%XX`, so two
+    different values never share a name and `/` never appears. A name longer
+    than `MAX_NAME_CHARS` keeps its start and ends with a 128-bit digest of the
+    whole value: still distinct, and short enough for any file system.
+
+    >>> encode_name_part("/data/in put.csv")
+    '%2Fdata%2Fin%20put.csv'
+    """
+    raw = value.encode("utf-8", "surrogatepass")
+    text = "".join(chr(b) if b in _NAME_SAFE else f"%{b:02X}" for b in raw)
+    if len(text) <= MAX_NAME_CHARS:
+        return text
+    digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
+    return text[: MAX_NAME_CHARS - 34] + "~" + digest
