@@ -1,10 +1,10 @@
-"""A batch of events as columns: one list per field.
+"""A batch of events as columns: an Arrow-format frame (polars) plus, when
+any event has them, the events' extra properties.
 
-Parsing and counting work on whole micro-batches, and most of their work is
-done by C loops over columns (`map`, `zip`, `itertools.compress`, slicing)
-instead of Python code per event. `Event` objects are made only where a sink
-needs them (raw events, Optimizely): `EventColumns` is a `Sequence[Event]`
-that builds each `Event` when it is read.
+Parsing, deciding and counting work on whole micro-batches in native kernels;
+`Event` objects are made only where a sink needs them (Optimizely, dead
+letters): `EventColumns` is a `Sequence[Event]` that builds each `Event` when
+it is read.
 """
 
 from __future__ import annotations
@@ -13,56 +13,77 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import compress
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, overload
+from typing import Any, Iterable, Iterator, Mapping, overload
 
-if TYPE_CHECKING:
-    import polars as pl
+import polars as pl
 
 from streams.events import NO_PROPERTIES, Event
+
+CORE_FIELDS = ("customer_id", "event_type", "transaction_id")
+TIME = "event_time_us"
+POSITION = "position"
+KEY_COLUMNS = (*CORE_FIELDS, TIME)  # the dedup key
+SCHEMA: dict[str, pl.DataType] = {
+    "customer_id": pl.String(), "event_type": pl.String(), "transaction_id": pl.String(),
+    TIME: pl.Int64(), POSITION: pl.Int64(),
+}
 
 # Tuples (GDELT's countries) are written as lists.
 _encode_properties = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=list, sort_keys=True).encode
 
-CORE_FIELDS = ("customer_id", "event_type", "transaction_id")
-_COLUMN_OF = {"customer_id": "customer_ids", "event_type": "event_types", "transaction_id": "transaction_ids"}
-
 
 @dataclass(slots=True, eq=False)
 class EventColumns(Sequence[Event]):
-    """Events of one partition, in position order, as columns.
+    """Events of one partition, in position order.
 
-    `properties` is None when no event has any (the common case: events-csv),
-    else one mapping per event.
+    `frame` has the columns of `SCHEMA`. `properties` is None when no event
+    has any (the common case: events-csv), else one mapping per row.
     """
 
     partition: str
-    customer_ids: Sequence[str]
-    event_types: Sequence[str]
-    transaction_ids: Sequence[str]
-    times_us: Sequence[int]
-    positions: Sequence[int]
-    properties: Sequence[Mapping[str, Any]] | None = None
+    frame: pl.DataFrame
+    properties: list[Mapping[str, Any]] | None = None
 
     @classmethod
     def empty(cls, partition: str) -> "EventColumns":
-        return cls(partition, [], [], [], [], [])
+        return cls(partition, pl.DataFrame(schema=SCHEMA))
+
+    @classmethod
+    def from_lists(cls, partition: str, customer_ids: Sequence[str], event_types: Sequence[str],
+                   transaction_ids: Sequence[str], times_us: Sequence[int], positions: Sequence[int],
+                   properties: Sequence[Mapping[str, Any]] | None = None) -> "EventColumns":
+        frame = pl.DataFrame(
+            [pl.Series("customer_id", customer_ids, pl.String), pl.Series("event_type", event_types, pl.String),
+             pl.Series("transaction_id", transaction_ids, pl.String), pl.Series(TIME, times_us, pl.Int64),
+             pl.Series(POSITION, positions, pl.Int64)])
+        return cls(partition, frame, list(properties) if properties is not None and any(properties) else None)
 
     @classmethod
     def from_events(cls, partition: str, events: Iterable[Event]) -> "EventColumns":
         events = list(events)
-        properties = [e.properties for e in events]
-        return cls(
-            partition,
-            [e.customer_id for e in events],
-            [e.event_type for e in events],
-            [e.transaction_id for e in events],
-            [e.event_time_us for e in events],
-            [e.position for e in events],
-            properties if any(properties) else None,
-        )
+        return cls.from_lists(partition, [e.customer_id for e in events], [e.event_type for e in events],
+                              [e.transaction_id for e in events], [e.event_time_us for e in events],
+                              [e.position for e in events], [e.properties for e in events])
+
+    @classmethod
+    def concat(cls, partition: str, parts: Sequence["EventColumns"]) -> "EventColumns":
+        """The rows of `parts`, sorted by position."""
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls.empty(partition)
+        if len(parts) == 1:
+            return parts[0]
+        frame = pl.concat([p.frame for p in parts])
+        properties = None
+        if any(p.properties is not None for p in parts):
+            properties = [prop for p in parts for prop in (p.properties or [NO_PROPERTIES] * len(p))]
+        order = frame[POSITION].arg_sort()
+        if properties is not None:
+            properties = [properties[i] for i in order.to_list()]
+        return cls(partition, frame[order], properties)
 
     def __len__(self) -> int:
-        return len(self.times_us)
+        return self.frame.height
 
     @overload
     def __getitem__(self, index: int) -> Event: ...
@@ -71,53 +92,45 @@ class EventColumns(Sequence[Event]):
     def __getitem__(self, index: int | slice) -> Event | Sequence[Event]:
         if isinstance(index, slice):
             return list(self)[index]
+        if index < 0:
+            index += len(self)
+        c, e, x, t, pos = self.frame.row(index)
         properties = NO_PROPERTIES if self.properties is None else self.properties[index] or NO_PROPERTIES
-        return Event(self.customer_ids[index], self.event_types[index], self.transaction_ids[index],
-                     self.times_us[index], properties, self.partition, self.positions[index])
+        return Event(c, e, x, t, properties, self.partition, pos)
 
     def __iter__(self) -> Iterator[Event]:
         partition = self.partition
         properties = self.properties or (NO_PROPERTIES,) * len(self)
-        for c, e, x, t, p, pos in zip(self.customer_ids, self.event_types, self.transaction_ids, self.times_us,
-                                      properties, self.positions):
+        for (c, e, x, t, pos), p in zip(self.frame.iter_rows(), properties):
             yield Event(c, e, x, t, p or NO_PROPERTIES, partition, pos)
 
-    def select(self, keep: Sequence[bool]) -> "EventColumns":
+    def filter(self, keep: pl.Series) -> "EventColumns":
         """The events whose `keep` flag is true, in order."""
-        return EventColumns(
-            self.partition,
-            list(compress(self.customer_ids, keep)),
-            list(compress(self.event_types, keep)),
-            list(compress(self.transaction_ids, keep)),
-            list(compress(self.times_us, keep)),
-            list(compress(self.positions, keep)),
-            None if self.properties is None else list(compress(self.properties, keep)),
-        )
+        properties = None if self.properties is None else list(compress(self.properties, keep.to_list()))
+        return EventColumns(self.partition, self.frame.filter(keep), properties)
 
-    def column(self, name: str) -> Sequence[str]:
-        """A core field's column."""
-        return getattr(self, _COLUMN_OF[name])
+    def select(self, keep: Sequence[bool]) -> "EventColumns":
+        return self.filter(pl.Series(keep, dtype=pl.Boolean))
 
-    def to_frame(self) -> "pl.DataFrame":
-        """The events as an Arrow-format frame: `customer_id`, `event_type`,
-        `transaction_id` (String), `event_time_us`, `position` (Int64) and
-        `properties` (String: the JSON object of the other fields, null when
-        an event has none)."""
-        import polars as pl
+    def column(self, name: str) -> pl.Series:
+        """A core field's, the time's or the position's column."""
+        return self.frame[name]
 
+    @property
+    def times_us(self) -> pl.Series:
+        return self.frame[TIME]
+
+    @property
+    def positions(self) -> pl.Series:
+        return self.frame[POSITION]
+
+    def to_frame(self) -> pl.DataFrame:
+        """The events for writers: the frame's columns plus `properties`
+        (String: the JSON object of the other fields, null when an event has
+        none)."""
         if self.properties is None:
             properties = pl.Series("properties", [None] * len(self), dtype=pl.String)
         else:
             properties = pl.Series("properties", [_encode_properties(p) if p else None for p in self.properties],
                                    dtype=pl.String)
-        return pl.DataFrame({
-            "customer_id": pl.Series(self.customer_ids, dtype=pl.String),
-            "event_type": pl.Series(self.event_types, dtype=pl.String),
-            "transaction_id": pl.Series(self.transaction_ids, dtype=pl.String),
-            "event_time_us": pl.Series(self.times_us, dtype=pl.Int64),
-            "position": pl.Series(self.positions, dtype=pl.Int64),
-            "properties": properties,
-        })
-
-    def dedup_keys(self) -> list[tuple[str, str, str, int]]:
-        return list(zip(self.customer_ids, self.event_types, self.transaction_ids, self.times_us))
+        return self.frame.with_columns(properties)

@@ -1,7 +1,7 @@
 """A `ParsedBatch` as plain columns, to cross a process boundary cheaply.
 
-Pickling 5,000 `Event` objects costs several µs each; pickling the lists of
-an `EventColumns` costs well under one. `run --processes 2` parses in the
+Pickling 5,000 `Event` objects costs several µs each; an `EventColumns`
+frame crosses as Arrow buffers. `run --processes 2` parses in the
 producer process and ships batches in this form.
 """
 
@@ -30,21 +30,17 @@ def to_columns(parsed: ParsedBatch) -> Columns:
         source.resume_watermark_us,
         parsed.blank,
         [(d.reason.value, d.error, d.position, d.record) for d in parsed.dead_letters],
-        events.customer_ids,
-        events.event_types,
-        events.transaction_ids,
-        events.times_us,
-        events.positions if isinstance(events.positions, (list, range)) else list(events.positions),
+        events.frame,
         None if events.properties is None else [dict(p) if p else None for p in events.properties],
     )
 
 
 def from_columns(columns: Columns) -> ParsedBatch:
     (partition, kind, count, positions, idle_seconds, arrival_us, resume_watermark_us, blank, dead,
-     customers, types, transactions, times, event_positions, properties) = columns
+     frame, properties) = columns
     # The counter only needs how many records there were, not their bytes.
     source = RecordBatch(partition, BatchKind(kind), (b"",) * count, positions, idle_seconds, arrival_us,
                          resume_watermark_us)
-    events = EventColumns(partition, customers, types, transactions, times, event_positions, properties)
+    events = EventColumns(partition, frame, properties)
     letters = [DeadLetter(Reason(r), error, partition, pos, record) for r, error, pos, record in dead]
     return ParsedBatch(source, events, letters, blank)

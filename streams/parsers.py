@@ -135,14 +135,10 @@ def _clean_then_odd(batch: RecordBatch, columns: EventColumns, is_clean: list[bo
         is_odd = list(map(not_, is_clean))
         odd = _run(out, list(compress(batch.records, is_odd)), list(compress(batch.positions, is_odd)), parse_line,
                    max_bytes)
-        if odd:  # rare, so merged the simple way
-            columns = EventColumns.from_events(batch.partition, sorted([*columns, *odd], key=_by_position))
+        if odd:
+            columns = EventColumns.concat(batch.partition, [columns, EventColumns.from_events(batch.partition, odd)])
     out.events = columns
     return out
-
-
-def _by_position(event: Event) -> int:
-    return event.position
 
 
 def _require(value: object, name: str) -> str:
@@ -204,7 +200,7 @@ class EventsCsvParser:
             columns = [list(compress(column, ok)) for column in columns]
             times = list(compress(times, ok))
         positions = batch.positions if all(is_clean) else list(compress(batch.positions, is_clean))
-        return EventColumns(batch.partition, *columns, times, positions), is_clean
+        return EventColumns.from_lists(batch.partition, *columns, times, positions), is_clean
 
     def _parse_line(self, text: str) -> Event | None:
         if '"' in text:
@@ -293,7 +289,7 @@ class NdjsonParser:
             core = [list(compress(column, good)) for column in core[:3]]
             times = list(compress(times, good))
         positions = batch.positions if all(is_clean) else list(compress(batch.positions, is_clean))
-        return EventColumns(batch.partition, *core[:3], times, positions), is_clean
+        return EventColumns.from_lists(batch.partition, *core[:3], times, positions), is_clean
 
     def _parse_line(self, text: str) -> Event:
         try:

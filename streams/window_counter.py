@@ -20,18 +20,17 @@ changes a result.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass, field
-from itertools import accumulate, compress, repeat
-from operator import add, ge, mod, not_, sub
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
+
+import polars as pl
 
 from streams.dedup_keys import DedupKeys
-from streams.event_columns import CORE_FIELDS, EventColumns
+from streams.event_columns import CORE_FIELDS, KEY_COLUMNS, POSITION, TIME, EventColumns
 from streams.events import BatchKind, DeadLetter, Event, Reason, WindowCount
 from streams.parsers import ParsedBatch
 from streams.rollups import RollupSpec
-from streams.window_counts import WindowCounts
+from streams.window_counts import COUNT, FINAL, WINDOW_START, WindowCounts
 from streams.windowing import WATERMARK_MAX, WATERMARK_MIN, EventClock
 
 DAY_US = 86_400_000_000
@@ -95,75 +94,120 @@ class WindowCounter:
         return PartitionCounter(self, partition, resume_watermark_us)
 
 
-def _as_key(key: str | tuple[str, ...]) -> tuple[str, ...]:
-    return key if type(key) is tuple else (key,)
+class _RollupWindows:
+    """The open windows of one rollup, as frames.
 
+    `chunks` are per-batch counts (window start, key fields, count), each
+    sorted by window start, so closing the windows that the watermark passed
+    takes a prefix of each chunk (a binary search), never a pass over every
+    open window. Chunks are merged when there are many, which costs the open
+    windows once per `_MAX_CHUNKS` batches.
+    """
 
-class _RollupState:
-    """The open windows of one rollup."""
-
-    __slots__ = ("spec", "size", "windows", "first_position", "key_fields", "next_close_us")
+    __slots__ = ("spec", "size", "key_fields", "core", "chunks", "firsts", "next_close_us", "sent")
 
     def __init__(self, spec: RollupSpec) -> None:
         self.spec = spec
         self.size = spec.window.size_us
-        # window start -> key -> count
-        self.windows: dict[int, Counter[Any]] = {}
-        # window start -> (position of its first event, watermark just before it)
-        self.first_position: dict[int, tuple[int, int]] = {}
+        self.key_fields = spec.key_fields
         # Rollups on core fields count straight from the columns; others need
         # each event's properties.
-        self.key_fields = spec.key_fields if set(spec.key_fields) <= set(CORE_FIELDS) else None
+        self.core = set(spec.key_fields) <= set(CORE_FIELDS)
+        self.chunks: list[pl.DataFrame] = []
+        # window start -> (position of its first event, watermark just before it)
+        self.firsts: dict[int, tuple[int, int]] = {}
         self.next_close_us = WATERMARK_MAX
+        self.sent: pl.DataFrame | None = None  # the provisional counts last emitted
 
-    def add(self, accepted: EventColumns, watermark_before: Callable[[int], int]) -> None:
-        """Count accepted events; `watermark_before(i)` is the partition's
+    def add(self, accepted: EventColumns, watermark_before: pl.Series) -> None:
+        """Count accepted events; `watermark_before[i]` is the partition's
         watermark just before the i-th of them."""
-        size = self.size
-        windows = self.windows
-        if self.key_fields is not None:
-            times = accepted.times_us
-            starts = list(map(sub, times, map(mod, times, repeat(size))))
-            columns = [accepted.column(name) for name in self.key_fields]
-            keys = columns[0] if len(columns) == 1 else list(zip(*columns))
-            distinct = set(starts)
-            self._open(distinct, starts, accepted, watermark_before)
-            if len(distinct) == 1:  # the usual batch: one C loop, no pairs
-                windows[starts[0]].update(keys)
-                return
-            pairs = Counter(zip(starts, keys))
-        else:
-            starts = []
-            pairs = Counter()
-            for event in accepted:
-                start = event.event_time_us - event.event_time_us % size
-                keys = list(self.spec.keys_of(event))
-                pairs.update((start, key) for key in keys)
-                starts.append(start if keys else None)  # no key: no window
-            self._open(set(starts).difference((None,)), starts, accepted, watermark_before)
-        for (start, key), count in pairs.items():
-            counts = windows[start]
-            counts[key] += count
-
-    def _open(self, starts: set[int], all_starts: list, accepted: EventColumns, watermark_before: Callable[[int], int]) -> None:
-        firsts = self.first_position
-        for start in starts.difference(firsts):
-            index = all_starts.index(start)  # the window's first event
-            firsts[start] = (accepted.positions[index], watermark_before(index))
-            self.windows[start] = Counter()
-            if start + self.size < self.next_close_us:
-                self.next_close_us = start + self.size
-
-    def close(self, watermark_us: int, partition: str, closed: list[WindowCount]) -> None:
-        if watermark_us < self.next_close_us:
+        rows = self._keyed_rows(accepted, watermark_before)
+        if rows is None or not rows.height:
             return
+        keys = [WINDOW_START, *self.key_fields]
+        self.chunks.append(rows.group_by(keys).agg(pl.len().cast(pl.Int64).alias(COUNT)).sort(WINDOW_START))
+        if len(self.chunks) > _MAX_CHUNKS:
+            self.chunks = [_merge(self.chunks, keys)]
+        firsts = rows.group_by(WINDOW_START).agg(pl.col(POSITION).min(), pl.col(_WATERMARK).min())
+        known = self.firsts
+        for start, position, watermark in firsts.iter_rows():
+            if start not in known:
+                known[start] = (position, watermark)
+                if start + self.size < self.next_close_us:
+                    self.next_close_us = start + self.size
+
+    def _keyed_rows(self, accepted: EventColumns, watermark_before: pl.Series) -> pl.DataFrame | None:
+        """One row per (event, key): window start, key fields, position and
+        the watermark before the event."""
         size = self.size
-        name = self.spec.name
-        for start in sorted(s for s in self.windows if s + size <= watermark_us):
-            counts = self.windows.pop(start)
-            del self.first_position[start]
-            closed.extend(WindowCount(name, _as_key(key), start, partition, count, True) for key, count in counts.items())
-        self.next_close_us = min(self.windows, default=WATERMARK_MAX - size) + size
+        if self.core:
+            return accepted.frame.select(
+                ((pl.col(TIME) // size) * size).alias(WINDOW_START), *self.key_fields, POSITION,
+                watermark_before.alias(_WATERMARK))
+        if accepted.properties is None:  # no event has the property: nothing to count
+            return None
+        starts: list[int] = []
+        positions: list[int] = []
+        watermarks: list[int] = []
+        key_rows: list[tuple[str, ...]] = []
+        for event, watermark in zip(accepted, watermark_before.to_list()):
+            for key in self.spec.keys_of(event):
+                starts.append(event.event_time_us - event.event_time_us % size)
+                positions.append(event.position)
+                watermarks.append(watermark)
+                key_rows.append(key)
+        columns = list(zip(*key_rows)) if key_rows else [[] for _ in self.key_fields]
+        return pl.DataFrame({
+            WINDOW_START: pl.Series(starts, dtype=pl.Int64),
+            **{name: pl.Series(list(column), dtype=pl.String) for name, column in zip(self.key_fields, columns)},
+            POSITION: pl.Series(positions, dtype=pl.Int64),
+            _WATERMARK: pl.Series(watermarks, dtype=pl.Int64),
+        })
+
+    def close(self, watermark_us: int, partition: str) -> WindowCounts | None:
+        """The windows the watermark has passed, final, and forgotten."""
+        if watermark_us < self.next_close_us:
+            return None
+        last_start = watermark_us - self.size  # start + size <= watermark
+        closed, remaining = [], []
+        for chunk in self.chunks:
+            at = chunk[WINDOW_START].search_sorted(last_start, side="right")
+            if at:
+                closed.append(chunk[:at])
+            if at < chunk.height:
+                remaining.append(chunk[at:])
+        self.chunks = remaining
+        for start in [s for s in self.firsts if s <= last_start]:
+            del self.firsts[start]
+        self.next_close_us = min(self.firsts, default=WATERMARK_MAX - self.size) + self.size
+        if not closed:
+            return None
+        frame = _merge(closed, [WINDOW_START, *self.key_fields]).with_columns(pl.lit(True).alias(FINAL))
+        return WindowCounts(self.spec.name, self.key_fields, self.size, partition, frame)
+
+    def open_frame(self) -> pl.DataFrame | None:
+        """Running counts of the open windows (window start, keys, count)."""
+        if not self.chunks:
+            return None
+        self.chunks = [_merge(self.chunks, [WINDOW_START, *self.key_fields])]
+        return self.chunks[0]
+
+    def as_counts(self, frame: pl.DataFrame, partition: str, final: bool) -> WindowCounts:
+        return WindowCounts(self.spec.name, self.key_fields, self.size, partition,
+                            frame.with_columns(pl.lit(final).alias(FINAL)))
+
+
+_MAX_CHUNKS = 8
+_WATERMARK = "_watermark_before"
+
+
+def _merge(chunks: list[pl.DataFrame], keys: list[str]) -> pl.DataFrame:
+    """Chunks of counts as one, summed per (window start, key), sorted by
+    window start (not by key: sorting strings would cost more than counting)."""
+    if len(chunks) == 1:
+        return chunks[0]
+    return pl.concat(chunks).group_by(keys).agg(pl.col(COUNT).sum()).sort(WINDOW_START)
 
 
 class PartitionCounter:
@@ -173,20 +217,19 @@ class PartitionCounter:
     unbounded source, `on_eof` at the end of a finite input. `open_counts()`
     gives provisional counts of windows not yet final.
 
-    A batch is decided as a whole, by C loops over its columns, with exactly
-    the per-record results (see `_count`).
+    A batch is decided as a whole, by native kernels over its columns, with
+    exactly the per-record results (see `_count`).
     """
 
     def __init__(self, config: WindowCounter, partition: str, resume_watermark_us: int | None) -> None:
         self.config = config
         self.partition = partition
         self.clock = config.clock.build(resume_watermark_us)
-        self.rollups = [_RollupState(spec) for spec in config.rollups]
+        self.rollups = [_RollupWindows(spec) for spec in config.rollups]
         self.seen = DedupKeys()
         self.next_position = 0
         self._restarted = resume_watermark_us is not None
         self._provisional_at = config.wall_clock_us()
-        self._provisional_sent: dict[tuple[str, int, tuple[str, ...]], int] = {}
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -215,6 +258,8 @@ class PartitionCounter:
         return out
 
     def _maybe_provisional(self, out: CountedBatch) -> None:
+        """Every `provisional_interval_us` of wall time, the running counts of
+        open windows that changed since they were last emitted."""
         interval = self.config.provisional_interval_us
         if not interval:
             return
@@ -222,18 +267,15 @@ class PartitionCounter:
         if now - self._provisional_at < interval:
             return
         self._provisional_at = now
-        sent = self._provisional_sent
-        open_keys = set()
-        changed = []
-        for count in self._open_rows():
-            ident = (count.rollup, count.window_start_us, count.key)
-            open_keys.add(ident)
-            if sent.get(ident) != count.count:
-                sent[ident] = count.count
-                changed.append(count)
-        out.windows.extend(self._as_frames(changed))
-        for ident in [i for i in sent if i not in open_keys]:  # windows closed since
-            del sent[ident]
+        for rollup in self.rollups:
+            frame = rollup.open_frame()
+            sent, rollup.sent = rollup.sent, frame
+            if frame is None:
+                continue
+            if sent is not None:
+                frame = frame.join(sent, on=frame.columns, how="anti", nulls_equal=True)
+            if frame.height:
+                out.windows.append(rollup.as_counts(frame, self.partition, False))
 
     def on_eof(self) -> CountedBatch:
         self.clock.on_eof()
@@ -248,32 +290,21 @@ class PartitionCounter:
         return out
 
     def open_counts(self) -> list[WindowCounts]:
-        return self._as_frames(self._open_rows())
-
-    def _as_frames(self, rows: list[WindowCount]) -> list[WindowCounts]:
-        out = []
-        for r in self.rollups:
-            mine = [row for row in rows if row.rollup == r.spec.name]
-            if mine:
-                out.append(WindowCounts.from_rows(r.spec.name, r.spec.key_fields, r.size, self.partition, mine))
-        return out
-
-    def _open_rows(self) -> list[WindowCount]:
-        return [
-            WindowCount(r.spec.name, _as_key(key), start, self.partition, count, False)
-            for r in self.rollups
-            for start, counts in r.windows.items()
-            for key, count in counts.items()
-        ]
+        counts = []
+        for rollup in self.rollups:
+            frame = rollup.open_frame()
+            if frame is not None:
+                counts.append(rollup.as_counts(frame, self.partition, False))
+        return counts
 
     def open_window_count(self) -> int:
-        return sum(len(r.first_position) for r in self.rollups)
+        return sum(len(r.firsts) for r in self.rollups)
 
     def safe_point(self) -> tuple[int, int]:
         """(position, watermark) a replay may start from: the first event of
         the oldest open window and the watermark just before it, or, with no
         window open, the next position and the current watermark."""
-        firsts = [first for r in self.rollups for first in r.first_position.values()]
+        firsts = [min(r.firsts.values()) for r in self.rollups if r.firsts]
         return min(firsts) if firsts else (self.next_position, self.clock.watermark_us)
 
     @property
@@ -301,7 +332,7 @@ class PartitionCounter:
         first, and they alone could raise that maximum wrongly: a late record
         is older than the watermark, and a duplicate has the time of a record
         already counted. So a running maximum of the remaining times
-        (`accumulate`) gives every record's watermark. No counted record can
+        (`cum_max`) gives every record's watermark. No counted record can
         fall in a window that closed earlier in the batch (it would have been
         late), so windows are closed once, after the batch is counted.
         """
@@ -309,57 +340,56 @@ class PartitionCounter:
         start_watermark = self.clock.watermark_us
         times = events.times_us
         future_limit = self.config.wall_clock_us() + self.config.future_tolerance_us
-        if max(times) > future_limit:
-            in_time = [t <= future_limit for t in times]
-            out.future += in_time.count(False)
+        if times.max() > future_limit:
+            in_time = times <= future_limit
+            out.future += len(in_time) - int(in_time.sum())
             events = self._drop(events, in_time, out, Reason.FUTURE,
                                 "timestamp is more than the future tolerance after the wall clock")
             if not len(events):
                 return
             times = events.times_us
-        oldest = min(times)
+        oldest = times.min()
         # A batch that spans less than the lateness, and starts after the
         # watermark, has no late record: the common case skips the check.
-        if oldest < start_watermark or oldest + lateness < max(times):
+        if oldest < start_watermark or oldest + lateness < times.max():
             # newest[i] − lateness is the watermark before record i
-            newest = list(accumulate(times, max, initial=start_watermark + lateness))
-            on_time = list(map(ge, map(add, times, repeat(lateness)), newest))
-            if False in on_time:
-                out.late += on_time.count(False)
-                out.max_late_by_us = max(out.max_late_by_us, max(
-                    n - lateness - t for t, n, ok in zip(times, newest, on_time) if not ok))
+            newest = times.cum_max()
+            on_time = (times + lateness >= newest) & (times >= start_watermark)
+            if not on_time.all():
+                late = ~on_time
+                out.late += int(late.sum())
+                behind = (newest.clip(lower_bound=start_watermark + lateness) - lateness - times).filter(late)
+                out.max_late_by_us = max(out.max_late_by_us, int(behind.max()))
                 events = self._drop(events, on_time, out, Reason.LATE, "older than the partition watermark")
                 if not len(events):
                     return
                 times = events.times_us
-        is_first = self.seen.first_seen(events.dedup_keys(), times)
+        watermark_after = max(start_watermark, int(times.max()) - lateness)
+        is_first = self.seen.first_seen(events.frame.select(KEY_COLUMNS), watermark_after)
         if is_first is not None:
-            out.duplicates += is_first.count(False)
-            events = events.select(is_first)
+            out.duplicates += len(is_first) - int(is_first.sum())
+            events = events.filter(is_first)
             if not len(events):
                 return
             times = events.times_us
-        newest_time = max(times)
-
-        def watermark_before(index: int) -> int:
-            return max(start_watermark, max(times[:index], default=WATERMARK_MIN) - lateness)
-
+        watermark_before = (times.cum_max().shift(1, fill_value=WATERMARK_MIN + lateness) - lateness).clip(
+            lower_bound=start_watermark)
         for rollup in self.rollups:
             rollup.add(events, watermark_before)
         out.events = events
-        self.clock.on_event(newest_time)
+        self.clock.on_event(int(times.max()))
 
-    def _drop(self, events: EventColumns, keep: list[bool], out: CountedBatch, reason: Reason, error: str) -> EventColumns:
-        for index in compress(range(len(keep)), map(not_, keep)):
+    def _drop(self, events: EventColumns, keep: pl.Series, out: CountedBatch, reason: Reason, error: str) -> EventColumns:
+        for index in (~keep).arg_true().to_list():
             out.dead_letters.append(self._dead(events[index], reason, error))
-        return events.select(keep)
+        return events.filter(keep)
 
     def _close(self, out: CountedBatch) -> None:
         watermark = self.clock.watermark_us
-        closed: list[WindowCount] = []
         for rollup in self.rollups:
-            rollup.close(watermark, self.partition, closed)
-        out.windows.extend(self._as_frames(closed))
+            closed = rollup.close(watermark, self.partition)
+            if closed is not None:
+                out.windows.append(closed)
         self.seen.forget(watermark)
 
     def _dead(self, event: Event, reason: Reason, error: str) -> DeadLetter:

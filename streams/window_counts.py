@@ -28,7 +28,7 @@ RESERVED_COLUMNS = frozenset({WINDOW_START, "window_start", COUNT, FINAL, "parti
 class WindowCounts:
     """Counts of one rollup's windows in one source partition.
 
-    `frame` has one row per (window, key), sorted by window start then key:
+    `frame` has one row per (window, key), sorted by window start:
     - `window_start_us`: Int64, UTC epoch microseconds;
     - one String column per key field, named after it, in `key_fields` order;
     - `count`: Int64;
