@@ -135,3 +135,46 @@ def test_the_column_parser_agrees_with_the_oracle_or_defers(texts):
             assert value == expected, text
         elif expected is not None and text == text.strip() and text.isascii():
             raise AssertionError(f"deferred a valid timestamp: {text!r}")
+
+
+_digits = lambda n: st.text("0123456789", min_size=n, max_size=n)  # noqa: E731
+_near_valid = st.builds(
+    lambda y, mo, d, sep, h, mi, sec, frac, off: f"{y}-{mo}-{d}{sep}{h}:{mi}{sec}{frac}{off}",
+    st.one_of(_digits(4), st.sampled_from(["2021", "2020", "1999", "0999", "0000", "9999", "1000"])),
+    st.one_of(_digits(2), st.sampled_from(["01", "02", "12", "13"])),
+    st.one_of(_digits(2), st.sampled_from(["28", "29", "30", "31"])),
+    st.sampled_from(["T", " ", "t", "_"]),
+    st.one_of(_digits(2), st.sampled_from(["00", "23", "24"])),
+    st.one_of(_digits(2), st.sampled_from(["00", "59", "60"])),
+    st.one_of(st.just(""), st.builds(lambda s: ":" + s, st.one_of(_digits(2), st.sampled_from(["59", "60"])))),
+    st.one_of(st.just(""), st.just("."), st.builds(lambda n: "." + "7" * n, st.integers(1, 12))),
+    st.one_of(st.sampled_from(["Z", "", "z", "+00", "-00", "+0530", "+05:30", "-23:59", "+24:00", "+05:60", "+5",
+                               "+05:3", "+05:30:00"]),
+              st.builds(lambda sign, hh, mm: f"{sign}{hh}{mm}", st.sampled_from("+-"), _digits(2),
+                        st.sampled_from(["", "00", ":45", "99"]))),
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(_near_valid, min_size=1, max_size=30))
+def test_the_native_column_parser_never_disagrees_with_the_oracle(texts):
+    """Where the native path gives an instant, it is the oracle's; where it
+    gives none, the text takes the per-text path (checked above)."""
+    import polars as pl
+
+    from streams.timestamps import timestamp_column_us
+
+    got = timestamp_column_us(pl.Series(texts, dtype=pl.String)).to_list()
+    for text, value in zip(texts, got):
+        if value is not None:
+            assert value == stamp_to_us(text), text
+
+
+def test_the_native_column_parser_takes_the_common_shapes():
+    import polars as pl
+
+    from streams.timestamps import timestamp_column_us
+
+    texts = ["2021-03-01T00:01:11Z", "2021-03-01 00:01:11.055+00", "2021-03-01T00:01:11.123456789-05:30",
+             "2020-02-29T23:59:59-01", "2021-03-01T00:01:11.5+0100"]
+    assert timestamp_column_us(pl.Series(texts)).to_list() == [stamp_to_us(t) for t in texts]
