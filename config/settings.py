@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from consumers.aggregate_writer import check_key_fields, table_root
 from streams.parsers import PARSERS
 from streams.rollups import RollupSpec
 from streams.timestamps import parse_duration
@@ -44,7 +45,9 @@ class RawEventsSettings:
 @dataclass(frozen=True)
 class AggregatesSettings:
     enabled: bool = True
-    key_template: str = "aggregates/{rollup}/dt={dt}/hour={hour}/{window}-{partition}.jsonl"
+    # Each rollup's table root; the layout below it is fixed
+    # (dt=YYYY-MM-DD/hour=H/part-*.parquet, docs/store.md).
+    key_template: str = "aggregates/{rollup}"
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,30 @@ class _Reader:
             raise ConfigError(f"config key {self._name(key)}: {exc}") from None
 
 
+def _aggregates(table: _Reader, rollups: list[RollupSpec]) -> AggregatesSettings:
+    settings = AggregatesSettings(
+        enabled=table.get("enabled", bool, True),
+        key_template=table.get("key_template", str, AggregatesSettings.key_template),
+    )
+    if not settings.enabled:
+        return settings
+    # Every rollup becomes a table: its name a key segment, its key fields columns.
+    try:
+        table_root(settings.key_template, "check")
+    except ValueError as exc:
+        raise ConfigError(f"config key aggregates.key_template: {exc}") from None
+    for spec in rollups:
+        try:
+            table_root(settings.key_template, spec.name)
+        except ValueError:
+            raise ConfigError(f"config key rollups.{spec.name}: the name cannot be an object key segment") from None
+        try:
+            check_key_fields(spec.key_fields)
+        except ValueError as exc:
+            raise ConfigError(f"config key rollups.{spec.name}.key: {exc}") from None
+    return settings
+
+
 def _build(raw: dict[str, Any], profile: Path) -> Settings:
     pipeline = _Reader(raw.get("pipeline", {}), "pipeline")
     fmt = pipeline.get("format", str, "events-csv")
@@ -222,10 +249,7 @@ def _build(raw: dict[str, Any], profile: Path) -> Settings:
             max_bytes=raw_events.positive_int("max_bytes", RawEventsSettings.max_bytes),
             max_age=raw_events.duration("max_age", "60s"),
         ),
-        aggregates=AggregatesSettings(
-            enabled=aggregates.get("enabled", bool, True),
-            key_template=aggregates.get("key_template", str, AggregatesSettings.key_template),
-        ),
+        aggregates=_aggregates(aggregates, rollups),
         dead_letter_max_record_bytes=dead.positive_int("max_record_bytes", 64 * 1024),
         sections=raw,
     )

@@ -1,59 +1,183 @@
-"""Window aggregates as NDJSON objects, one per (rollup, window, partition)."""
+"""Window aggregates as Parquet tables, one per rollup (layout: docs/store.md).
+
+Each flush writes one zstd Parquet object per (rollup, UTC hour of the window
+start, source partition), holding every window of that hour it has taken
+since the last flush:
+
+    aggregates/<rollup>/dt=2021-03-01/hour=4/part-<partition>-20210301T040000Zf-<digest>.parquet
+
+with the columns `window_start` (timestamp[us, UTC]), one String column per
+key field, `count` (Int64), `final` (Boolean) and `partition` (String).
+
+The same window may live in more than one object: provisional and final
+versions, a replay after a crash, a partial rebuild of a window that was
+final before the checkpoint. A reader therefore takes, per (window_start,
+key, partition), the largest count (a final count is never below a
+provisional one of the same window, and no rebuild exceeds the complete
+count), then sums over partitions.
+"""
 
 from __future__ import annotations
 
-import json
-from collections import defaultdict
+import hashlib
+import io
+import string
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterator
 
-from consumers.object_keys import render_key
-from consumers.ports import ObjectStore
-from streams.events import SCHEMA_VERSION, BatchKind, WindowCount, format_utc_seconds, us_to_datetime
-from streams.window_counter import CountedBatch
+import polars as pl
 
-DEFAULT_AGGREGATE_KEY_TEMPLATE = "aggregates/{rollup}/dt={dt}/hour={hour}/{window}-{partition}.jsonl"
+from consumers.object_keys import check_key, encode_name_part
+from streams.events import BatchKind, us_to_datetime
+from streams.window_counts import COUNT, FINAL, RESERVED_COLUMNS, WINDOW_START, WindowCounts
+
+if TYPE_CHECKING:
+    from consumers.ports import ObjectStore
+    from streams.window_counter import CountedBatch
+
+DEFAULT_TABLE_TEMPLATE = "aggregates/{rollup}"
+# Buffered rows past which write() writes objects before the next flush;
+# about 100 bytes a row.
+DEFAULT_MAX_BUFFERED_ROWS = 200_000
+HOUR_US = 3_600_000_000
+PARTITION = "partition"
+_HOUR = "_hour"
+
+
+def table_root(template: str, rollup: str) -> str:
+    """The key prefix of a rollup's table: `template` with `{rollup}` filled
+    with the rollup's name, encoded injectively. Raises ValueError for a
+    template with other fields or without `{rollup}`, or a root that is not a
+    safe key (a rollup named `..`).
+
+    >>> table_root("aggregates/{rollup}", "customer_hourly")
+    'aggregates/customer_hourly'
+    """
+    fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    if fields != {"rollup"}:
+        raise ValueError(f"expected a key prefix with {{rollup}} and no other field, e.g. {DEFAULT_TABLE_TEMPLATE!r}, "
+                         f"got {template!r}; the layout below it (dt=/hour=/part-*.parquet) is fixed")
+    return check_key(template.format(rollup=encode_name_part(rollup)))
+
+
+def check_key_fields(key_fields: tuple[str, ...]) -> None:
+    """A key field becomes a column of the table, next to the fixed ones."""
+    clash = sorted(set(key_fields) & RESERVED_COLUMNS)
+    if clash:
+        raise ValueError(f"key field(s) {', '.join(clash)} would clash with the aggregate table's columns "
+                         f"({', '.join(sorted(RESERVED_COLUMNS))})")
+
+
+@dataclass
+class _RollupBuffer:
+    key_fields: tuple[str, ...]
+    frames: list[pl.DataFrame] = field(default_factory=list)
+    rows: int = 0
 
 
 class AggregateWriter:
-    """Writes the counts of each emitted window as one object, named by rollup,
-    window start and source partition: deterministic, so a replay, or the final
-    version of a window first flushed as provisional (`"final": false`, on a
-    stop or drain), overwrites it."""
+    """Buffers the windows it takes and writes them as Parquet at every flush
+    (each checkpoint), or earlier once `max_buffered_rows` are buffered.
+
+    Final windows are written as they come; provisional ones (`final` false)
+    only at a stop flush (an EOF batch): the running counts of open windows
+    are for the count store. `flush()` writes everything and syncs the store,
+    so nothing is pending when the source is checkpointed.
+
+    An object's name holds its first window start, `f` (every row final) or
+    `p` (some provisional), and a digest of its content. The digest keeps a
+    partial rebuild from overwriting a complete version (the reader's max
+    needs both), while a replay that rebuilds the same rows rewrites the same
+    object.
+    """
 
     name = "aggregates"
 
-    def __init__(self, store: ObjectStore, key_template: str = DEFAULT_AGGREGATE_KEY_TEMPLATE) -> None:
+    def __init__(self, store: ObjectStore, key_template: str = DEFAULT_TABLE_TEMPLATE,
+                 max_buffered_rows: int = DEFAULT_MAX_BUFFERED_ROWS) -> None:
+        table_root(key_template, "check")
         self.store = store
         self.key_template = key_template
+        self.max_buffered_rows = max_buffered_rows
+        self._buffers: dict[str, _RollupBuffer] = {}
+        self._buffered_rows = 0
+        self._roots: dict[str, str] = {}
         self.objects_written = 0
+        self.rows_written = 0
 
     def write(self, batch: CountedBatch) -> None:
-        groups: dict[tuple[str, int, str], list[WindowCount]] = defaultdict(list)
+        # A restarted partition keeps what is buffered for it (unlike raw
+        # events): its replay may rebuild those windows only in part, and the
+        # reader's max needs the complete version.
         stop_flush = batch.kind is BatchKind.EOF
-        for count in batch.closed:
-            # Running counts of open windows are for the count store; objects
-            # are written for final windows, and for the flush at a stop.
-            if count.final or stop_flush:
-                groups[(count.rollup, count.window_start_us, count.partition)].append(count)
-        for (rollup, start, partition), counts in groups.items():
-            when = us_to_datetime(start)
-            key = render_key(
-                self.key_template,
-                {"rollup": rollup, "dt": when.strftime("%Y-%m-%d"), "hour": when.strftime("%H"),
-                 "window": when.strftime("%Y%m%dT%H%M%SZ"), "partition": partition},
-            )
-            lines = [
-                json.dumps({"v": SCHEMA_VERSION, "rollup": rollup, "window_start": format_utc_seconds(start),
-                            "key": list(c.key), "count": c.count, "final": c.final, "partition": partition}, ensure_ascii=False)
-                for c in sorted(counts, key=lambda c: c.key)
-            ]
-            self.store.put(key, ("\n".join(lines) + "\n").encode())
-            self.objects_written += 1
+        for counts in batch.windows:
+            frame = counts.frame if stop_flush else counts.frame.filter(pl.col(FINAL))
+            if frame.height:
+                self._buffer(counts, frame)
+        if self._buffered_rows > self.max_buffered_rows:
+            self._write_buffers()
+
+    def _buffer(self, counts: WindowCounts, frame: pl.DataFrame) -> None:
+        buffer = self._buffers.get(counts.rollup)
+        if buffer is None:
+            check_key_fields(counts.key_fields)
+            buffer = self._buffers[counts.rollup] = _RollupBuffer(counts.key_fields)
+        buffer.frames.append(frame.with_columns(pl.lit(counts.partition, dtype=pl.String).alias(PARTITION)))
+        buffer.rows += frame.height
+        self._buffered_rows += frame.height
 
     def flush(self) -> None:
-        pass
+        self._write_buffers()
+        self.store.sync()
 
     def pending_floor(self, partition: str) -> int | None:
+        # flush() writes every buffer before the checkpoint is committed.
         return None
 
     def close(self) -> None:
-        pass
+        self.flush()
+
+    def _write_buffers(self) -> None:
+        # A buffer is dropped only once all its objects are put: after a failed
+        # put the next flush writes the same objects again, under the same keys.
+        for rollup in list(self._buffers):
+            buffer = self._buffers[rollup]
+            for key, body, rows in self._objects(rollup, buffer):
+                self.store.put(key, body)
+                self.objects_written += 1
+                self.rows_written += rows
+            del self._buffers[rollup]
+            self._buffered_rows -= buffer.rows
+
+    def _objects(self, rollup: str, buffer: _RollupBuffer) -> Iterator[tuple[str, bytes, int]]:
+        frame = pl.concat(buffer.frames, how="vertical", rechunk=False)
+        frame = frame.with_columns((pl.col(WINDOW_START) // HOUR_US).alias(_HOUR))
+        for (partition, hour), group in frame.partition_by([PARTITION, _HOUR], as_dict=True).items():
+            body = _parquet(group, buffer.key_fields)
+            yield self._key(rollup, str(partition), int(hour), group, body), body, group.height
+
+    def _key(self, rollup: str, partition: str, hour: int, group: pl.DataFrame, body: bytes) -> str:
+        root = self._roots.get(rollup)
+        if root is None:
+            root = self._roots[rollup] = table_root(self.key_template, rollup)
+        when = us_to_datetime(hour * HOUR_US)
+        first = us_to_datetime(int(group[WINDOW_START].min()))
+        flag = "f" if group[FINAL].all() else "p"
+        digest = hashlib.blake2b(body, digest_size=8).hexdigest()
+        return (f"{root}/dt={when:%Y-%m-%d}/hour={when.hour}/"
+                f"part-{encode_name_part(partition)}-{first:%Y%m%dT%H%M%SZ}{flag}-{digest}.parquet")
+
+
+def _parquet(group: pl.DataFrame, key_fields: tuple[str, ...]) -> bytes:
+    """The table's columns, in a canonical row order so that the same rows
+    always give the same bytes (and the same digest)."""
+    table = group.sort([WINDOW_START, *key_fields, COUNT, FINAL]).select(
+        pl.from_epoch(WINDOW_START, time_unit="us").dt.replace_time_zone("UTC").alias("window_start"),
+        *key_fields,
+        COUNT,
+        FINAL,
+        PARTITION,
+    )
+    out = io.BytesIO()
+    table.write_parquet(out, compression="zstd")
+    return out.getvalue()

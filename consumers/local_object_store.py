@@ -2,37 +2,101 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import threading
 from pathlib import Path
 from typing import Iterator
 
 from consumers.object_keys import check_key
 
+# Directories known to exist. A store over years of hourly partitions would
+# otherwise remember every one; past this it forgets them all, and pays one
+# stat per directory again.
+MAX_KNOWN_DIRS = 10_000
+
 
 class LocalObjectStore:
     """`put("events/dt=2021-03-01/part-1.jsonl.gz", body)` writes
-    `ROOT/events/dt=2021-03-01/part-1.jsonl.gz` atomically (temp file, fsync,
-    rename), so a reader never sees half an object and a replay overwrites."""
+    `ROOT/events/dt=2021-03-01/part-1.jsonl.gz`.
+
+    Visibility and durability are separate, as on a file system they cost
+    differently. A put writes a hidden temp file and renames it into place, so
+    a reader (or `list`) never sees half an object and a replay overwrites
+    whole. It does not fsync: `sync()` makes every object put since the last
+    sync durable, files first, then each directory whose entries changed,
+    once each. The sinks call it at every checkpoint, before the source is
+    committed, so an object is durable by the checkpoint that covers it, for
+    one fsync per object and directory per checkpoint instead of per put.
+    """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._known_dirs: set[Path] = {self.root}
+        self._temp_ids = itertools.count()
+        # Puts may come from several sinks' threads; sync swaps the sets under this.
+        self._lock = threading.Lock()
+        self._unsynced_files: dict[Path, None] = {}  # insertion-ordered set
+        self._unsynced_dirs: set[Path] = set()
 
     def _path(self, key: str) -> Path:
-        path = (self.root / check_key(key)).resolve()
-        if self.root not in path.parents:
-            raise ValueError(f"object key escapes the store: {key[:120]!r}")
-        return path
+        # check_key rejects every part that could leave the root ("..", ".",
+        # "", an absolute key, a backslash), so joining is enough: resolve()
+        # would cost an lstat per path component on every put.
+        return self.root / check_key(key)
 
     def put(self, key: str, body: bytes) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        self._make_dirs(path.parent)
+        # Hidden and not ending in the object's extension: neither `list` nor
+        # a reader's glob (`**/*.parquet`) takes a temp file for an object.
+        temp = path.with_name(f".{path.name}.{os.getpid()}-{next(self._temp_ids)}.tmp")
+        try:
+            with open(temp, "wb") as f:
+                f.write(body)
+            os.replace(temp, path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        with self._lock:
+            self._unsynced_files[path] = None
+            self._unsynced_dirs.add(path.parent)
+
+    def _make_dirs(self, directory: Path) -> None:
+        if directory in self._known_dirs:
+            return
+        missing = []
+        while directory not in self._known_dirs and not directory.is_dir():
+            missing.append(directory)
+            directory = directory.parent
+        for new in reversed(missing):
+            new.mkdir(exist_ok=True)
+            with self._lock:
+                # A new directory is durable only once its parent's entry is.
+                self._unsynced_dirs.add(new.parent)
+        if len(self._known_dirs) >= MAX_KNOWN_DIRS:
+            self._known_dirs = {self.root}
+        self._known_dirs.update(missing)
+        self._known_dirs.add(directory)
+
+    def sync(self) -> None:
+        """Make every object put so far durable (fsync of each file, then of
+        each directory it or a new directory was added to)."""
+        with self._lock:
+            files, self._unsynced_files = self._unsynced_files, {}
+            dirs, self._unsynced_dirs = self._unsynced_dirs, set()
+        try:
+            for path in files:
+                _fsync_file(path)
+            for directory in dirs:
+                _fsync_dir(directory)
+        except BaseException:
+            # Keep them pending, so that a retried sync covers them again.
+            with self._lock:
+                self._unsynced_files = {**files, **self._unsynced_files}
+                self._unsynced_dirs |= dirs
+            raise
 
     def get(self, key: str) -> bytes:
         return self._path(key).read_bytes()
@@ -43,3 +107,28 @@ class LocalObjectStore:
                 key = path.relative_to(self.root).as_posix()
                 if key.startswith(prefix):
                     yield key
+
+    @property
+    def unsynced(self) -> list[Path]:
+        """Files put since the last sync (for tests and health checks)."""
+        with self._lock:
+            return list(self._unsynced_files)
+
+
+def _fsync_file(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return  # removed since it was put: nothing left to make durable
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

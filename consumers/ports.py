@@ -38,7 +38,13 @@ class CountStore(Protocol):
 class ObjectStore(Protocol):
     """Objects by S3-style key (`a/b/c.jsonl.gz`)."""
 
-    def put(self, key: str, body: bytes) -> None: ...
+    def put(self, key: str, body: bytes) -> None:
+        """Write the object whole: a reader never sees part of it. It need
+        not be durable before `sync`."""
+
+    def sync(self) -> None:
+        """Make every object put so far durable. Sinks call it in `flush`,
+        before the source is checkpointed past what the objects hold."""
 
     def get(self, key: str) -> bytes: ...
 

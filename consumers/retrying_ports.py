@@ -102,6 +102,9 @@ class RetryingObjectStore:
     def put(self, key: str, body: bytes) -> None:
         retry_until_done(lambda: self.inner.put(key, body), "object store", self.backoff)
 
+    def sync(self) -> None:
+        retry_until_done(self.inner.sync, "object store", self.backoff)
+
     def get(self, key: str) -> bytes:
         return self.inner.get(key)
 

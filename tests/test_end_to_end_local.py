@@ -10,6 +10,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from bench.generate_events import generate
@@ -102,8 +103,8 @@ def test_raw_events_land_once_in_hive_partitions(generated, tmp_path):
             seen[(record["customer_id"], record["event_type"], record["transaction_id"], t)] += 1
     assert sum(seen.values()) == expected.valid
     assert max(seen.values()) == 1
-    aggregates = list(store.glob("aggregates/customer_hourly/dt=*/hour=*/*.jsonl"))
-    total = sum(json.loads(l)["count"] for a in aggregates for l in a.read_text().splitlines())
+    aggregates = list(store.glob("aggregates/customer_hourly/dt=*/hour=*/part-*.parquet"))
+    total = sum(pl.read_parquet(a)["count"].sum() for a in aggregates)
     assert total == expected.valid
 
 

@@ -1,6 +1,7 @@
 import base64
 import gzip
 import json
+import os
 
 import pytest
 
@@ -58,6 +59,67 @@ def test_local_object_store_refuses_escaping_keys(tmp_path):
         with pytest.raises(ValueError):
             store.put(bad, b"x")
     assert not (tmp_path / "x").exists()
+
+
+def fsync_recorder(monkeypatch) -> list[str]:
+    """The paths `LocalObjectStore` fsyncs, in order."""
+    import consumers.local_object_store as module
+
+    synced: list[str] = []
+    monkeypatch.setattr(module.os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")))
+    return synced
+
+
+def test_local_object_store_puts_without_fsync_and_syncs_each_file_and_directory_once(tmp_path, monkeypatch):
+    synced = fsync_recorder(monkeypatch)
+    store = LocalObjectStore(tmp_path)
+    store.put("t/dt=1/hour=0/a.parquet", b"a")
+    store.put("t/dt=1/hour=0/b.parquet", b"b")
+    store.put("t/dt=1/hour=0/a.parquet", b"a2")  # overwritten whole, synced once
+    store.put("t/dt=1/hour=1/c.parquet", b"c")
+    assert synced == [] and [p.name for p in store.unsynced] == ["a.parquet", "b.parquet", "c.parquet"]
+    assert sorted(store.list()) == ["t/dt=1/hour=0/a.parquet", "t/dt=1/hour=0/b.parquet", "t/dt=1/hour=1/c.parquet"]
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    store.sync()
+    root = str(tmp_path.resolve())
+    files = [f"{root}/t/dt=1/hour=0/a.parquet", f"{root}/t/dt=1/hour=0/b.parquet", f"{root}/t/dt=1/hour=1/c.parquet"]
+    # Files first, then every directory that got a new entry: the new
+    # directories' parents too, so the directories themselves survive.
+    assert synced[:3] == files
+    assert sorted(synced[3:]) == sorted({root, f"{root}/t", f"{root}/t/dt=1", f"{root}/t/dt=1/hour=0", f"{root}/t/dt=1/hour=1"})
+    synced.clear()
+    store.sync()
+    assert synced == [] and store.get("t/dt=1/hour=0/a.parquet") == b"a2"
+
+
+def test_a_failed_sync_keeps_the_objects_pending(tmp_path, monkeypatch):
+    import consumers.local_object_store as module
+
+    store = LocalObjectStore(tmp_path)
+    store.put("x/a", b"1")
+
+    def broken(fd):
+        raise OSError(5, "I/O error")
+
+    monkeypatch.setattr(module.os, "fsync", broken)
+    with pytest.raises(OSError):
+        store.sync()
+    store.put("x/b", b"2")
+    synced = fsync_recorder(monkeypatch)
+    store.sync()
+    assert [p.rsplit("/", 1)[1] for p in synced[:2]] == ["a", "b"]
+
+
+def test_local_object_store_makes_each_directory_once(tmp_path, monkeypatch):
+    store = LocalObjectStore(tmp_path)
+    store.put("t/dt=1/hour=0/a", b"a")
+    made = []
+    original = type(tmp_path).mkdir
+    monkeypatch.setattr(type(tmp_path), "mkdir", lambda self, *a, **k: made.append(self) or original(self, *a, **k))
+    for i in range(20):
+        store.put(f"t/dt=1/hour=0/{i}", b"x")
+    store.put("t/dt=1/hour=1/a", b"y")
+    assert [p.name for p in made] == ["hour=1"]
 
 
 def event(etype: str, position: int, t: int = 1_614_556_800_000_000) -> Event:
