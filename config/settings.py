@@ -20,6 +20,7 @@ from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from consumers.aggregate_writer import check_key_fields, table_root
+from consumers.raw_event_writer import FORMATS as RAW_EVENT_FORMATS
 from streams.parsers import PARSERS
 from streams.rollups import RollupSpec
 from streams.timestamps import parse_duration
@@ -36,10 +37,14 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class RawEventsSettings:
+    # The layout is fixed (events/dt=YYYY-MM-DD/hour=H/part-*, docs/store.md):
+    # event values are columns, never key parts.
     enabled: bool = True
-    key_template: str = "events/event_type={event_type}/dt={dt}/hour={hour}/part-{partition}-{first_position}.jsonl.gz"
+    format: str = "parquet"  # a key of consumers.raw_event_writer.FORMATS
     max_bytes: int = 64 << 20
     max_age: timedelta = timedelta(seconds=60)
+    max_open_objects: int = 64
+    max_buffered_bytes: int = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -193,6 +198,34 @@ def _aggregates(table: _Reader, rollups: list[RollupSpec]) -> AggregatesSettings
     return settings
 
 
+_RAW_EVENT_KEYS = frozenset({"enabled", "format", "max_bytes", "max_age", "max_open_objects", "max_buffered_bytes"})
+
+
+def _raw_events(table: _Reader) -> RawEventsSettings:
+    if "key_template" in table.table:
+        # The old template put event values in the path (`event_type=x=y/`
+        # broke every Hive reader); silently ignoring it would move a user's
+        # data without a word.
+        raise ConfigError(
+            "config key raw_events.key_template: no longer supported, the raw event layout is fixed now "
+            "(events/dt=YYYY-MM-DD/hour=H/part-<partition>-<first position>.parquet, event values as columns; "
+            "see docs/store.md): remove the key")
+    unknown = sorted(set(table.table) - _RAW_EVENT_KEYS)
+    if unknown:
+        raise ConfigError(f"config key raw_events.{unknown[0]}: unknown key, expected one of {', '.join(sorted(_RAW_EVENT_KEYS))}")
+    fmt = table.get("format", str, RawEventsSettings.format)
+    if fmt not in RAW_EVENT_FORMATS:
+        raise ConfigError(f"config key raw_events.format: unknown format {fmt!r}, expected one of {', '.join(RAW_EVENT_FORMATS)}")
+    return RawEventsSettings(
+        enabled=table.get("enabled", bool, True),
+        format=fmt,
+        max_bytes=table.positive_int("max_bytes", RawEventsSettings.max_bytes),
+        max_age=table.duration("max_age", "60s"),
+        max_open_objects=table.positive_int("max_open_objects", RawEventsSettings.max_open_objects),
+        max_buffered_bytes=table.positive_int("max_buffered_bytes", RawEventsSettings.max_buffered_bytes),
+    )
+
+
 def _build(raw: dict[str, Any], profile: Path) -> Settings:
     pipeline = _Reader(raw.get("pipeline", {}), "pipeline")
     fmt = pipeline.get("format", str, "events-csv")
@@ -243,12 +276,7 @@ def _build(raw: dict[str, Any], profile: Path) -> Settings:
         rollups=tuple(rollups),
         query_rollup=query.get("rollup", str, "customer_hourly"),
         query_max_range=query.duration("max_range", "3660d"),
-        raw_events=RawEventsSettings(
-            enabled=raw_events.get("enabled", bool, True),
-            key_template=raw_events.get("key_template", str, RawEventsSettings.key_template),
-            max_bytes=raw_events.positive_int("max_bytes", RawEventsSettings.max_bytes),
-            max_age=raw_events.duration("max_age", "60s"),
-        ),
+        raw_events=_raw_events(raw_events),
         aggregates=_aggregates(aggregates, rollups),
         dead_letter_max_record_bytes=dead.positive_int("max_record_bytes", 64 * 1024),
         sections=raw,

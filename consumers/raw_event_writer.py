@@ -1,66 +1,165 @@
-"""Raw events as gzip NDJSON objects in Hive-style partitions."""
+"""Raw events as compacted objects in Hive partitions: zstd Parquet, or gzip
+NDJSON on request.
+
+The layout is fixed, and nothing from an event is ever part of a key:
+
+    events/dt=YYYY-MM-DD/hour=H/part-<partition>-<first position>.parquet
+
+`dt` and `hour` are the UTC date and hour of the event time; `hour` has no
+leading zero, because Hive readers type `04` as text (DuckDB does) and `4` as
+an integer. Event values (an `event_type` of `x=y`, `a/b` or `..`) stay
+columns with their real values, so no value can add a partition level or
+break a reader's path parsing.
+"""
 
 from __future__ import annotations
 
-import string
+import io
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from typing import Callable, Sequence
 
-from consumers.object_keys import render_key
+import polars as pl
+
+from consumers.object_keys import encode_name_part
 from consumers.ports import ObjectStore
-from streams.events import Event, us_to_datetime
+from streams.event_columns import POSITION, TIME, EventColumns
+from streams.events import SCHEMA_VERSION, Event
 from streams.window_counter import CountedBatch
 
-DEFAULT_RAW_KEY_TEMPLATE = (
-    "events/event_type={event_type}/dt={dt}/hour={hour}/part-{partition}-{first_position}.jsonl.gz"
-)
+RAW_EVENTS_ROOT = "events"
+HOUR_US = 3_600_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_HOUR = "_hour"
+
+
+def _parquet_body(rows: pl.DataFrame, partition: str) -> bytes:
+    """The rows as one zstd Parquet object. No `dt`/`hour` columns: Hive
+    readers add them from the key, and a file column of the same name would
+    clash with the partition column."""
+    table = rows.select(
+        "customer_id",
+        "event_type",
+        "transaction_id",
+        pl.col(TIME).cast(pl.Datetime("us", "UTC")).alias("timestamp"),
+        pl.lit(partition, pl.String).alias("partition"),
+        POSITION,
+        "properties",
+    )
+    out = io.BytesIO()
+    table.write_parquet(out, compression="zstd", statistics=True)
+    return out.getvalue()
+
+
+def ndjson_lines(rows: pl.DataFrame) -> str:
+    """The rows in the wire format of `Event.to_json_line`, built as columns.
+
+    Without properties a line is byte for byte `to_json_line`; with them it
+    holds the same JSON object, its properties in key order.
+    """
+    core = pl.struct(
+        pl.lit(SCHEMA_VERSION, pl.Int64).alias("v"),
+        "customer_id",
+        "event_type",
+        "transaction_id",
+        pl.from_epoch(TIME, "us").dt.strftime("%Y-%m-%dT%H:%M:%S.%6fZ").alias("timestamp"),
+    ).struct.json_encode()
+    properties = pl.col("properties")
+    # The parsers pop the core fields and `v` from the properties, so
+    # splicing the two objects cannot repeat a key.
+    line = pl.when(properties.is_null()).then(core).otherwise(
+        properties.str.head(-1) + pl.lit(",") + core.str.slice(1)
+    )
+    return rows.select(line.str.join("\n")).item() + "\n"
+
+
+def _ndjson_gzip_body(rows: pl.DataFrame, partition: str) -> bytes:
+    # mtime 0 (zlib's gzip header has none): the same rows give the same bytes.
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+    return compressor.compress(ndjson_lines(rows).encode()) + compressor.flush()
+
+
+@dataclass(frozen=True)
+class RawEventFormat:
+    suffix: str
+    encode: Callable[[pl.DataFrame, str], bytes]
+
+
+FORMATS: dict[str, RawEventFormat] = {
+    "parquet": RawEventFormat(".parquet", _parquet_body),
+    "ndjson-gzip": RawEventFormat(".jsonl.gz", _ndjson_gzip_body),
+}
+DEFAULT_FORMAT = "parquet"
+
+
+@lru_cache(maxsize=4096)
+def _partition_name(partition: str) -> str:
+    return encode_name_part(partition)
+
+
+def raw_event_key(partition: str, hour: int, first_position: int, suffix: str) -> str:
+    """The key of the object holding `partition`'s rows of UTC hour `hour`
+    (hours since the epoch), starting at `first_position`."""
+    start = _EPOCH + timedelta(hours=hour)
+    return (
+        f"{RAW_EVENTS_ROOT}/dt={start.year:04d}-{start.month:02d}-{start.day:02d}/hour={start.hour}/"
+        f"part-{_partition_name(partition)}-{first_position:012d}{suffix}"
+    )
 
 
 @dataclass
 class _Buffer:
-    """One object being built. Compressed as it grows, so a 64 MiB object
-    costs a few MiB of memory, not 64."""
+    """The rows of one object to be: a list of frames, concatenated once."""
 
     first_position: int
     opened_at: float
-    compressor: "zlib._Compress" = field(default_factory=lambda: zlib.compressobj(6, zlib.DEFLATED, 31, 5))
-    chunks: list[bytes] = field(default_factory=list)
-    size: int = 0  # uncompressed bytes
-    events: int = 0
-    body: bytes | None = None
+    frames: list[pl.DataFrame] = field(default_factory=list)
+    size: int = 0  # estimated in-memory bytes
 
-    def add(self, lines: list[bytes]) -> None:
-        data = b"".join(lines)
-        self.size += len(data)
-        self.events += len(lines)
-        chunk = self.compressor.compress(data)
-        if chunk:
-            self.chunks.append(chunk)
+    def add(self, rows: pl.DataFrame) -> int:
+        added = rows.estimated_size()
+        self.frames.append(rows)
+        self.size += added
+        return added
 
-    def finish(self) -> bytes:
-        """The gzip body; idempotent, so a failed put can be retried."""
-        if self.body is None:
-            self.chunks.append(self.compressor.flush())
-            self.body = b"".join(self.chunks)
-            self.chunks = []
-        return self.body
+    def rows(self) -> pl.DataFrame:
+        # Kept concatenated, so a retry after a failed put does not redo it.
+        if len(self.frames) > 1:
+            self.frames = [pl.concat(self.frames, rechunk=True)]
+        return self.frames[0]
 
 
-class S3PartitionedWriter:
-    """Buffers valid events per (source partition, key prefix) and writes one
-    gzip NDJSON object per buffer when it reaches `max_bytes` (uncompressed) or
-    `max_age_seconds`, or on `flush()`.
+def _frame_of(batch: CountedBatch) -> pl.DataFrame:
+    events: Sequence[Event] = batch.events
+    if not isinstance(events, EventColumns):
+        events = EventColumns.from_events(batch.partition, events)
+    return events.to_frame()
 
-    The key template's fields are any event field or property, plus `dt`
-    (`YYYY-MM-DD`), `hour` (`HH`), `partition` (the source partition) and
-    `first_position` (the position of the buffer's first event, zero-padded).
-    Every value is sanitised. Because `first_position` names the object, a
-    replay of the same input with the same batch boundaries rewrites the same
-    keys instead of adding new ones.
 
-    Works over any `ObjectStore`: a local directory or S3.
+def split_by_hour(frame: pl.DataFrame) -> list[tuple[int, pl.DataFrame]]:
+    """(UTC hour since the epoch, its rows in order) for each hour in `frame`."""
+    hours = frame[TIME] // HOUR_US
+    first = hours.min()
+    if first == hours.max():  # the usual batch: nothing to split
+        return [(int(first), frame)]  # type: ignore[arg-type]
+    parts = frame.with_columns(hours.alias(_HOUR)).partition_by(_HOUR, maintain_order=True, as_dict=True)
+    return [(int(hour), rows.drop(_HOUR)) for (hour,), rows in parts.items()]
+
+
+class RawEventWriter:
+    """Buffers valid events per (source partition, UTC hour) as frames, and
+    writes each buffer as one object when it reaches `max_bytes` (estimated
+    in-memory size, about the uncompressed size) or `max_age_seconds`, when
+    it is the oldest of more than `max_open_objects`, when all buffers
+    together pass `max_buffered_bytes`, and on `flush()`.
+
+    An object is named by its partition and the position of its first event,
+    so a replay of the same input with the same batch boundaries rewrites the
+    same keys with the same bytes instead of adding objects. Works over any
+    `ObjectStore`: a local directory or S3.
     """
 
     name = "raw-events"
@@ -68,109 +167,82 @@ class S3PartitionedWriter:
     def __init__(
         self,
         store: ObjectStore,
-        key_template: str = DEFAULT_RAW_KEY_TEMPLATE,
+        format: str = DEFAULT_FORMAT,
         max_bytes: int = 64 << 20,
         max_age_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         max_open_objects: int = 64,
+        max_buffered_bytes: int = 256 << 20,
     ) -> None:
+        if format not in FORMATS:
+            raise ValueError(f"unknown raw event format {format!r}, expected one of {', '.join(FORMATS)}")
         self.store = store
-        self.key_template = key_template
+        self.format = FORMATS[format]
         self.max_bytes = max_bytes
         self.max_age_seconds = max_age_seconds
-        # Each open object holds a zlib stream (~0.15 MiB at memLevel 5, half
-        # the default, for a slightly weaker ratio): a backfill over
-        # many (event type, hour) partitions would otherwise hold hundreds.
-        self.max_open_objects = max_open_objects
         self.clock = clock
-        # The key's fixed part is everything before `first_position`.
-        if "{first_position}" not in key_template or "{partition}" not in key_template:
-            raise ValueError("the raw event key template must contain {partition} and {first_position}")
-        self._prefix_template, self._suffix_template = key_template.split("{first_position}", 1)
-        fields = {name for _, name, _, _ in string.Formatter().parse(self._prefix_template) if name}
-        # Rendering a key costs more than the event's JSON; most templates only
-        # depend on (event type, hour, partition), so cache the prefix by those.
-        self._cacheable = fields <= {"event_type", "dt", "hour", "partition"}
-        self._buffers: dict[tuple[str, str], _Buffer] = {}
+        # A backfill touches many hours at once; unbounded, every one of them
+        # would hold its rows in memory until the end of the run.
+        self.max_open_objects = max_open_objects
+        self.max_buffered_bytes = max_buffered_bytes
+        self._buffers: dict[tuple[str, int], _Buffer] = {}  # insertion order = opening order
+        self._buffered_bytes = 0
         self.objects_written = 0
         self.events_written = 0
-
-    def _values(self, event: Event) -> dict[str, object]:
-        when = us_to_datetime(event.event_time_us)
-        values: dict[str, object] = dict(event.properties)
-        values.update(
-            customer_id=event.customer_id,
-            event_type=event.event_type,
-            transaction_id=event.transaction_id,
-            dt=when.strftime("%Y-%m-%d"),
-            hour=when.strftime("%H"),
-            minute=when.strftime("%M"),
-            partition=event.partition,
-        )
-        return values
 
     def write(self, batch: CountedBatch) -> None:
         now = self.clock()
         if batch.restarted:
-            # The partition replays from its checkpoint, which is at or before
-            # everything buffered for it (see pending_floor): drop the buffers
-            # rather than write those events twice.
-            for buffer_key in [k for k in self._buffers if k[0] == batch.partition]:
-                del self._buffers[buffer_key]
-        prefixes: dict[tuple[str, int, str], str] = {}
-        # Lines are grouped per object and compressed a group at a time.
-        grouped: dict[tuple[str, str], tuple[int, list[bytes]]] = {}
-        for event in batch.events:
-            if self._cacheable:
-                cache_key = (event.event_type, event.event_time_us // 3_600_000_000, event.partition)
-                prefix = prefixes.get(cache_key)
-                if prefix is None:
-                    prefix = prefixes[cache_key] = render_key(self._prefix_template, self._values(event))
-            else:
-                prefix = render_key(self._prefix_template, self._values(event))
-            buffer_key = (event.partition, prefix)
-            pending = grouped.get(buffer_key)
-            if pending is None:
-                pending = grouped[buffer_key] = (event.position, [])
-            pending[1].append(event.to_json_line())
-            if len(pending[1]) >= 1000:
-                self._add(buffer_key, *grouped.pop(buffer_key), now)
-        for buffer_key, (first_position, lines) in grouped.items():
-            self._add(buffer_key, first_position, lines, now)
-        for buffer_key in [k for k, b in self._buffers.items() if now - b.opened_at >= self.max_age_seconds]:
-            self._write(buffer_key)
-        while len(self._buffers) > self.max_open_objects:
-            self._write(next(iter(self._buffers)))  # the oldest opened (dicts keep insertion order)
+            self._drop_partition(batch.partition)
+        if len(batch.events):
+            for hour, rows in split_by_hour(_frame_of(batch)):
+                self._append((batch.partition, hour), rows, now)
+        self._roll(now)
 
-    def _add(self, buffer_key: tuple[str, str], first_position: int, lines: list[bytes], now: float) -> None:
-        buffer = self._buffers.get(buffer_key)
-        if buffer is not None and buffer.body is not None:  # finished, but its put failed
-            self._write(buffer_key)
-            buffer = None
+    def _drop_partition(self, partition: str) -> None:
+        # The partition replays from its checkpoint, which is at or before
+        # everything buffered for it (see pending_floor): writing the buffers
+        # as well would store those events twice.
+        for key in [k for k in self._buffers if k[0] == partition]:
+            self._buffered_bytes -= self._buffers.pop(key).size
+
+    def _append(self, key: tuple[str, int], rows: pl.DataFrame, now: float) -> None:
+        buffer = self._buffers.get(key)
         if buffer is None:
-            buffer = self._buffers[buffer_key] = _Buffer(first_position, now)
-        buffer.add(lines)
+            buffer = self._buffers[key] = _Buffer(int(rows[POSITION].min()), now)  # type: ignore[arg-type]
+        self._buffered_bytes += buffer.add(rows)
         if buffer.size >= self.max_bytes:
-            self._write(buffer_key)
+            self._write(key)
 
-    def _write(self, buffer_key: tuple[str, str]) -> None:
+    def _roll(self, now: float) -> None:
+        for key in [k for k, b in self._buffers.items() if now - b.opened_at >= self.max_age_seconds]:
+            self._write(key)
+        while len(self._buffers) > self.max_open_objects:
+            self._write(next(iter(self._buffers)))
+        while self._buffers and self._buffered_bytes > self.max_buffered_bytes:
+            self._write(max(self._buffers, key=lambda k: self._buffers[k].size))
+
+    def _write(self, key: tuple[str, int]) -> None:
         # The buffer is dropped only once the store has the object: if `put`
         # fails, its events stay pending and the source is not checkpointed.
-        buffer = self._buffers[buffer_key]
-        _, prefix = buffer_key
-        key = prefix + f"{buffer.first_position:012d}" + render_key(self._suffix_template, {})
-        self.store.put(key, buffer.finish())
-        del self._buffers[buffer_key]
+        buffer = self._buffers[key]
+        partition, hour = key
+        rows = buffer.rows()
+        body = self.format.encode(rows, partition)
+        self.store.put(raw_event_key(partition, hour, buffer.first_position, self.format.suffix), body)
+        del self._buffers[key]
+        self._buffered_bytes -= buffer.size
         self.objects_written += 1
-        self.events_written += buffer.events
+        self.events_written += rows.height
 
     def flush(self) -> None:
-        for buffer_key in list(self._buffers):
-            self._write(buffer_key)
+        for key in list(self._buffers):
+            self._write(key)
+        # Puts need not be durable; the checkpoint after this flush must be.
+        self.store.sync()
 
     def pending_floor(self, partition: str) -> int | None:
-        floors = [b.first_position for (p, _), b in self._buffers.items() if p == partition]
-        return min(floors) if floors else None
+        return min((b.first_position for (p, _), b in self._buffers.items() if p == partition), default=None)
 
     def close(self) -> None:
         self.flush()

@@ -18,7 +18,7 @@ from consumers.count_sink import CountSink
 from consumers.dead_letter_sink import DeadLetterOutput
 from consumers.fan_out import Commit, SinkFanOut
 from consumers.ports import CountStore, DeadLetterSink, ObjectStore, Sink
-from consumers.raw_event_writer import S3PartitionedWriter
+from consumers.raw_event_writer import RawEventWriter
 from consumers.retrying_ports import RetryingCountStore, RetryingObjectStore
 from consumers.run_summary import RunSummary
 from producers.file_source import wall_clock_us
@@ -40,12 +40,15 @@ def build_sinks(settings: Settings) -> list[Sink]:
     objects = RetryingObjectStore(inject.instance(ObjectStore))
     sinks: list[Sink] = [DeadLetterOutput(inject.instance(DeadLetterSink))]
     if settings.raw_events.enabled:
+        raw = settings.raw_events
         sinks.append(
-            S3PartitionedWriter(
+            RawEventWriter(
                 objects,
-                settings.raw_events.key_template,
-                settings.raw_events.max_bytes,
-                settings.raw_events.max_age.total_seconds(),
+                format=raw.format,
+                max_bytes=raw.max_bytes,
+                max_age_seconds=raw.max_age.total_seconds(),
+                max_open_objects=raw.max_open_objects,
+                max_buffered_bytes=raw.max_buffered_bytes,
             )
         )
     if settings.aggregates.enabled:

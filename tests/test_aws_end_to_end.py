@@ -12,7 +12,6 @@ parsing), and every valid event must be in the S3 raw objects exactly once.
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import json
 import re
@@ -20,6 +19,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from bench.generate_events import generate
@@ -94,10 +94,9 @@ def s3_events(bucket: str) -> Counter:
     out: Counter = Counter()
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="events/"):
         for item in page.get("Contents", ()):
-            body = gzip.decompress(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
-            for line in body.decode().splitlines():
-                record = json.loads(line)
-                out[(record["customer_id"], record["event_type"], record["transaction_id"], record["timestamp"])] += 1
+            rows = pl.read_parquet(io.BytesIO(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()))
+            stamps = rows["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
+            out.update(zip(rows["customer_id"], rows["event_type"], rows["transaction_id"], stamps))
     return out
 
 

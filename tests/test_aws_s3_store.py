@@ -9,7 +9,6 @@ import os
 import pytest
 
 from consumers.object_keys import render_key
-from consumers.raw_event_writer import DEFAULT_RAW_KEY_TEMPLATE
 from consumers.s3_object_store import S3ObjectStore
 from producers.aws_clients import ensure_bucket
 from tests.aws_fixtures import client, unique
@@ -17,6 +16,9 @@ from tests.aws_fixtures import client, unique
 pytestmark = pytest.mark.timeout(60)
 
 MIB = 1 << 20
+# The old raw-event key template, event values in the key: the hardest case
+# for the store's key check.
+HOSTILE_KEY_TEMPLATE = "events/event_type={event_type}/dt={dt}/hour={hour}/part-{partition}-{first_position}.jsonl.gz"
 
 
 def bucket(endpoint: str) -> tuple[object, str]:
@@ -125,7 +127,7 @@ def test_event_values_in_keys_are_sanitised_and_stay_under_the_prefix(aws_env: s
         "partition": "kinesis:stream/shardId-000000000000",
         "first_position": "000000000001",
     }
-    key = render_key(DEFAULT_RAW_KEY_TEMPLATE.replace("{first_position}", hostile["first_position"]), hostile)
+    key = render_key(HOSTILE_KEY_TEMPLATE.replace("{first_position}", hostile["first_position"]), hostile)
     store.put(key, gzip.compress(b"{}\n"))
 
     (stored,) = all_keys(s3, name)

@@ -92,15 +92,13 @@ def test_raw_events_land_once_in_hive_partitions(generated, tmp_path):
     expected = run_oracle(lines, 10 * MINUTE, DEFAULT_ROLLUPS)
     store = tmp_path / "store"
     seen = Counter()
-    for obj in store.glob("events/event_type=*/dt=*/hour=*/part-*.jsonl.gz"):
-        parts = obj.relative_to(store).parts
-        for line in gzip.decompress(obj.read_bytes()).decode().splitlines():
-            record = json.loads(line)
-            assert record["v"] == 1
-            t = stamp_to_us(record["timestamp"])
-            assert parts[1] == f"event_type={record['event_type']}"
-            assert parts[2] == "dt=" + record["timestamp"][:10] and parts[3] == "hour=" + record["timestamp"][11:13]
-            seen[(record["customer_id"], record["event_type"], record["transaction_id"], t)] += 1
+    for obj in store.glob("events/dt=*/hour=*/part-*.parquet"):
+        _, dt, hour, _ = obj.relative_to(store).parts
+        rows = pl.read_parquet(obj)
+        assert set(rows["timestamp"].dt.strftime("dt=%Y-%m-%d")) == {dt}
+        assert set(rows["timestamp"].dt.hour().cast(pl.String)) == {hour.removeprefix("hour=")}
+        times = rows["timestamp"].dt.epoch("us")
+        seen.update(zip(rows["customer_id"], rows["event_type"], rows["transaction_id"], times))
     assert sum(seen.values()) == expected.valid
     assert max(seen.values()) == 1
     aggregates = list(store.glob("aggregates/customer_hourly/dt=*/hour=*/part-*.parquet"))
