@@ -20,7 +20,9 @@ Table design (string keys, on-demand billing)::
   ever ADDed. (BatchWriteItem cannot take a condition, so it is not used.)
   Items of one call go out in parallel on a small thread pool; within a call,
   counts for the same item are merged first (max), so no two requests of one
-  call race on an item.
+  call race on an item. `upsert` takes the counter's frames (`WindowCounts`)
+  and sends one request per row: a write is durable when its request
+  returns, so `commit()` has nothing to do.
 - `buckets` is one Query on pk with `sk BETWEEN` the window-start range (the
   offset keeps the zero-padded start sortable for pre-1970 windows too),
   following `LastEvaluatedKey`, summing the partitions client-side.
@@ -33,7 +35,8 @@ Table design (string keys, on-demand billing)::
 Usage::
 
     store = DynamoDbCountStore(aws_client("dynamodb", aws), "rivulet-counts")
-    store.upsert(window_counts)
+    store.upsert(window_counts)  # a list of WindowCounts frames
+    store.commit()               # nothing to do: each write is already durable
     store.buckets("customer_hourly", ("c1",), start_us, end_us)
 """
 
@@ -45,6 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Sequence
 
 from streams.events import WindowCount
+from streams.window_counts import WindowCounts
 
 HASH_KEY = "pk"
 RANGE_KEY = "sk"
@@ -95,10 +99,10 @@ class DynamoDbCountStore:
 
     # -- writes ---------------------------------------------------------------
 
-    def upsert(self, counts: Sequence[WindowCount]) -> None:
+    def upsert(self, windows: Sequence[WindowCounts]) -> None:
         """max(stored, new) per item; raises the first failure after all tries."""
         merged: dict[tuple[str, str], WindowCount] = {}
-        for c in counts:
+        for c in (row for counts in windows for row in counts.rows()):
             ident = (item_pk(c.rollup, c.key), item_sk(c.window_start_us, c.partition))
             old = merged.get(ident)
             if old is not None:
@@ -112,6 +116,9 @@ class DynamoDbCountStore:
         for error in errors:
             if error is not None:
                 raise error
+
+    def commit(self) -> None:
+        """Nothing to do: every `upsert` request is durable when it returns."""
 
     def _upsert_one(self, pk: str, sk: str, c: WindowCount) -> None:
         values = {

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Iterator, Protocol, Sequence
 
-from streams.events import DeadLetter, WindowCount
+from streams.events import DeadLetter
 from streams.window_counter import CountedBatch
+from streams.window_counts import WindowCounts
 
 
 class CountStore(Protocol):
@@ -18,10 +19,20 @@ class CountStore(Protocol):
       re-running the same input, a replay after a crash, or a provisional
       count of an open window never doubles nor shrinks a count;
     - a different source partition adds;
-    - queries and exports return the sum over partitions.
+    - queries and exports return the sum over partitions;
+    - an upsert is durable once `commit` returns (an adapter may make it
+      durable sooner); what was upserted but not committed may be lost in a
+      crash, so the source must not checkpoint past it before `commit`;
+      queries may not see it before then either.
     """
 
-    def upsert(self, counts: Sequence[WindowCount]) -> None: ...
+    def upsert(self, windows: Sequence[WindowCounts]) -> None:
+        """Max-upsert every row of every frame (one frame per rollup and
+        source partition)."""
+
+    def commit(self) -> None:
+        """Make everything upserted so far durable (SQLite: end the open
+        transaction; DynamoDB: nothing, each write already is)."""
 
     def buckets(self, rollup: str, key: tuple[str, ...], start_us: int, end_us: int) -> list[tuple[int, int]]:
         """(window start, count) for windows with start in [start_us, end_us), ascending."""

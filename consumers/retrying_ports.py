@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 
 from consumers.ports import CountStore, ObjectStore
 from observability.health import HEALTH, PipelineHealth
-from streams.events import WindowCount
+from streams.window_counts import WindowCounts
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,8 +75,11 @@ class RetryingCountStore:
         self.inner = inner
         self.backoff = backoff or Backoff()
 
-    def upsert(self, counts: Sequence[WindowCount]) -> None:
-        retry_until_done(lambda: self.inner.upsert(counts), "count store", self.backoff)
+    def upsert(self, windows: Sequence[WindowCounts]) -> None:
+        retry_until_done(lambda: self.inner.upsert(windows), "count store", self.backoff)
+
+    def commit(self) -> None:
+        retry_until_done(self.inner.commit, "count store", self.backoff)
 
     def buckets(self, rollup: str, key: tuple[str, ...], start_us: int, end_us: int) -> list[tuple[int, int]]:
         return self.inner.buckets(rollup, key, start_us, end_us)

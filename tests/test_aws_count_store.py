@@ -1,5 +1,6 @@
 """One `CountStore` contract, run against SQLite and against DynamoDB (moto),
-plus what only the DynamoDB design has: paging, the final flag, no ADD."""
+plus what only the DynamoDB design has: paging, the final flag, no ADD.
+(`upsert` here: the counts as `WindowCounts` frames, then `commit`.)"""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from consumers.sqlite_count_store import SqliteCountStore
 from producers.aws_clients import ensure_table
 from streams.events import WindowCount
 from tests.aws_fixtures import client, unique
+from tests.count_support import upsert
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,25 +45,25 @@ def wc(key: tuple[str, ...], start: int, partition: str, count: int, final: bool
 
 
 def test_upsert_keeps_the_max_and_never_lowers(store: CountStore) -> None:
-    store.upsert([wc(("c1",), T0, "p1", 5, final=False)])
-    store.upsert([wc(("c1",), T0, "p1", 3)])  # a replay of fewer events
+    upsert(store, [wc(("c1",), T0, "p1", 5, final=False)])
+    upsert(store, [wc(("c1",), T0, "p1", 3)])  # a replay of fewer events
     assert store.buckets("r", ("c1",), T0, T0 + H) == [(T0, 5)]
-    store.upsert([wc(("c1",), T0, "p1", 7)])
-    store.upsert([wc(("c1",), T0, "p1", 7)])  # the same again: idempotent, no doubling
+    upsert(store, [wc(("c1",), T0, "p1", 7)])
+    upsert(store, [wc(("c1",), T0, "p1", 7)])  # the same again: idempotent, no doubling
     assert store.buckets("r", ("c1",), T0, T0 + H) == [(T0, 7)]
     assert store.total("r", ("c1",)) == 7
 
 
 def test_partitions_add_up(store: CountStore) -> None:
-    store.upsert([wc(("c1",), T0, "shard-0", 5), wc(("c1",), T0, "shard-1", 2), wc(("c1",), T0 + H, "shard-1", 4)])
-    store.upsert([wc(("c1",), T0, "shard-1", 1)])  # lower: ignored, not subtracted
+    upsert(store, [wc(("c1",), T0, "shard-0", 5), wc(("c1",), T0, "shard-1", 2), wc(("c1",), T0 + H, "shard-1", 4)])
+    upsert(store, [wc(("c1",), T0, "shard-1", 1)])  # lower: ignored, not subtracted
     assert store.buckets("r", ("c1",), T0, T0 + 2 * H) == [(T0, 7), (T0 + H, 4)]
     assert store.total("r", ("c1",)) == 11
     assert list(store.export("r")) == [(T0, ("c1",), 7), (T0 + H, ("c1",), 4)]
 
 
 def test_buckets_range_is_start_inclusive_end_exclusive(store: CountStore) -> None:
-    store.upsert([wc(("c1",), T0 + i * H, "p", i + 1) for i in range(5)] + [wc(("c2",), T0 + H, "p", 50)])
+    upsert(store, [wc(("c1",), T0 + i * H, "p", i + 1) for i in range(5)] + [wc(("c2",), T0 + H, "p", 50)])
     assert store.buckets("r", ("c1",), T0 + H, T0 + 3 * H) == [(T0 + H, 2), (T0 + 2 * H, 3)]
     assert store.buckets("r", ("c1",), T0 + 1, T0 + 2 * H) == [(T0 + H, 2)]
     assert store.buckets("r", ("c1",), T0 + H, T0 + H) == []
@@ -74,7 +76,7 @@ def test_export_orders_by_window_start_then_key_and_keeps_rollups_apart(store: C
     keys = [("b",), ("a",), ("a#b",), ('q"uote',), ("ünï",), ("a", "x")]
     counts = [wc(k, T0 + (i % 2) * H, "p", i + 1) for i, k in enumerate(keys)]
     counts.append(wc(("a",), T0, "p", 99, rollup="another"))
-    store.upsert(counts)
+    upsert(store, counts)
 
     exported = list(store.export("r"))
 
@@ -86,7 +88,7 @@ def test_export_orders_by_window_start_then_key_and_keeps_rollups_apart(store: C
 
 def test_windows_before_1970_and_far_future(store: CountStore) -> None:
     early, late = -5 * H, 253_402_300_000_000_000 - H  # 1969 and year 9999
-    store.upsert([wc(("c",), early, "p", 2), wc(("c",), late, "p", 3)])
+    upsert(store, [wc(("c",), early, "p", 2), wc(("c",), late, "p", 3)])
     assert store.buckets("r", ("c",), -10 * H, 0) == [(early, 2)]
     assert store.buckets("r", ("c",), early, late + H) == [(early, 2), (late, 3)]
 
@@ -95,7 +97,7 @@ def test_one_call_with_many_items_and_duplicates_within_it(store: CountStore) ->
     counts = [wc((f"c{i % 40}",), T0 + (i // 40) * H, f"p{i % 3}", i) for i in range(360)]
     # The same item twice in one call: the larger count wins, whatever the order.
     counts += [wc(("c0",), T0, "p0", 1000), wc(("c0",), T0, "p0", 999)]
-    store.upsert(counts)
+    upsert(store, counts)
     expected: dict[tuple[int, tuple[str, ...]], int] = {}
     best: dict[tuple, int] = {}
     for c in counts:
@@ -113,7 +115,7 @@ def test_queries_page_through_results(aws_env: str) -> None:
     store = dynamodb_store(aws_env, page_size=7)
     calls: list[str] = []
     store.client.meta.events.register("provide-client-params.dynamodb.*", lambda model, **_: calls.append(model.name))
-    store.upsert([wc(("c1",), T0 + i * H, f"p{j}", i + j) for i in range(30) for j in range(2)])
+    upsert(store, [wc(("c1",), T0 + i * H, f"p{j}", i + j) for i in range(30) for j in range(2)])
 
     buckets = store.buckets("r", ("c1",), T0, T0 + 30 * H)
     queries = calls.count("Query")
@@ -136,11 +138,11 @@ def test_final_flag_rises_and_a_provisional_count_never_clears_it(aws_env: str) 
             TableName=store.table, Key={HASH_KEY: {"S": item_pk("r", ("c",))}, RANGE_KEY: {"S": item_sk(T0, "p")}}
         )["Item"]
 
-    store.upsert([wc(("c",), T0, "p", 4, final=False)])
+    upsert(store, [wc(("c",), T0, "p", 4, final=False)])
     assert (item()["count"]["N"], item()["final"]["N"]) == ("4", "0")
-    store.upsert([wc(("c",), T0, "p", 4, final=True)])  # same count, now final
+    upsert(store, [wc(("c",), T0, "p", 4, final=True)])  # same count, now final
     assert (item()["count"]["N"], item()["final"]["N"]) == ("4", "1")
-    store.upsert([wc(("c",), T0, "p", 5, final=False)])  # a later provisional max
+    upsert(store, [wc(("c",), T0, "p", 5, final=False)])  # a later provisional max
     assert (item()["count"]["N"], item()["final"]["N"]) == ("5", "1")
     store.close()
 
@@ -149,7 +151,7 @@ def test_upserts_are_conditional_updates_never_add(aws_env: str) -> None:
     store = dynamodb_store(aws_env)
     seen: list[dict] = []
     store.client.meta.events.register("provide-client-params.dynamodb.UpdateItem", lambda params, **_: seen.append(dict(params)))
-    store.upsert([wc(("c",), T0, "p", 2), wc(("d",), T0, "p", 3)])
+    upsert(store, [wc(("c",), T0, "p", 2), wc(("d",), T0, "p", 3)])
     assert len(seen) == 2
     for params in seen:
         assert "ADD" not in params["UpdateExpression"]
@@ -164,7 +166,7 @@ def test_items_carry_expires_at_when_ttl_is_configured(aws_env: str) -> None:
     store.ttl_seconds = 30 * 86_400
     enable_ttl(store.client, store.table, "expires_at")
     enable_ttl(store.client, store.table, "expires_at")  # already on: fine
-    store.upsert([wc(("c",), T0, "p", 1)])
+    upsert(store, [wc(("c",), T0, "p", 1)])
     item = store.client.get_item(TableName=store.table, Key={HASH_KEY: {"S": item_pk("r", ("c",))}, RANGE_KEY: {"S": item_sk(T0, "p")}})["Item"]
     assert int(item["expires_at"]["N"]) == T0 // 1_000_000 + 30 * 86_400
     ttl = store.client.describe_time_to_live(TableName=store.table)["TimeToLiveDescription"]

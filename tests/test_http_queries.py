@@ -15,6 +15,7 @@ import pytest
 from consumers.bucket_chart import render_png, render_svg, write_chart
 from streams.events import WindowCount
 from streams.timestamps import parse_timestamp_us
+from tests.count_support import upsert
 from tests.test_http_support import SEED_DATA, Service, run_cli, running_service
 
 pytestmark = pytest.mark.timeout(60)
@@ -37,7 +38,7 @@ def seed_counts(store, partitions: int = 2) -> None:
     counts.append(WindowCount("page_view_url_hourly", ("ethan", "http://something.com"), 3_600_000_000, "p0", 2, True))
     counts.append(WindowCount("page_view_url_hourly", ("mia", "http://something.com"), 0, "p0", 7, True))
     counts.append(WindowCount("button_click_hourly", ("ethan", "ABC"), 0, "p0", 5, True))
-    store.upsert(counts)
+    upsert(store, counts)
 
 
 def bars(svg_text: str) -> list[ET.Element]:

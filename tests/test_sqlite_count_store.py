@@ -1,0 +1,314 @@
+"""The SQLite count store taking frames: bulk key encoding (exactly
+json.dumps), the max-upsert contract against a model, one transaction per
+commit, a transaction SQLite drops, and `CountSink` driving it."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import tempfile
+import threading
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from consumers.count_sink import CountSink
+from consumers.sqlite_count_store import SqliteCountStore, encode_key, key_column
+from streams.events import BatchKind, WindowCount
+from streams.window_counter import CountedBatch
+from streams.window_counts import WindowCounts
+from tests.count_support import as_frames
+
+pytestmark = pytest.mark.timeout(120)
+
+H = 3_600_000_000
+T0 = 1_614_556_800_000_000  # 2021-03-01T00:00:00Z
+
+# Any text a polars String can hold: everything but lone surrogates.
+TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
+NASTY = st.sampled_from(['"', "\\", "\x00", "\x1f", "\x7f", "\n", "\t", "\u2028", "😀", ",", "[", "]", '\\"', "a", ""])
+VALUE = st.one_of(TEXT, st.lists(NASTY, max_size=4).map("".join))
+
+
+def committed_rows(path: Path) -> dict[tuple, tuple[int, int]]:
+    """What a second connection sees."""
+    with sqlite3.connect(path) as other:
+        rows = other.execute("SELECT rollup, key, window_start, partition, count, final FROM window_counts").fetchall()
+    return {(r, tuple(json.loads(k)), s, p): (c, f) for r, k, s, p, c, f in rows}
+
+
+# -- keys -------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 3).flatmap(lambda n: st.lists(st.tuples(*[VALUE] * n), min_size=1, max_size=20)))
+def test_keys_are_encoded_exactly_as_json_dumps(keys: list[tuple[str, ...]]) -> None:
+    fields = tuple(f"k{i}" for i in range(len(keys[0])))
+    columns = {f: [key[i] for key in keys] for i, f in enumerate(fields)} or {"x": [0] * len(keys)}
+    frame = pl.DataFrame(columns, schema={f: pl.String for f in fields} or None)
+    encoded = frame.select(key_column(fields))["key"].to_list()
+    assert encoded == [json.dumps(list(key), ensure_ascii=False, separators=(",", ":")) for key in keys]
+    assert encoded == [encode_key(key) for key in keys]
+
+
+def test_null_key_values_encode_as_json_null() -> None:
+    frame = pl.DataFrame({"a": ["x", None], "b": [None, 'q"']})
+    assert frame.select(key_column(("a", "b"), nullable=("a", "b")))["key"].to_list() == [
+        encode_key(("x", None)), encode_key((None, 'q"'))]  # type: ignore[arg-type]
+
+
+# -- the contract against a model -------------------------------------------
+
+COUNT = st.builds(
+    WindowCount,
+    rollup=st.sampled_from(["r", "s"]),
+    key=st.one_of(st.tuples(VALUE), st.tuples(st.sampled_from(["a", 'b"', "c\\"]), VALUE)),
+    window_start_us=st.sampled_from([T0 - 2 * H, T0, T0 + H, T0 + 5 * H, -H]),
+    partition=st.sampled_from(["p0", "p1", "kinesis:s/shardId-1"]),
+    count=st.integers(0, 30),
+    final=st.booleans(),
+)
+# ("upsert", counts) | ("commit",) | ("replay", i): upsert the i-th batch again
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("upsert"), st.lists(COUNT, max_size=15)),
+        st.tuples(st.just("commit")),
+        st.tuples(st.just("replay"), st.integers(0, 50)),
+    ),
+    max_size=25,
+)
+
+
+def _apply(model: dict, counts: list[WindowCount]) -> None:
+    for c in counts:
+        ident = (c.rollup, c.key, c.window_start_us, c.partition)
+        old_count, old_final = model.get(ident, (0, 0))
+        model[ident] = (max(old_count, c.count), max(old_final, int(c.final)))
+
+
+def _check(store: SqliteCountStore, path: Path, committed: dict) -> None:
+    assert committed_rows(path) == committed
+    for rollup in ("r", "s"):
+        sums: dict[tuple[int, tuple], int] = {}
+        for (r, key, start, _), (count, _) in committed.items():
+            if r == rollup:
+                sums[(start, key)] = sums.get((start, key), 0) + count
+        assert list(store.export(rollup)) == sorted((s, k, n) for (s, k), n in sums.items())
+        for key in {k for _, k in sums}:
+            assert store.total(rollup, key) == sum(n for (_, k), n in sums.items() if k == key)
+            expected = sorted((s, n) for (s, k), n in sums.items() if k == key and T0 - H <= s < T0 + 5 * H and n)
+            assert store.buckets(rollup, key, T0 - H, T0 + 5 * H) == expected
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(OPS)
+def test_the_store_keeps_the_max_per_window_and_partition_like_the_model(ops: list[tuple]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "counts.sqlite3"
+        store = SqliteCountStore(path)
+        current: dict = {}
+        committed: dict = {}
+        batches: list[list[WindowCount]] = []
+        try:
+            for op in ops:
+                if op[0] == "upsert":
+                    batches.append(op[1])
+                    store.upsert(as_frames(op[1]))
+                    _apply(current, op[1])
+                elif op[0] == "replay" and batches:
+                    again = batches[op[1] % len(batches)]
+                    store.upsert(as_frames(again))
+                    _apply(current, again)
+                elif op[0] == "commit":
+                    store.commit()
+                    committed = dict(current)
+                    _check(store, path, committed)
+                # Nothing is visible before a commit.
+                assert committed_rows(path) == committed
+            store.commit()
+            _check(store, path, current)
+            # Everything again, in one call: a replay changes nothing.
+            store.upsert(as_frames([c for batch in batches for c in batch]))
+            store.commit()
+            _check(store, path, current)
+        finally:
+            store.close()
+
+
+def test_a_second_connection_sees_nothing_before_commit_and_everything_after(tmp_path: Path) -> None:
+    path = tmp_path / "counts.sqlite3"
+    store = SqliteCountStore(path)
+    counts = [WindowCount("r", (f"c{i}",), T0 + (i % 3) * H, "p", i + 1, i % 2 == 0) for i in range(500)]
+    store.upsert(as_frames(counts[:300]))
+    store.upsert(as_frames(counts[300:]))
+    assert committed_rows(path) == {}
+    assert store.total("r", ("c7",)) == 0 and list(store.export("r")) == []  # queries read what is committed
+    store.commit()
+    assert committed_rows(path) == {("r", c.key, c.window_start_us, "p"): (c.count, int(c.final)) for c in counts}
+    assert store.total("r", ("c7",)) == 8
+    store.commit()  # nothing open: nothing to do
+    store.close()
+
+
+def test_close_commits_what_is_open(tmp_path: Path) -> None:
+    store = SqliteCountStore(tmp_path / "counts.sqlite3")
+    store.upsert(as_frames([WindowCount("r", ("c",), T0, "p", 3, True)]))
+    store.close()
+    assert committed_rows(tmp_path / "counts.sqlite3") == {("r", ("c",), T0, "p"): (3, 1)}
+
+
+def test_a_transaction_sqlite_rolls_back_is_applied_again_by_the_retry(tmp_path: Path) -> None:
+    """SQLITE_FULL rolls the whole open transaction back; the retried upsert
+    (RetryingCountStore) must not commit a transaction missing earlier upserts."""
+    path = tmp_path / "counts.sqlite3"
+    store = SqliteCountStore(path)
+    first = [WindowCount("r", (f"a{i}",), T0, "p", i + 1, True) for i in range(50)]
+    second = [WindowCount("r", (f"b{i}" * 40,), T0, "p", i + 1, True) for i in range(2000)]
+    store.upsert(as_frames(first))
+    store._db.execute("PRAGMA max_page_count=3")  # the disk is "full"
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        store.upsert(as_frames(second))
+    assert not store._db.in_transaction  # SQLite dropped the first upsert too
+    store._db.execute("PRAGMA max_page_count=1073741823")
+    store.upsert(as_frames(second))  # the retry
+    store.commit()
+    assert len(committed_rows(path)) == 2050
+    store.close()
+
+
+def test_a_failed_commit_is_retried_with_everything_since_the_last_commit(tmp_path: Path) -> None:
+    path = tmp_path / "counts.sqlite3"
+    store = SqliteCountStore(path)
+    store.upsert(as_frames([WindowCount("r", ("a",), T0, "p", 1, True)]))
+    store._db.execute("ROLLBACK")  # as SQLite does on an I/O error
+    store.commit()
+    assert committed_rows(path) == {("r", ("a",), T0, "p"): (1, 1)}
+    store.close()
+
+
+def test_keys_written_by_earlier_versions_are_the_same_rows(tmp_path: Path) -> None:
+    path = tmp_path / "counts.sqlite3"
+    key = ('q"u\\o\x01te', "ü😀")
+    store = SqliteCountStore(path)
+    store.close()
+    with sqlite3.connect(path) as old:  # as the per-window json.dumps store wrote it
+        old.execute("INSERT INTO window_counts VALUES (?, ?, ?, ?, ?, ?)",
+                    ("r", json.dumps(list(key), ensure_ascii=False, separators=(",", ":")), T0, "p", 5, 0))
+    store = SqliteCountStore(path)
+    store.upsert(as_frames([WindowCount("r", key, T0, "p", 4, True), WindowCount("r", key, T0 + H, "p", 2, False)]))
+    store.commit()
+    assert committed_rows(path) == {("r", key, T0, "p"): (5, 1), ("r", key, T0 + H, "p"): (2, 0)}
+    assert store.total("r", key) == 7
+    store.close()
+
+
+def test_queries_run_while_a_job_writes(tmp_path: Path) -> None:
+    store = SqliteCountStore(tmp_path / "counts.sqlite3")
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    seen: list[int] = []
+
+    def query() -> None:
+        try:
+            while not stop.is_set():
+                seen.append(store.total("r", ("c1",)))
+                store.buckets("r", ("c1",), T0, T0 + 1000 * H)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    reader = threading.Thread(target=query)
+    reader.start()
+    try:
+        for hour in range(200):
+            store.upsert(as_frames([WindowCount("r", (f"c{i}",), T0 + hour * H, "p", 1, True) for i in range(50)]))
+            if hour % 20 == 19:
+                store.commit()
+    finally:
+        stop.set()
+        reader.join()
+    store.commit()
+    assert not errors
+    assert seen == sorted(seen)  # committed counts only grow
+    assert store.total("r", ("c1",)) == 200
+    store.close()
+
+
+# -- CountSink --------------------------------------------------------------
+
+
+class RecordingStore:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def upsert(self, windows) -> None:
+        self.calls.append(("upsert", [len(w) for w in windows]))
+
+    def commit(self) -> None:
+        self.calls.append(("commit",))
+
+
+def _batch(counts: list[WindowCount]) -> CountedBatch:
+    return CountedBatch("p", BatchKind.DATA, windows=as_frames(counts))
+
+
+def test_count_sink_upserts_frames_and_commits_at_every_flush() -> None:
+    store = RecordingStore()
+    now = [0.0]
+    sink = CountSink(store, commit_interval=10, clock=lambda: now[0])  # type: ignore[arg-type]
+    sink.write(_batch([WindowCount("r", ("a",), T0, "p", 2, True), WindowCount("r", ("b",), T0, "p", 1, False)]))
+    sink.write(_batch([]))  # nothing: no call
+    assert store.calls == [("upsert", [2])] and sink.windows_written == 1
+    sink.flush()
+    assert store.calls[-1] == ("commit",)
+    now[0] = 11.0  # no checkpoint for a while (a file run): the sink commits by itself
+    sink.write(_batch([WindowCount("r", ("a",), T0 + H, "p", 2, True)]))
+    assert store.calls[-2:] == [("upsert", [1]), ("commit",)]
+    sink.close()
+    assert store.calls[-1] == ("commit",)
+
+
+def test_count_sink_commits_before_the_open_transaction_grows_too_large() -> None:
+    store = RecordingStore()
+    sink = CountSink(store, max_uncommitted=3, clock=lambda: 0.0)  # type: ignore[arg-type]
+    sink.write(_batch([WindowCount("r", (k,), T0, "p", 1, True) for k in "ab"]))
+    assert ("commit",) not in store.calls
+    sink.write(_batch([WindowCount("r", (k,), T0, "p", 1, True) for k in "cd"]))
+    assert store.calls[-1] == ("commit",)
+
+
+def test_frames_of_many_rollups_and_partitions_in_one_call(tmp_path: Path) -> None:
+    store = SqliteCountStore(tmp_path / "counts.sqlite3")
+    frames = [
+        WindowCounts.from_rows("r", ("customer_id",), H, "p0", [WindowCount("r", ("c",), T0, "p0", 2, True)]),
+        WindowCounts.from_rows("r", ("customer_id",), H, "p1", [WindowCount("r", ("c",), T0, "p1", 3, True)]),
+        WindowCounts.from_rows("u", ("user", "url"), H, "p0", [WindowCount("u", ("e", "http://x"), T0, "p0", 4, False)]),
+        WindowCounts.from_rows("u", ("user", "url"), H, "p0", []),
+    ]
+    store.upsert(frames)
+    store.commit()
+    assert store.buckets("r", ("c",), T0, T0 + H) == [(T0, 5)]
+    assert list(store.export("u")) == [(T0, ("e", "http://x"), 4)]
+    store.close()
+
+
+def test_retrying_count_store_retries_commits_too(tmp_path: Path) -> None:
+    from consumers.retrying_ports import Backoff, RetryingCountStore
+
+    class FlakyCommits(SqliteCountStore):
+        failures = 2
+
+        def commit(self) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise sqlite3.OperationalError("disk I/O error")
+            super().commit()
+
+    inner = FlakyCommits(tmp_path / "counts.sqlite3")
+    store = RetryingCountStore(inner, Backoff(sleep=lambda seconds: None))
+    store.upsert(as_frames([WindowCount("r", ("c",), T0, "p", 2, True)]))
+    store.commit()
+    assert inner.failures == 0 and store.total("r", ("c",)) == 2
+    store.close()
