@@ -1,56 +1,27 @@
-"""S3-style object keys built from event values, which are never trusted."""
+"""Object keys: the check every store applies, and the injective encoding of
+a value (a source partition, a rollup name) inside a file name.
+
+No event value is ever part of a key (docs/store.md): the writers build keys
+from a fixed layout, the UTC date and hour, the encoded source partition, and
+a position (raw events) or a window start and content digest (aggregates).
+"""
 
 from __future__ import annotations
 
 import hashlib
-import re
-import string
-from typing import Mapping
-
-MAX_PART_CHARS = 64
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
-
-
-def sanitize_key_part(value: object) -> str:
-    """One path segment that cannot escape its prefix.
-
-    `/`, `\\`, control characters and anything outside `[A-Za-z0-9._=-]` become
-    `_`; a segment made only of dots (`..`) is replaced. A value that had to be
-    changed, or was cut for being over-long, gets a digest of the original so
-    that distinct values stay distinct (`a/b` and `a_b` do not share a folder).
-
-    >>> sanitize_key_part("click")
-    'click'
-    >>> sanitize_key_part("../../etc/passwd")
-    '.._.._etc_passwd-3fe5b8a45dc8'
-    """
-    text = str(value)
-    safe = _UNSAFE.sub("_", text)
-    if not safe or set(safe) == {"."}:
-        safe = "_dots_" if safe else "_empty_"
-    if safe == text and len(safe) <= MAX_PART_CHARS:
-        return safe
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
-    return safe[: MAX_PART_CHARS - 13] + "-" + digest
-
-
-def render_key(template: str, values: Mapping[str, object]) -> str:
-    """Fill a key template such as
-    `events/event_type={event_type}/dt={dt}/hour={hour}/part-{partition}-{first_position}.jsonl.gz`;
-    every substituted value is sanitised.
-
-    >>> render_key("u/{customer_id}/x", {"customer_id": "a/b"})
-    'u/a_b-8f1d19cf4f86/x'
-    """
-    fields = {name for _, name, _, _ in string.Formatter().parse(template) if name}
-    missing = fields - set(values)
-    if missing:
-        raise KeyError(f"key template {template!r} uses unknown field(s): {', '.join(sorted(missing))}")
-    return template.format(**{name: sanitize_key_part(values[name]) for name in fields})
 
 
 def check_key(key: str) -> str:
-    """Reject a key that could leave its store's root."""
+    """Reject a key that could leave its store's root: empty, absolute, with
+    an empty, `.` or `..` part, a backslash or a NUL. Returns the key.
+
+    >>> check_key("events/dt=2021-03-01/hour=4/part-x-000000000001.parquet")
+    'events/dt=2021-03-01/hour=4/part-x-000000000001.parquet'
+    >>> check_key("events/../x")
+    Traceback (most recent call last):
+    ...
+    ValueError: unsafe object key: 'events/../x'
+    """
     parts = key.split("/")
     if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in key or "\\" in key:
         raise ValueError(f"unsafe object key: {key[:120]!r}")

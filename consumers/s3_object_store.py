@@ -3,12 +3,15 @@
 Usage::
 
     store = S3ObjectStore(aws_client("s3", aws), "my-bucket", prefix="rivulet/")
-    store.put("events/event_type=click/dt=2021-03-01/hour=04/part-x-000000000001.jsonl.gz", body)
+    store.put("events/dt=2021-03-01/hour=4/part-sqs%3Arivulet-queue-000000000001.parquet", body)
     store.get(key)
-    list(store.list("events/"))
+    list(store.list("events/dt=2021-03-01/"))
 
-Every key is checked with `check_key` (no `..`, no empty or absolute parts) and
-then lives under `prefix`, so a key built from event values cannot leave it.
+The keys are those of the local store (docs/store.md), under `prefix`: the
+put above writes `s3://my-bucket/rivulet/events/dt=2021-03-01/hour=4/...`.
+Every key is checked with `check_key` (no `..`, no empty or absolute parts, no
+backslash or NUL) before the prefix is added, so no key can leave it.
+
 A body larger than `multipart_threshold` goes up as a multipart upload in
 `part_size` parts (aborted on failure, so no orphaned parts are billed). A put
 of the same key replaces the object whole: S3 never shows half an object.

@@ -7,8 +7,8 @@ import pytest
 
 from consumers.dead_letter_file import DeadLetterFile, decode_dead_letter_record, dead_letter_line
 from consumers.local_object_store import LocalObjectStore
-from consumers.object_keys import check_key, render_key, sanitize_key_part
-from consumers.raw_event_writer import RawEventWriter
+from consumers.object_keys import MAX_NAME_CHARS, check_key, encode_name_part
+from consumers.raw_event_writer import RawEventWriter, raw_event_key
 from streams.events import NO_PROPERTIES, BatchKind, DeadLetter, Event, Reason
 from streams.window_counter import CountedBatch
 
@@ -32,23 +32,21 @@ def test_dead_letter_lines_keep_text_base64_and_truncate(tmp_path):
 
 
 @pytest.mark.parametrize("value", ["../../etc/passwd", "..", ".", "a/b", "a\\b", "a\x00b", "\n", "é" * 200, "", "x" * 500])
-def test_key_parts_cannot_escape_their_prefix(value):
-    part = sanitize_key_part(value)
-    assert "/" not in part and "\\" not in part and part not in ("", ".", "..")
-    assert all(32 < ord(c) < 127 for c in part)
-    assert len(part) <= 64
-    check_key(f"events/{part}/x")
+def test_a_partition_name_cannot_escape_its_key(value):
+    key = raw_event_key(value, 450_004, 1, ".parquet")
+    assert check_key(key) == key
+    root, dt, hour, name = key.split("/")
+    assert (root, dt, hour) == ("events", "dt=2021-05-03", "hour=4")
+    part = encode_name_part(value)
+    assert name == f"part-{part}-000000000001.parquet"
+    assert all(32 < ord(c) < 127 and c not in "/\\" for c in part)
+    assert len(part) <= MAX_NAME_CHARS
 
 
-def test_distinct_unsafe_values_stay_distinct():
-    assert sanitize_key_part("a/b") != sanitize_key_part("a_b")
-    assert sanitize_key_part("click") == "click"
-
-
-def test_render_key_and_unknown_fields():
-    assert render_key("u/{customer_id}/{dt}", {"customer_id": "bob", "dt": "2021-03-01"}) == "u/bob/2021-03-01"
-    with pytest.raises(KeyError):
-        render_key("u/{nope}", {})
+def test_distinct_partitions_stay_distinct():
+    values = ["a/b", "a_b", "a%2Fb", "a%252Fb", "x" * 500, "x" * 499 + "y"]
+    assert len({encode_name_part(v) for v in values}) == len(values)
+    assert encode_name_part("kinesis-shard_1.x") == "kinesis-shard_1.x"
 
 
 def test_local_object_store_refuses_escaping_keys(tmp_path):
