@@ -167,3 +167,20 @@ def test_open_objects_are_bounded_and_the_oldest_is_written_first(tmp_path):
     assert [k.split("/")[2] for k in written] == ["hour=1", "hour=2"]
     writer.flush()
     assert len(list(store.list())) == 5
+
+
+def test_a_large_sync_is_one_syncfs_not_one_fsync_per_object(tmp_path, monkeypatch):
+    import consumers.local_object_store as module
+
+    store = module.LocalObjectStore(tmp_path)
+    for i in range(module.SYNCFS_FROM + 10):
+        store.put(f"a/dt=2021-03-01/hour={i % 24}/part-{i}.parquet", b"x" * i)
+
+    def no_fsync(path):
+        raise AssertionError(f"fsync of {path}: expected one syncfs for the whole batch")
+
+    monkeypatch.setattr(module, "_fsync_file", no_fsync)
+    monkeypatch.setattr(module, "_fsync_dir", no_fsync)
+    store.sync()
+    assert store.unsynced == []
+    assert store.get("a/dt=2021-03-01/hour=3/part-3.parquet") == b"xxx"
