@@ -15,6 +15,7 @@ import csv
 import hashlib
 import json
 import json.scanner
+import re
 from dataclasses import dataclass, field
 from itertools import compress, repeat
 from operator import add, eq, is_not, not_
@@ -221,6 +222,16 @@ class EventsCsvParser:
         return Event(customer_id, event_type, transaction_id, parse_timestamp_us(timestamp.strip(), self.naive_zone), NO_PROPERTIES)
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_encode_json_check = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
+
+# `Event.to_json_line` of an event without properties, fields without
+# escapes or control characters (anything else takes the Python paths).
+_JSON_TEXT = r'"([^"\\\x00-\x1f]+)"'
+_CANONICAL_NDJSON = (rf'^\{{"v":1,"customer_id":{_JSON_TEXT},"event_type":{_JSON_TEXT},'
+                     rf'"transaction_id":{_JSON_TEXT},"timestamp":{_JSON_TEXT}\}}$')
+
+
 @dataclass
 class NdjsonParser:
     """One JSON object per line; extra properties are kept.
@@ -240,6 +251,37 @@ class NdjsonParser:
     def _clean_rows(self, batch: RecordBatch) -> tuple[EventColumns, list[bool]]:
         """The common records as columns, and which records they were.
 
+        Records exactly as the daemon writes them (`Event.to_json_line`: the
+        spool, Kinesis, SQS and the collector) are read by native kernels: one
+        regex takes the four fields, which hold no escape or control
+        character, so their text is their value. The rest take the Python
+        column path (`_python_rows`), and what that leaves, the per-record one.
+        """
+        records = pl.Series(batch.records, dtype=pl.Binary)
+        try:
+            texts = records.cast(pl.String)
+        except pl.exceptions.ComputeError:  # not UTF-8: all by the Python paths
+            return self._python_rows(batch)
+        fields = texts.str.extract_groups(_CANONICAL_NDJSON).struct.unnest()
+        c, e, x, stamp = (fields[name] for name in fields.columns)
+        times = timestamp_column_us(stamp)
+        canonical = (times.is_not_null() & (records.bin.size() <= self.max_record_bytes)).fill_null(False)
+        frame = pl.DataFrame([c, e, x, times, pl.Series(batch.positions, dtype=pl.Int64)],
+                             schema=list(SCHEMA)).filter(canonical)
+        native = EventColumns(batch.partition, frame)
+        if canonical.all():
+            return native, [True] * len(batch.records)
+        rest = (~canonical).arg_true().to_list()
+        others, others_clean = self._python_rows(RecordBatch.data(
+            batch.partition, [batch.records[i] for i in rest], [batch.positions[i] for i in rest]))
+        is_clean = canonical.to_list()
+        for index, ok in zip(rest, others_clean):
+            is_clean[index] = ok
+        return EventColumns.concat(batch.partition, [native, others]), is_clean
+
+    def _python_rows(self, batch: RecordBatch) -> tuple[EventColumns, list[bool]]:
+        """The common records as columns, and which records they were.
+
         Common: a JSON object alone on its line (no padding), with non-empty
         string core fields, an ISO string timestamp with an offset, and no
         other field than `v`. The JSON of the whole batch is read by the C
@@ -256,6 +298,10 @@ class NdjsonParser:
                 pass
         if len(texts) != n:  # undecodable, or a record holds a newline: all on their own
             return EventColumns.empty(batch.partition), [False] * n
+        if _SURROGATE_ESCAPE.search("\n".join(texts)):
+            # A \uD800-\uDFFF escape may be a lone surrogate, which no
+            # column, file or store can hold: such records go on their own.
+            texts = ["" if _SURROGATE_ESCAPE.search(t) else t for t in texts]
         scanned: list[Any] = []
         while len(scanned) < n:
             try:
@@ -297,6 +343,12 @@ class NdjsonParser:
             raise ParseError(Reason.MALFORMED, f"bad JSON: {exc}") from None
         if not isinstance(obj, dict):
             raise ParseError(Reason.MALFORMED, f"expected a JSON object, got {type(obj).__name__}")
+        if _SURROGATE_ESCAPE.search(text):
+            try:
+                _encode_json_check(obj).encode()
+            except UnicodeEncodeError:
+                raise ParseError(Reason.NOT_UTF8, "a JSON string holds a lone surrogate (\\uD800-\\uDFFF), "
+                                                  "which is not Unicode text") from None
         customer_id = _require(obj.pop("customer_id", None), "customer_id")
         event_type = _require(obj.pop("event_type", None), "event_type")
         transaction_id = _require(obj.pop("transaction_id", None), "transaction_id")
