@@ -7,13 +7,19 @@ adapter's own config dataclass from `Settings.section(name)`.
 Environment overrides: `RIVULET__<SECTION>__<KEY>=value` (value parsed as a
 TOML value when it is one, e.g. `10`, `true`, `["a"]`, else a string), plus the
 shortcut `RIVULET_DATA_DIR`.
+
+Strict: an unknown section or key, in the profile or in an override, is a
+`ConfigError` naming it (and the variable, for an override), with the closest
+known key as a hint. `Settings.sources` says where each value set came from.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import os
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta, tzinfo
 from pathlib import Path
 from typing import Any, Mapping
@@ -55,6 +61,24 @@ class AggregatesSettings:
     key_template: str = "aggregates/{rollup}"
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def check_log_level(value: object, name: str = "logging.level") -> str:
+    """A log level name (any case) as logging's upper-case name, or ConfigError."""
+    level = value.upper() if isinstance(value, str) else None
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{name}: unknown log level {value!r}, expected one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str | None = None  # None: the command line's --log-level
+    access_log: bool = True  # one INFO line per HTTP request (no credentials)
+    progress_interval: timedelta = timedelta(seconds=60)  # INFO progress lines of long jobs
+
+
 @dataclass(frozen=True)
 class Settings:
     profile: str
@@ -77,6 +101,10 @@ class Settings:
     aggregates: AggregatesSettings
     dead_letter_max_record_bytes: int
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    # Dotted key -> where its value came from: "file <path>" or "environment <VAR>".
+    # Keys not listed have their default.
+    sources: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def section(self, name: str) -> Mapping[str, Any]:
         return self.sections.get(name, {})
@@ -114,19 +142,50 @@ def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[s
         raise ConfigError(f"config file not found: {profile}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {profile} is not valid TOML: {exc}") from None
-    _apply_environment(raw, environ)
-    return _build(raw, profile)
+    sources = {key: f"file {profile}" for key in _leaf_keys(raw)}
+    _apply_environment(raw, environ, sources)
+    check_known_keys(raw, sources)
+    try:
+        return replace(_build(raw, profile), sources=sources)
+    except ConfigError as exc:
+        raise with_origin(exc, sources) from None
 
 
-def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+def with_origin(exc: ConfigError, sources: Mapping[str, str]) -> ConfigError:
+    """`exc` with the environment variable that set the key it names, if one did."""
+    message = str(exc)
+    if message.startswith("config key "):
+        key = message[len("config key "):].split(":", 1)[0]
+        origin = sources.get(key, "")
+        if origin.startswith("environment "):
+            return ConfigError(f"{origin}: {message}")
+    return exc
+
+
+def _leaf_keys(table: Mapping[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            keys.extend(_leaf_keys(value, name + "."))
+        else:
+            keys.append(name)
+    return keys
+
+
+def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str], sources: dict[str, str] | None = None) -> None:
+    sources = {} if sources is None else sources
     if environ.get("RIVULET_DATA_DIR"):
         raw.setdefault("pipeline", {})["data_dir"] = environ["RIVULET_DATA_DIR"]
-    for name, text in environ.items():
+        sources["pipeline.data_dir"] = "environment RIVULET_DATA_DIR"
+    for name, text in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX):
             continue
         path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
         if not path:
-            continue
+            raise ConfigError(f"environment {name}: expected {ENV_PREFIX}<SECTION>__<KEY>")
+        if len(path) == 1:
+            raise ConfigError(f"environment {name}: names a section, expected {ENV_PREFIX}{path[0].upper()}__<KEY>")
         try:
             value = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
@@ -137,6 +196,83 @@ def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
             if not isinstance(target, dict):
                 raise ConfigError(f"environment {name}: {'.'.join(path[:-1])} is not a section")
         target[path[-1]] = value
+        sources[".".join(path)] = f"environment {name}"
+
+
+# The keys of each section this module parses. Adapter sections are parsed by
+# their own dataclass (one field per key), imported only when the section is
+# set. `[aws]` is checked by `AwsConfig.from_settings` itself, wherever AWS is
+# used (the aws backend, a kinesis: or sqs: transport), so a local profile
+# never imports boto3.
+SECTION_KEYS: dict[str, frozenset[str]] = {
+    "pipeline": frozenset({
+        "backend", "data_dir", "format", "lateness", "future_tolerance", "naive_timezone", "batch_size",
+        "max_record_bytes", "checkpoint_interval", "stop_timeout", "provisional_interval", "idle_poll_interval",
+    }),
+    "query": frozenset({"rollup", "max_range"}),
+    "raw_events": frozenset({"enabled", "format", "max_bytes", "max_age", "max_open_objects", "max_buffered_bytes",
+                             "key_template"}),  # key_template: refused with its own message below
+    "aggregates": frozenset({"enabled", "key_template"}),
+    "dead_letters": frozenset({"max_record_bytes"}),
+    "logging": frozenset({"level", "access_log", "progress_interval"}),
+}
+ROLLUP_KEYS = frozenset({"key", "window"})
+ADAPTER_SECTIONS: dict[str, str] = {
+    "http": "service.settings:HttpSettings",
+    "optimizely": "optimizely_integration.settings:OptimizelySettings",
+    "aws": "producers.aws_clients:AwsConfig",
+}
+SELF_CHECKED_SECTIONS = frozenset({"aws"})
+
+
+def adapter_keys(section: str) -> frozenset[str] | None:
+    """The keys of an adapter's section (its dataclass fields), or None when
+    the adapter is not installed."""
+    module_name, _, class_name = ADAPTER_SECTIONS[section].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            return None
+        raise
+    return frozenset(f.name for f in fields(getattr(module, class_name)))
+
+
+def _unknown(kind: str, name: str, known: frozenset[str] | set[str], sources: Mapping[str, str]) -> ConfigError:
+    last = name.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(last, sorted(known), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}?)" if close else f", expected one of {', '.join(sorted(known))}"
+    origin = sources.get(name) or next((v for k, v in sources.items() if k.startswith(name + ".")), "")
+    where = f"{origin}: " if origin.startswith("environment ") else ""
+    return ConfigError(f"{where}config key {name}: unknown {kind}{hint}")
+
+
+def check_known_keys(raw: Mapping[str, Any], sources: Mapping[str, str] | None = None) -> None:
+    """Refuse any section or key nobody reads: a typo must not be ignored."""
+    sources = sources or {}
+    sections = set(SECTION_KEYS) | set(ADAPTER_SECTIONS) | {"rollups"}
+    for section, table in raw.items():
+        if section not in sections:
+            raise _unknown("section", section, sections, sources)
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"config key {section}: expected a table")
+        if section == "rollups":
+            for name, rollup in table.items():
+                if isinstance(rollup, Mapping):
+                    for key in rollup:
+                        if key not in ROLLUP_KEYS:
+                            raise _unknown("key", f"rollups.{name}.{key}", ROLLUP_KEYS, sources)
+            continue
+        known = SECTION_KEYS.get(section)
+        if known is None:
+            if not table or section in SELF_CHECKED_SECTIONS:
+                continue
+            known = adapter_keys(section)
+            if known is None:
+                continue
+        for key in table:
+            if key not in known:
+                raise _unknown("key", f"{section}.{key}", known, sources)
 
 
 class _Reader:
@@ -259,6 +395,13 @@ def _build(raw: dict[str, Any], profile: Path) -> Settings:
     aggregates = _Reader(raw.get("aggregates", {}), "aggregates")
     query = _Reader(raw.get("query", {}), "query")
     dead = _Reader(raw.get("dead_letters", {}), "dead_letters")
+    logs = _Reader(raw.get("logging", {}), "logging")
+    level = logs.get("level", (str, type(None)), None)
+    logging_settings = LoggingSettings(
+        level=check_log_level(level, "config key logging.level") if level is not None else None,
+        access_log=logs.get("access_log", bool, True),
+        progress_interval=logs.duration("progress_interval", "60s"),
+    )
     settings = Settings(
         profile=str(profile),
         backend=backend,
@@ -280,6 +423,7 @@ def _build(raw: dict[str, Any], profile: Path) -> Settings:
         aggregates=_aggregates(aggregates, rollups),
         dead_letter_max_record_bytes=dead.positive_int("max_record_bytes", 64 * 1024),
         sections=raw,
+        logging=logging_settings,
     )
     settings.rollup(settings.query_rollup)  # fail early on a typo
     return settings

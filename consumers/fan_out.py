@@ -3,12 +3,16 @@ checkpoint the source only past what every sink holds durably."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable, Sequence
 
 from consumers.ports import Sink
 from consumers.run_summary import RunSummary
+from observability.metrics import SINK_FLUSH_LATENCY, PipelineMetrics, timed_sink
 from streams.window_counter import CountedBatch
+
+log = logging.getLogger(__name__)
 
 Commit = Callable[[str, int, "int | None"], None]
 
@@ -27,8 +31,11 @@ class SinkFanOut:
         commit: Commit | None = None,
         checkpoint_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        metrics: PipelineMetrics | None = None,
     ) -> None:
         self.sinks = list(sinks)
+        self.metrics = metrics or PipelineMetrics()
+        self._named = [(getattr(sink, "name", type(sink).__name__), sink) for sink in self.sinks]
         self.summary = summary
         self.commit = commit
         self.checkpoint_interval = checkpoint_interval
@@ -39,9 +46,11 @@ class SinkFanOut:
         self.batches = 0
 
     def on_next(self, batch: CountedBatch) -> None:
-        for sink in self.sinks:
-            sink.write(batch)
+        for name, sink in self._named:
+            with timed_sink(name):
+                sink.write(batch)
         self.summary.add(batch)
+        self.metrics.on_batch(batch)
         self.batches += 1
         if batch.read or batch.windows:
             point = (batch.safe_position, batch.safe_watermark_us)
@@ -52,8 +61,9 @@ class SinkFanOut:
             self.checkpoint()
 
     def checkpoint(self) -> None:
-        for sink in self.sinks:
-            sink.flush()
+        for name, sink in self._named:
+            with timed_sink(name, SINK_FLUSH_LATENCY):
+                sink.flush()
         self._commit()
 
     def _commit(self) -> None:
@@ -71,6 +81,8 @@ class SinkFanOut:
             if position > self._committed.get(partition, -1):
                 self.commit(partition, position, watermark)
                 self._committed[partition] = position
+                log.debug("checkpoint %s at position %d (watermark %s)", partition, position, watermark)
+        self.metrics.checkpoint()
 
     def close(self) -> None:
         # Close (drain) the sinks first, so what they deliver while closing is

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import inject
 
 from config.bindings import configure
-from config.settings import ConfigError, Settings, load_settings
+from config.settings import ConfigError, Settings, check_log_level, load_settings
 from consumers.bucket_query import query_buckets
 from consumers.ports import CountStore, DeadLetterSink
 from consumers.retrying_ports import STOP_REQUESTED
@@ -75,11 +75,14 @@ def _source_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from daemon.version import __version__
+
     parser = argparse.ArgumentParser(
-        prog="run_stream_processing.py",
+        prog="rivulet",
         description="Rivulet: event-time window counts from files, spools, Kinesis and HTTP.",
     )
-    parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--version", action="version", version=f"rivulet {__version__}")
+    parser.add_argument("--log-level", default="WARNING", help="DEBUG | INFO | WARNING (default) | ERROR | CRITICAL")
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     sub = parser.add_subparsers(dest="command")
 
@@ -88,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     _source_args(run)
     run.add_argument("--processes", type=int, default=1, choices=[1, 2], help="2: producer and consumer processes")
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
+    run.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port while running")
+    run.add_argument("--metrics-host", default="127.0.0.1", help="address of --metrics-port (default 127.0.0.1)")
 
     produce = sub.add_parser("produce", help="parse an input and send its events to a transport")
     _common(produce)
@@ -191,10 +196,14 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         from daemon.http_commands import embedded_http  # [http] enabled: serve while an endless run runs
 
         endless = getattr(source, "count", 0) is None
+        from daemon.observe import metrics_server
+
         with ServiceLoop("run") as service, stop_on_signals(source.stop, settings, service), \
-                embedded_http(settings, endless=endless):
+                embedded_http(settings, endless=endless), metrics_server(args.metrics_host, args.metrics_port):
             summary = run_job(settings, source.observable(), parser, on_ready=service.ready if endless else None,
-                              unbounded=endless)
+                              unbounded=endless, sinks_thread=not endless, name="run",
+                              source_name=_source_name(args, source),
+                              input_file=args.input if isinstance(source, FileSource) else None)
     _print_summary(summary, settings, args.json)
     return 0
 
@@ -228,11 +237,47 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
             embedded_http(settings, source=reader):
         try:
             summary = run_job(settings, reader.batches(), parser_for(settings, "ndjson"), commit=reader.commit,
-                              on_ready=lambda: service.ready(args.source_uri), unbounded=True)
+                              on_ready=lambda: service.ready(args.source_uri), unbounded=True, name="consume",
+                              source_name=args.source_uri, queue_depth=_queue_depth(reader))
         finally:
             stop.set()
     _print_summary(summary, settings, args.json)
     return 0
+
+
+def _source_name(args: argparse.Namespace, source: object) -> str:
+    if isinstance(source, FileSource):
+        return f"file:{args.input}"
+    return f"random (seed {args.seed}, count {'endless' if args.count is None else args.count})"
+
+
+def _queue_depth(reader: object) -> Callable[[], int] | None:
+    """Batches waiting in a reader's queue (Kinesis pollers), if it has one."""
+    depth = getattr(reader, "queue_depth", None)
+    if callable(depth):
+        return depth
+    queue = getattr(reader, "_queue", None)
+    return queue.qsize if queue is not None and hasattr(queue, "qsize") else None
+
+
+def require_store(settings: Settings) -> None:
+    """A query of a store that does not exist is a user error (a wrong
+    --data-dir, a typo), not an empty answer."""
+    if settings.backend == "local" and not settings.count_db.is_file():
+        raise CliError(f"no count store at {settings.count_db}: check --data-dir / pipeline.data_dir "
+                       f"(a store is created by run or consume)")
+
+
+class _ExistingStore:
+    """The bound count store, checked to exist on first use (so that argument
+    errors are reported first)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def __getattr__(self, name: str):
+        require_store(self.settings)
+        return getattr(inject.instance(CountStore), name)
 
 
 @command("query")
@@ -242,7 +287,7 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
         end_us = parse_timestamp_us(args.end, settings.naive_timezone)
     except ValueError as exc:
         raise CliError(f"bad timestamp: {exc}") from None
-    result = query_buckets(inject.instance(CountStore), settings.rollup(settings.query_rollup), settings.query_max_range,
+    result = query_buckets(_ExistingStore(settings), settings.rollup(settings.query_rollup), settings.query_max_range,
                            args.customer, start_us, end_us)
     print(json.dumps(result))
     if args.plot:
@@ -255,6 +300,7 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
 @command("export")
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     spec = settings.rollup(args.rollup)
+    require_store(settings)
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(["window_start", *spec.key_fields, "count"])
     for start, key, count in inject.instance(CountStore).export(spec.name):
@@ -306,19 +352,24 @@ class stop_on_signals:
 
 
 def _reload_log_level(args: argparse.Namespace) -> None:
-    level = load_settings(getattr(args, "config", None)).section("logging").get("level", args.log_level)
-    logging.getLogger().setLevel(str(level).upper())
+    level = load_settings(getattr(args, "config", None)).logging.level or args.log_level
+    logging.getLogger().setLevel(level.upper())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if not argv:
+    if not argv and BUNDLED_SAMPLE.is_file():
         argv = ["run", "--input", str(BUNDLED_SAMPLE)]
     args = parser.parse_args(argv)
     from daemon.gc_policy import relax_garbage_collection
     from daemon.logs import setup_logging
 
+    try:
+        args.log_level = check_log_level(args.log_level, "--log-level")
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     setup_logging(args.log_level, args.log_format)
     relax_garbage_collection()
     if args.command is None:
@@ -326,9 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         settings = load_for(args)
-        configured_level = settings.section("logging").get("level")
+        configured_level = settings.logging.level
         if configured_level and args.log_level == "WARNING":
-            logging.getLogger().setLevel(str(configured_level).upper())
+            logging.getLogger().setLevel(configured_level)
         on_reload("log level", lambda: _reload_log_level(args))
         return COMMANDS[args.command](args, settings)
     except (CliError, ConfigError, ValueError, KeyError, OSError) as exc:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 import threading
 from datetime import timedelta
-from dataclasses import dataclass
 from typing import Callable
 
 import inject
 import reactivex
+from reactivex import operators as ops
 
 from config.settings import Settings
+from daemon.progress import FilePosition, JobProgress, format_duration
 from observability.health import HEALTH
+from observability.metrics import QUEUE_DEPTH, PipelineMetrics
 from consumers.aggregate_writer import AggregateWriter
 from consumers.count_sink import CountSink
 from consumers.dead_letter_sink import DeadLetterOutput
@@ -24,14 +26,14 @@ from consumers.run_summary import RunSummary
 from producers.file_source import wall_clock_us
 from streams.parsers import RecordParser, make_parser
 from streams.count_windows import count_windows
+from daemon.hand_off import hand_off
 from streams.pipeline import build_pipeline, make_counter
 
+# Batches the sinks' thread may fall behind the counter: enough to ride out
+# an fsync, few enough that memory stays that of a handful of batches.
+SINK_QUEUE_BATCHES = 4
 
-@dataclass
-class JobOptions:
-    format: str | None = None
-    progress_total: int | None = None  # records expected, for the progress bar
-    show_progress: bool = False
+log = logging.getLogger("rivulet")
 
 
 def build_sinks(settings: Settings) -> list[Sink]:
@@ -76,28 +78,47 @@ def run_job(
     commit: Commit | None = None,
     sinks: list[Sink] | None = None,
     wall_clock: Callable[[], int] = wall_clock_us,
-    progress_total: int | None = None,
     on_ready: Callable[[], None] | None = None,
     parsed: bool = False,
     unbounded: bool = False,
+    name: str = "job",
+    source_name: str = "",
+    input_file: str | None = None,
+    queue_depth: Callable[[], int] | None = None,
+    sinks_thread: bool = False,
 ) -> RunSummary:
     """Subscribe the pipeline on this thread and block until the source
     completes; then flush and checkpoint every sink. Raises what broke the
     stream (a sink failure, never a bad record). With `parsed=True` the
-    source already yields `ParsedBatch`es (parsed in another process)."""
+    source already yields `ParsedBatch`es (parsed in another process).
+
+    Logs at INFO a start line (profile, source, sinks, rollups), `ready`, a
+    progress line every `[logging] progress_interval` and a stop line; on a
+    terminal it draws a progress bar (bytes of `input_file`, when given)."""
     counter = make_counter(settings.rollups, settings.lateness, wall_clock, settings.future_tolerance,
                            settings.provisional_interval if unbounded else timedelta(0))
     summary = RunSummary()
-    fan_out = SinkFanOut(sinks if sinks is not None else build_sinks(settings), summary, commit, settings.checkpoint_interval)
+    metrics = PipelineMetrics()
+    sinks = sinks if sinks is not None else build_sinks(settings)
+    fan_out = SinkFanOut(sinks, summary, commit, settings.checkpoint_interval, metrics=metrics)
     errors: list[BaseException] = []
     done = threading.Event()
-    progress = _progress_bar(progress_total)
+    position = _file_position(input_file)
+    # Lag is end-to-end on a live source; on a finite input it is only the input's age.
+    progress = JobProgress(name, position, interval=settings.logging.progress_interval.total_seconds(),
+                           lag=metrics.lag_seconds if unbounded else (lambda: None))
+    depth_label = source_name.split(":", 1)[0] or "source"
+    log.info("%s: starting: source %s, profile %s (backend %s, data %s), sinks %s, rollups %s, lateness %s",
+             name, source_name or "?", settings.profile, settings.backend, settings.data_dir,
+             ", ".join(getattr(s, "name", type(s).__name__) for s in sinks),
+             ", ".join(r.name for r in settings.rollups), format_duration(settings.lateness))
 
     def on_next(batch) -> None:
         fan_out.on_next(batch)
         HEALTH.progress(batch.read)
-        if progress is not None:
-            progress.update(batch.read)
+        if queue_depth is not None:
+            QUEUE_DEPTH.labels(depth_label).set(queue_depth())
+        progress.update(summary)
 
     def on_error(exc: BaseException) -> None:
         errors.append(exc)
@@ -105,24 +126,31 @@ def run_job(
 
     if on_ready is not None:
         on_ready()
+    log.info("%s: ready", name)
+    if position is not None and not parsed:
+        source = source.pipe(ops.do_action(lambda batch: position.add_records(sum(map(len, batch.records))
+                                                                                 + len(batch.records))))
     stream = source.pipe(count_windows(counter)) if parsed else build_pipeline(source, parser, counter)
+    if sinks_thread:  # sinks on a second core (a source without commits only: see daemon/hand_off.py)
+        stream = stream.pipe(hand_off(SINK_QUEUE_BATCHES))
     stream.subscribe(on_next, on_error, done.set)
     done.wait()
-    if progress is not None:
-        progress.close()
+    progress.close()
     try:
         fan_out.close()
     finally:
         if errors:
+            log.error("%s: stopped by an error after %s", name, progress.line(summary))
             raise errors[0]
+    log.info("%s: stopped: %s; %d windows written in %.1f s", name, progress.line(summary).split(": ", 1)[1],
+             summary.windows_written, summary.seconds)
     return summary
 
 
-def _progress_bar(total: int | None):
-    if not sys.stderr.isatty():
+def _file_position(path: str | None) -> FilePosition | None:
+    if not path:
         return None
     try:
-        from tqdm import tqdm
-    except ImportError:
+        return FilePosition(path)
+    except OSError:
         return None
-    return tqdm(total=total, unit="ev", unit_scale=True, leave=False, file=sys.stderr)

@@ -1,0 +1,3 @@
+"""The version of Rivulet (pyproject.toml reads it from here)."""
+
+__version__ = "0.14.0"
