@@ -20,6 +20,10 @@ SCHEMA_VERSION = 1
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 US_PER_SECOND = 1_000_000
+MIN_US = -62_135_596_800_000_000
+"""0001-01-01T00:00:00Z: the first instant an event may have."""
+MAX_US = 253_402_300_799_999_999
+"""9999-12-31T23:59:59.999999Z: the last one."""
 
 
 def us_to_datetime(us: int) -> datetime:
@@ -34,7 +38,9 @@ def datetime_to_us(dt: datetime) -> int:
 
 @lru_cache(maxsize=8192)
 def _second_text(second: int) -> str:
-    return us_to_datetime(second * US_PER_SECOND).strftime("%Y-%m-%dT%H:%M:%S")
+    # Not strftime: its %Y writes the year 999 as `999`, which no ISO reader takes.
+    t = us_to_datetime(second * US_PER_SECOND)
+    return f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
 
 
 def format_utc(us: int) -> str:

@@ -11,7 +11,6 @@ operator chains cost about 1 µs per operator per event, a loop does not.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import json.scanner
@@ -26,7 +25,7 @@ import polars as pl
 
 from streams.event_columns import CORE_FIELDS, SCHEMA, EventColumns
 from streams.events import NO_PROPERTIES, DeadLetter, Event, ParseError, Reason, RecordBatch
-from streams.timestamps import parse_timestamp_column, parse_timestamp_us, timestamp_column_us
+from streams.timestamps import COMMON_STAMP, parse_timestamp_column, parse_timestamp_us, timestamp_column_us
 
 CSV_HEADER = "customer_id,event_type,transaction_id,timestamp"
 DEFAULT_MAX_RECORD_BYTES = 1 << 20
@@ -74,13 +73,15 @@ LineParser = Callable[[str], "Event | None"]
 _scan_json = json.scanner.make_scanner(json.JSONDecoder())
 
 
-def _run(out: ParsedBatch, records: Sequence[bytes], positions: Sequence[int], parse_line: LineParser, max_bytes: int) -> list[Event]:
-    """The general per-record path: decode, skip blanks, parse, dead-letter errors."""
+def _run(out: ParsedBatch, records: Sequence[bytes], positions: Sequence[int], parse_line: LineParser, max_bytes: int,
+         strip: str | None = None) -> list[Event]:
+    """The general per-record path: decode, strip (`strip`: these characters,
+    None: any whitespace), skip blanks, parse, dead-letter errors."""
     events: list[Event] = []
     partition = out.source.partition
     for data, position in zip(records, positions):
         try:
-            text = _decode(data, max_bytes).strip()
+            text = _decode(data, max_bytes).strip(strip)
             if not text:
                 out.blank += 1
                 continue
@@ -130,14 +131,14 @@ def _mark_unclean(is_clean: list[bool], rows: Sequence[int]) -> None:
 
 
 def _clean_then_odd(batch: RecordBatch, columns: EventColumns, is_clean: list[bool], parse_line: LineParser,
-                    max_bytes: int) -> ParsedBatch:
+                    max_bytes: int, strip: str | None = None) -> ParsedBatch:
     """A batch's common rows, parsed as columns, with the other rows sent
     down the per-record path, merged back in position order."""
     out = ParsedBatch.of(batch)
     if len(columns) < len(batch.records):
         is_odd = list(map(not_, is_clean))
         odd = _run(out, list(compress(batch.records, is_odd)), list(compress(batch.positions, is_odd)), parse_line,
-                   max_bytes)
+                   max_bytes, strip)
         if odd:
             columns = EventColumns.concat(batch.partition, [columns, EventColumns.from_events(batch.partition, odd)])
     out.events = columns
@@ -154,7 +155,67 @@ def _utf8_or_none(record: bytes) -> str | None:
 def _require(value: object, name: str) -> str:
     if not isinstance(value, str) or not value:
         raise ParseError(Reason.MISSING_FIELD, f"field {name!r} is missing or empty")
+    control = _CONTROL.search(value)
+    if control:
+        raise ParseError(Reason.MALFORMED, f"field {name!r} holds a control character ({_char_name(control.group())})")
     return value
+
+
+# What the HTTP collector refuses in an identifier (service/collector.py), and
+# the file formats refuse in a record: C0 controls and DEL.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# events-csv, one field: wholly quoted (`""` for a quote), or bare, without a quote.
+_CSV_FIELD = re.compile(r'"((?:[^"]|"")*)"|([^",]*)')
+CSV_STRIP = " \t"
+"""What an events-csv line is stripped of at both ends (a line of only these is blank)."""
+
+
+def _char_name(char: str) -> str:
+    return f"U+{ord(char):04X}"
+
+
+def csv_fields(text: str) -> list[str]:
+    '''The fields of one events-csv line, read strictly (RFC 4180 on one
+    line): a field is bare, without a quote, or wholly quoted, with `""` for
+    a quote inside. A record is one line: a line break inside a quoted field
+    is refused like every control character, so each line of such a field
+    fails on its own (unterminated quote, quote in a bare field) and no part
+    of it can pass for a record. Raises `ParseError` (malformed).
+
+    >>> csv_fields('"acme, inc",view,"say ""hi""",2021-03-01T00:00:00Z')
+    ['acme, inc', 'view', 'say "hi"', '2021-03-01T00:00:00Z']
+    '''
+    control = _CONTROL.search(text)
+    if control:
+        raise ParseError(Reason.MALFORMED, f"control character {_char_name(control.group())} at character "
+                                           f"{control.start() + 1}: refused in every field, as over HTTP")
+    fields: list[str] = []
+    at, end = 0, len(text)
+    while True:
+        match = _CSV_FIELD.match(text, at)
+        assert match is not None  # the bare alternative matches the empty string
+        quoted, bare = match.groups()
+        fields.append(bare if quoted is None else quoted.replace('""', '"'))
+        at = match.end()
+        if at == end:
+            return fields
+        if text[at] == ",":
+            at += 1
+            continue
+        if quoted is not None:
+            problem = "text after the closing quote"
+        elif bare:
+            problem = "a quote inside a bare field (quote the whole field, and double the quote)"
+        else:
+            problem = "a quoted field without its closing quote (a field cannot hold a line break)"
+        raise ParseError(Reason.MALFORMED, f"bad CSV: {problem}, in field {len(fields)} at character {at + 1}")
+
+
+# The common row, as one native regex: four fields, none empty, without a
+# quote or a control character, no space at either end, and a timestamp of
+# the common shape. Every other record takes the per-record path.
+_BARE = r'[^",\x00-\x1f\x7f]'
+_COMMON_CSV_ROW = rf'^[^",\x00-\x1f\x7f ]{_BARE}*,{_BARE}+,{_BARE}+,{COMMON_STAMP}$'
 
 
 @dataclass
@@ -172,13 +233,14 @@ class EventsCsvParser:
     name: str = "events-csv"
 
     def parse_batch(self, batch: RecordBatch) -> ParsedBatch:
-        return _clean_then_odd(batch, *self._clean_rows(batch), self._parse_line, self.max_record_bytes)
+        return _clean_then_odd(batch, *self._clean_rows(batch), self._parse_line, self.max_record_bytes, CSV_STRIP)
 
     def _clean_rows(self, batch: RecordBatch) -> tuple[EventColumns, list[bool]]:
         """The common rows of a batch as columns, and which records they were.
 
         Common: valid UTF-8 within the size limit, four non-empty fields, no
-        quote, no NUL, not the header, and a timestamp of the common shape
+        quote, no control character, no space at either end, not the
+        header, and a timestamp of the common shape
         (`timestamp_column_us`). Every step is a native kernel over the whole
         batch. Every other record takes the general path, which also words
         its error.
@@ -188,13 +250,12 @@ class EventsCsvParser:
             texts = records.cast(pl.String)
         except pl.exceptions.ComputeError:  # not UTF-8: find those records, once, and leave them out
             texts = pl.Series([_utf8_or_none(r) for r in batch.records], dtype=pl.String)
-        fields = texts.str.split_exact(",", 4).struct.unnest()
-        c, e, x, stamp, extra = (fields[name] for name in fields.columns)
-        times = timestamp_column_us(stamp)
+        common = texts.str.contains(_COMMON_CSV_ROW)
+        fields = texts.str.split_exact(",", 3).struct.unnest()
+        c, e, x, stamp = (fields[name] for name in fields.columns)
+        times = timestamp_column_us(stamp, common)
         clean = (
-            times.is_not_null() & extra.is_null()
-            & (c.str.len_bytes() > 0) & (e.str.len_bytes() > 0) & (x.str.len_bytes() > 0)
-            & ~texts.str.contains('"', literal=True) & ~texts.str.contains("\x00", literal=True)
+            times.is_not_null()
             & (records.bin.size() <= self.max_record_bytes)
             & (c != "customer_id")  # the header, or a record the general path must judge
         ).fill_null(False)
@@ -203,13 +264,7 @@ class EventsCsvParser:
         return EventColumns(batch.partition, frame), clean.to_list()
 
     def _parse_line(self, text: str) -> Event | None:
-        if '"' in text:
-            try:
-                fields = next(csv.reader((text,)))
-            except csv.Error as exc:
-                raise ParseError(Reason.MALFORMED, f"bad CSV: {exc}") from None
-        else:
-            fields = text.split(",")
+        fields = csv_fields(text)
         if len(fields) != 4:
             raise ParseError(Reason.MALFORMED, f"expected 4 fields, got {len(fields)}")
         customer_id, event_type, transaction_id, timestamp = fields

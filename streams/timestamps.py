@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta, timezone, tzinfo
+from functools import partial
 from itertools import compress, repeat
-from operator import floordiv, not_, sub
+from operator import floordiv, is_not, not_, sub
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
     import polars as pl
 
-from streams.events import ParseError, Reason, datetime_to_us
+from streams.events import MAX_US, MIN_US, ParseError, Reason, datetime_to_us
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_OUT_OF_RANGE = "out of range: the instant must lie in years 0001 to 9999 in UTC"
 
 _DATE_TIME = r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2})?"
 _FRACTION = r"\.(\d{1,9})"
@@ -62,11 +64,15 @@ def parse_timestamp_us(text: str, naive_zone: tzinfo | None = None) -> int:
             return _parse_general(text, naive_zone)
         if len(_minute_cache) >= 4096:  # events come roughly in time order: a small cache hits
             _minute_cache.clear()
-        minute_us = _minute_cache[key] = (parsed.replace(second=0, microsecond=0) - _EPOCH) // _ONE_US
+        minute_us = (parsed.replace(second=0, microsecond=0) - _EPOCH) // _ONE_US
+        if not MIN_US <= minute_us <= _LAST_MINUTE_US:  # 0001-01-01T00:00+01:00 is in year 0 in UTC
+            return _parse_general(text, naive_zone)
+        _minute_cache[key] = minute_us
     return minute_us + parsed.second * 1_000_000 + parsed.microsecond
 
 
 _minute_cache: dict[str, int] = {}
+_LAST_MINUTE_US = MAX_US - MAX_US % 60_000_000
 _SEPARATORS = ("T", " ")
 _ONE_US = timedelta(microseconds=1)
 
@@ -113,29 +119,39 @@ def parse_timestamp_column(texts: Sequence[str]) -> list[int | None]:
             out.extend(map(floordiv, map(sub, map(_fromisoformat, texts[len(out):]), repeat(_EPOCH)), repeat(_ONE_US)))
         except ValueError:
             out.append(None)
+    given = list(filter(partial(is_not, None), out))
+    if given and (min(given) < MIN_US or max(given) > MAX_US):  # 0001-01-01T00:00+01:00 is in year 0 in UTC
+        out = [None if v is not None and not MIN_US <= v <= MAX_US else v for v in out]
     return out
 
 
 # The common shape, as a native regex: what `timestamp_column_us` parses with
 # chrono, which then agrees with the contract. Leap seconds (`:60`), years
 # before 1000, missing seconds and odd offsets are left to the per-text path.
-_COMMON_SHAPE = (r"^[1-9]\d{3}-\d{2}-\d{2}[T ](?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,9})?"
-                 r"(?:Z|[+-](?:[01]\d|2[0-3])(?::?[0-5]\d)?)$")
+COMMON_STAMP = (r"[1-9]\d{3}-\d{2}-\d{2}[T ](?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,9})?"
+                r"(?:Z|[+-](?:[01]\d|2[0-3])(?::?[0-5]\d)?)")
+_COMMON_SHAPE = rf"^{COMMON_STAMP}$"
 _COMMON_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%#z"
 
 
-def timestamp_column_us(texts: "pl.Series") -> "pl.Series":
+def timestamp_column_us(texts: "pl.Series", common: "pl.Series | None" = None) -> "pl.Series":
     """UTC epoch microseconds of a column of timestamp texts (Int64), null
-    where a text is not of the common shape or not a real instant (Feb 30):
+    where a text is not of the common shape, not a real instant (Feb 30) or
+    outside years 1 to 9999 in UTC (`9999-12-31T23:00:00-14:00`):
     those take the per-text path, which parses the rest of the contract and
-    words every error. Native kernels only: a regex, chrono's parser."""
+    words every error. Native kernels only: a regex, chrono's parser.
+
+    `common`: which texts are of the common shape, when the caller's own
+    regex already checked (with `COMMON_STAMP` in it); null elsewhere."""
     import polars as pl
 
-    common = texts.str.contains(_COMMON_SHAPE)
+    if common is None:
+        common = texts.str.contains(_COMMON_SHAPE)
     if texts.str.contains(" ", literal=True).any():
         texts = texts.str.replace(" ", "T", literal=True, n=1)
     parsed = texts.str.to_datetime(_COMMON_FORMAT, time_unit="us", time_zone="UTC", strict=False).dt.epoch("us")
-    return pl.select(pl.when(common).then(parsed)).to_series().alias("event_time_us")
+    in_range = parsed.is_between(MIN_US, MAX_US)
+    return pl.select(pl.when(common & in_range).then(parsed)).to_series().alias("event_time_us")
 
 
 def _parse_general(text: str, naive_zone: tzinfo | None) -> int:
@@ -158,7 +174,10 @@ def _parse_general(text: str, naive_zone: tzinfo | None) -> int:
         raise ParseError(Reason.BAD_TIMESTAMP, f"{exc}: {text[:64]!r}") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=naive_zone)
-    return datetime_to_us(parsed)
+    us = datetime_to_us(parsed)
+    if not MIN_US <= us <= MAX_US:
+        raise ParseError(Reason.BAD_TIMESTAMP, f"{_OUT_OF_RANGE}: {text[:64]!r}")
+    return us
 
 
 def parse_timestamp(text: str, naive_zone: tzinfo | None = None) -> datetime:
@@ -173,14 +192,21 @@ def epoch_millis_to_us(value: int) -> int:
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+MAX_DURATION = timedelta(days=3_660_000)
+"""Longer than any two instants of years 1 to 9999 lie apart, and small enough
+that event times minus a duration stay within 64-bit microseconds."""
 
 
 def parse_duration(text: str) -> timedelta:
-    """`10m`, `3h`, `90s`, `1d`, `250ms`; a bare number is seconds."""
+    """`10m`, `3h`, `90s`, `1d`, `250ms`; a bare number is seconds. At most
+    `MAX_DURATION` (about 10,000 years): a longer one is a `ValueError`."""
     match = _DURATION.fullmatch(str(text).strip())
     if match is None:
         raise ValueError(f"not a duration (use e.g. 10m, 3h, 90s): {text!r}")
-    return timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not seconds <= MAX_DURATION.total_seconds():
+        raise ValueError(f"duration too long (at most {MAX_DURATION.days}d, about 10,000 years): {str(text)[:40]!r}")
+    return timedelta(seconds=seconds)
 
 
 UTC = timezone.utc
