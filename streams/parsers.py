@@ -282,9 +282,28 @@ _encode_json_check = json.JSONEncoder(ensure_ascii=False, check_circular=False).
 
 # `Event.to_json_line` of an event without properties, fields without
 # escapes or control characters (anything else takes the Python paths).
-_JSON_TEXT = r'"([^"\\\x00-\x1f]+)"'
+_JSON_TEXT = r'"([^"\\\x00-\x1f\x7f]+)"'
 _CANONICAL_NDJSON = (rf'^\{{"v":1,"customer_id":{_JSON_TEXT},"event_type":{_JSON_TEXT},'
                      rf'"transaction_id":{_JSON_TEXT},"timestamp":{_JSON_TEXT}\}}$')
+
+
+def _check_properties(properties: dict[str, Any]) -> None:
+    """What the HTTP collector refuses in properties (service/collector.py,
+    service/bodies.py): a control character in a field name, a NUL in a
+    text at any depth."""
+    stack: list[Any] = [properties]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for name, value in item.items():
+                if item is properties and _CONTROL.search(name):
+                    raise ParseError(Reason.MALFORMED, f"field name {name[:64]!r} holds a control character")
+                stack.append(name)
+                stack.append(value)
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and "\x00" in item:
+            raise ParseError(Reason.MALFORMED, "a text holds a NUL character (\\u0000)")
 
 
 @dataclass
@@ -346,14 +365,16 @@ class NdjsonParser:
         records = batch.records
         n = len(records)
         texts: list[str] = []
+        joined = ""
         if max(map(len, records), default=0) <= self.max_record_bytes:
             try:
-                texts = b"\n".join(records).decode().split("\n")
+                joined = b"\n".join(records).decode()
+                texts = joined.split("\n")
             except UnicodeDecodeError:
                 pass
         if len(texts) != n:  # undecodable, or a record holds a newline: all on their own
             return EventColumns.empty(batch.partition), [False] * n
-        if _SURROGATE_ESCAPE.search("\n".join(texts)):
+        if _SURROGATE_ESCAPE.search(joined):
             # A \uD800-\uDFFF escape may be a lone surrogate, which no
             # column, file or store can hold: such records go on their own.
             texts = ["" if _SURROGATE_ESCAPE.search(t) else t for t in texts]
@@ -381,6 +402,9 @@ class NdjsonParser:
             good = list(map(bool.__and__, good, map(isinstance, column, repeat(str))))
             if "" in column:
                 good = list(map(bool.__and__, good, map(bool, column)))
+        if "\\" in joined or "\x7f" in joined:  # a control character in a JSON text is escaped, or DEL: on their own
+            for column in core[:3]:
+                good = list(map(bool.__and__, good, map(not_, map(_CONTROL.search, map(str, column)))))
         stamps = core[3] if all(good) else [t if ok else "" for t, ok in zip(core[3], good)]  # "" is deferred
         times = parse_timestamp_column(stamps)
         good = list(map(bool.__and__, good, map(is_not, times, repeat(None))))
@@ -409,6 +433,8 @@ class NdjsonParser:
         transaction_id = _require(obj.pop("transaction_id", None), "transaction_id")
         timestamp = obj.pop("timestamp", None)
         obj.pop("v", None)
+        if obj and ("\\" in text or "\x7f" in text):  # a control character in JSON text is escaped, or DEL
+            _check_properties(obj)
         if isinstance(timestamp, str):
             event_time_us = parse_timestamp_us(timestamp, self.naive_zone)
         elif isinstance(timestamp, int) and not isinstance(timestamp, bool):

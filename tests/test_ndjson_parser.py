@@ -14,7 +14,8 @@ from tests.oracle import stamp_to_us
 ids = st.text(alphabet="abcxyz0129_-é", min_size=1, max_size=6)
 stamps = st.sampled_from(["2021-03-01T00:01:11.055Z", "2021-03-01 00:01:11+05:30", "2021-02-30T00:00:00Z",
                           "2021-03-01T00:01:11", "nope", " 2021-03-01T00:01:11Z"])
-values = st.one_of(ids, st.just(""), st.integers(-5, 5), st.none(), st.lists(st.integers(), max_size=2))
+values = st.one_of(ids, st.just(""), st.integers(-5, 5), st.none(), st.lists(st.integers(), max_size=2),
+                   st.sampled_from(["a\x00b", "\x1b[31m", "tab\there"]), st.lists(st.just("\x00"), max_size=1))
 
 
 def obj(c, e, x, t, extra, v):
@@ -26,11 +27,12 @@ def obj(c, e, x, t, extra, v):
 
 
 valid_objects = st.builds(obj, ids, ids, ids, st.one_of(stamps, st.integers(1_600_000_000_000, 1_700_000_000_000)),
-                          st.dictionaries(st.sampled_from(["url", "revenue"]), values, max_size=2), st.booleans())
+                          st.dictionaries(st.sampled_from(["url", "revenue", "a\x1bb", "\n"]), values, max_size=2),
+                          st.booleans())
 odd_objects = st.builds(obj, values, ids, values, st.one_of(stamps, values), st.just({}), st.booleans())
 # As the daemon writes them (`Event.to_json_line`): the native path's shape,
 # with texts that must leave it (escapes, control characters, lone surrogates).
-hostile_ids = st.one_of(ids, st.text(min_size=0, max_size=4), st.sampled_from(['a"b', "a\\b", "\ud800", "\x1f", "é"]))
+hostile_ids = st.one_of(ids, st.text(min_size=0, max_size=4), st.sampled_from(['a"b', "a\\b", "\ud800", "\x1f", "é", "a\x7fb"]))
 
 
 def canonical(c, e, x, t, ascii_only):
@@ -68,6 +70,12 @@ def oracle(record: bytes) -> tuple | None:
     core = [value.pop(name, None) for name in ("customer_id", "event_type", "transaction_id", "timestamp")]
     value.pop("v", None)
     if not all(isinstance(f, str) and f for f in core[:3]):
+        return None
+    # Refused as over HTTP: control characters in the core fields and in field
+    # names, NUL in any text.
+    if any(ord(ch) < 32 or ord(ch) == 127 for f in core[:3] for ch in f):
+        return None
+    if any(ord(ch) < 32 or ord(ch) == 127 for name in value for ch in name) or "\\u0000" in text:
         return None
     t = core[3]
     if isinstance(t, str):
