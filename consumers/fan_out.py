@@ -32,6 +32,7 @@ class SinkFanOut:
         checkpoint_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         metrics: PipelineMetrics | None = None,
+        on_checkpoint: Callable[[dict[str, tuple[int, int | None]]], None] | None = None,
     ) -> None:
         self.sinks = list(sinks)
         self.metrics = metrics or PipelineMetrics()
@@ -42,6 +43,9 @@ class SinkFanOut:
         self.clock = clock
         self._safe: dict[str, tuple[int, int]] = {}  # partition -> (position, watermark before it)
         self._committed: dict[str, int] = {}
+        # partition -> (position, watermark) of its last commit, for `on_checkpoint` (the status file)
+        self.checkpoints: dict[str, tuple[int, int | None]] = {}
+        self.on_checkpoint = on_checkpoint
         self._last_checkpoint = clock()
         self.batches = 0
 
@@ -81,8 +85,11 @@ class SinkFanOut:
             if position > self._committed.get(partition, -1):
                 self.commit(partition, position, watermark)
                 self._committed[partition] = position
+                self.checkpoints[partition] = (position, watermark)
                 log.debug("checkpoint %s at position %d (watermark %s)", partition, position, watermark)
         self.metrics.checkpoint()
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self.checkpoints)
 
     def close(self) -> None:
         # Close (drain) the sinks first, so what they deliver while closing is

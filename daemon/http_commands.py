@@ -4,6 +4,7 @@ endless source) when `[http] enabled = true`.
 
     python run_stream_processing.py serve [--host 127.0.0.1] [--port N] [--config FILE]
     python run_stream_processing.py users add NAME [--config FILE]   # password: prompt or stdin
+    python run_stream_processing.py users list | remove NAME
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ def add_commands(subparsers: Any, add_common: Callable[[argparse.ArgumentParser]
     add = users_sub.add_parser("add", help="add a user or change its password (prompt, or stdin without a terminal)")
     add_common(add)
     add.add_argument("name")
+    listing = users_sub.add_parser("list", help="the users of the credentials file (names only)")
+    add_common(listing)
+    remove = users_sub.add_parser("remove", help="remove a user (the server drops it at its next request)")
+    add_common(remove)
+    remove.add_argument("name")
 
 
 # -- serve ---------------------------------------------------------------------------
@@ -280,13 +286,50 @@ def cmd_users(args: argparse.Namespace, settings: Settings) -> int:
     from service.settings import HttpSettings
 
     http = HttpSettings.from_settings(settings)
+    path = http.credentials_file
+    if args.users_command == "list":
+        return _list_users(path)
+    if args.users_command == "remove":
+        return _remove_user(path, args.name)
     try:
         validate_username(args.name)
         password = read_password(sys.stdin)
-        created = CredentialStore(http.credentials_file).add_user(args.name, password)
+        created = CredentialStore(path).add_user(args.name, password)
     except CredentialsError as exc:
         raise CliError(str(exc)) from None
-    print(f"{'added' if created else 'updated'} user {args.name} in {http.credentials_file}")
+    print(f"{'added' if created else 'updated'} user {args.name} in {path}")
+    return 0
+
+
+def _list_users(path: Any) -> int:
+    from service.auth import CredentialsError, load_users
+
+    if not path.exists():
+        print(f"no users: {path} does not exist (add one with `users add NAME`)", file=sys.stderr)
+        return 0
+    try:
+        users = load_users(path)
+    except CredentialsError as exc:
+        raise CliError(str(exc)) from None
+    for name in sorted(users):
+        print(name)
+    print(f"{len(users)} user(s) in {path}", file=sys.stderr)
+    return 0
+
+
+def _remove_user(path: Any, name: str) -> int:
+    # The file format and its atomic write (mode 0600) are service.auth's.
+    from service.auth import CredentialsError, _write_atomic, load_users
+
+    try:
+        users = load_users(path) if path.exists() else {}
+    except CredentialsError as exc:
+        raise CliError(str(exc)) from None
+    if name not in users:
+        raise CliError(f"no user {name!r} in {path}")
+    del users[name]
+    _write_atomic(path, {"version": 1, "users": users})
+    print(f"removed user {name} from {path}")
     return 0
 
 

@@ -15,6 +15,7 @@ from config.settings import Settings
 from daemon.progress import FilePosition, JobProgress, format_duration
 from observability.health import HEALTH
 from observability.metrics import QUEUE_DEPTH, PipelineMetrics
+from observability.status_file import StatusFile
 from consumers.aggregate_writer import AggregateWriter
 from consumers.count_sink import CountSink
 from consumers.dead_letter_sink import DeadLetterOutput
@@ -100,7 +101,10 @@ def run_job(
     summary = RunSummary()
     metrics = PipelineMetrics()
     sinks = sinks if sinks is not None else build_sinks(settings)
-    fan_out = SinkFanOut(sinks, summary, commit, settings.checkpoint_interval, metrics=metrics)
+    status = StatusFile(settings.data_dir, name, source_name) if source_name else None
+    fan_out = SinkFanOut(sinks, summary, commit, settings.checkpoint_interval, metrics=metrics,
+                         on_checkpoint=(lambda points: status.update(points, metrics.newest_us, summary))
+                         if status is not None else None)
     errors: list[BaseException] = []
     done = threading.Event()
     position = _file_position(input_file)
@@ -139,6 +143,9 @@ def run_job(
     try:
         fan_out.close()
     finally:
+        if status is not None:
+            status.update(fan_out.checkpoints, metrics.newest_us, summary, state="failed" if errors else "stopped",
+                          checkpointed=commit is not None)
         if errors:
             log.error("%s: stopped by an error after %s", name, progress.line(summary))
             raise errors[0]

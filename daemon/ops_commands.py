@@ -1,4 +1,4 @@
-"""Operations commands: `replay-dead-letter`."""
+"""Operations commands: `replay-dead-letter`, `config` and `status`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from config.settings import Settings
 from consumers.dead_letter_file import decode_dead_letter_record
 from daemon.cli import CliError, command
 from producers.transports import open_writer
-from streams.events import RecordBatch
+from streams.events import Reason, RecordBatch
 from streams.parsers import make_parser
 
 
@@ -21,8 +21,31 @@ def add_commands(subparsers, add_common) -> None:
     replay.add_argument("file", help="a dead-letter NDJSON file")
     replay.add_argument("--to", required=True, help="transport URI: spool:DIR, kinesis:STREAM, sqs:QUEUE, console")
     replay.add_argument("--format", help="format of the original records (default: the config's)")
-    replay.add_argument("--reason", action="append", help="only these reasons (repeatable)")
+    replay.add_argument("--reason", action="append",
+                        help=f"only these reasons (repeatable): {', '.join(r.value for r in Reason)}")
     replay.add_argument("--create-resources", action="store_true")
+
+    from daemon import config_command, status_command
+
+    config_command.add_commands(subparsers, add_common)
+    status_command.add_commands(subparsers, add_common)
+
+
+def check_reasons(given: list[str] | None) -> list[str] | None:
+    """The dead-letter reasons named (case and `_` for space forgiven), or CliError."""
+    if not given:
+        return given
+    def plain(text: str) -> str:
+        return text.strip().lower().replace("_", " ").replace("-", " ")
+
+    known = {plain(r.value): r.value for r in Reason}
+    reasons = []
+    for name in given:
+        value = known.get(plain(name))
+        if value is None:
+            raise CliError(f"--reason {name!r}: unknown reason, expected one of {', '.join(r.value for r in Reason)}")
+        reasons.append(value)
+    return reasons
 
 
 @command("replay-dead-letter")
@@ -31,6 +54,7 @@ def cmd_replay_dead_letter(args: argparse.Namespace, settings: Settings) -> int:
     then as NDJSON (late and future letters hold the event's NDJSON form).
     Those that parse now are sent; the rest are counted as still failing. A
     record that was truncated in the dead-letter file cannot be replayed."""
+    args.reason = check_reasons(args.reason)
     path = Path(args.file)
     if not path.is_file():
         raise CliError(f"dead-letter file not found: {path}")
