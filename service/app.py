@@ -26,8 +26,11 @@ from service import collector, counts, ops
 from service.auth import BasicAuth, CredentialStore, FailureLimiter
 from service.context import ServiceContext
 from service.errors import install_handlers
-from service.group_commit import coalescing
+from service.collector import Limits, acceptance_floor
+from service.group_commit import Committer
+from service.idempotency import IdempotencyLedger
 from service.metrics import LATENCY, REQUESTS
+from service.openapi import ERROR_SCHEMA, document_errors
 from service.settings import HttpSettings
 
 log = logging.getLogger(__name__)
@@ -61,9 +64,15 @@ def build_app(
     http = http or HttpSettings.from_settings(settings)
     store = credentials if isinstance(credentials, CredentialStore) else CredentialStore(Path(credentials))
     auth = BasicAuth(store, FailureLimiter(http.auth_failure_limit, http.auth_failure_window.total_seconds()))
-    # Concurrent requests share one fsync'd spool transaction (group commit).
-    writer = coalescing(transport_writer)
-    ctx = ServiceContext(settings, http, writer, count_store, auth, clock_us, writer_error)
+    ctx = ServiceContext(settings, http, transport_writer, count_store, auth, clock_us, writer_error)
+    ctx.limits = Limits(ctx)
+    if transport_writer is not None:
+        # Concurrent requests share one fsync'd spool transaction (group
+        # commit); resent event_ids are found in the idempotency ledger.
+        ledger = IdempotencyLedger(
+            http.idempotency_file, int(http.idempotency_retention.total_seconds() * 1_000_000), clock_us
+        )
+        ctx.committer = Committer(transport_writer, ledger, acceptance_floor(ctx))
 
     app = FastAPI(
         title="Rivulet HTTP",
@@ -72,7 +81,7 @@ def build_app(
     )
     install_handlers(app)
     app.add_middleware(_Metrics)
-    app.include_router(collector.build_router(ctx))
+    app.include_router(collector.build_router(ctx, ERROR_SCHEMA))
     app.include_router(counts.build_router(ctx))
     failures: dict[str, Any] = {}
     if isinstance(optimizely_router, APIRouter):
@@ -85,6 +94,7 @@ def build_app(
             failures["optimizely"] = (False, f"routes not mounted: {type(exc).__name__}: {exc}"[:300])
     app.include_router(ops.build_router(lambda: {**_readiness(ctx, readiness), **failures}))
     app.state.context = ctx
+    document_errors(app)
     return app
 
 

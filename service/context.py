@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from config.settings import Settings
 from consumers.ports import CountStore
 from producers.transport import TransportWriter
 from service.auth import BasicAuth
 from service.settings import HttpSettings
+
+if TYPE_CHECKING:
+    from service.group_commit import Committer
 
 
 @dataclass
@@ -21,3 +24,5 @@ class ServiceContext:
     auth: BasicAuth
     clock_us: Callable[[], int]  # wall clock, UTC epoch microseconds
     writer_error: str = ""
+    committer: "Committer | None" = None  # the writer behind group commit and the idempotency ledger
+    limits: Any = None  # service.collector.Limits, derived from the settings

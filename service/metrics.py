@@ -17,6 +17,9 @@ EVENTS_ACCEPTED = Counter("rivulet_http_events_accepted_total", "Events the tran
 EVENTS_REJECTED = Counter(
     "rivulet_http_events_rejected_total", "Requests to collect events that were refused", ["reason"]
 )
+EVENTS_DUPLICATE = Counter(
+    "rivulet_http_events_duplicate_total", "Events whose event_id the same user had sent before (not sent again)", ["route"]
+)
 AUTH_FAILURES = Counter("rivulet_http_auth_failures_total", "Failed or refused Basic auth attempts", ["reason"])
 TRANSPORT_FULL = Counter("rivulet_http_transport_full_total", "Collector sends refused by a full transport")
 
@@ -25,6 +28,7 @@ METRIC_NAMES = (
     "rivulet_http_request_seconds",
     "rivulet_http_events_accepted_total",
     "rivulet_http_events_rejected_total",
+    "rivulet_http_events_duplicate_total",
     "rivulet_http_auth_failures_total",
     "rivulet_http_transport_full_total",
 )

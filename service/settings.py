@@ -31,6 +31,9 @@ class HttpSettings:
     restrict_buckets_to_user: bool = False  # a user may only query its own buckets
     page_view_rollup: str = "page_view_url_hourly"
     button_click_rollup: str = "button_click_hourly"
+    idempotency_file: Path = Path("data/idempotency.sqlite3")  # (user, event_id) pairs already sent
+    idempotency_retention: timedelta = timedelta(hours=24)  # a resend within this counts once
+    max_clock_skew: timedelta = timedelta(minutes=1)  # client timestamps ahead of the collector's clock
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "HttpSettings":
@@ -45,6 +48,8 @@ class HttpSettings:
         transport = r.text("transport", "") or f"spool:{settings.data_dir / 'spool'}"
         credentials = r.text("credentials_file", "") or str(settings.data_dir / "credentials.json")
         max_range = r.duration("query_max_range", None) or settings.query_max_range
+        ledger = r.text("idempotency_file", "") or str(settings.data_dir / "idempotency.sqlite3")
+        skew = r.duration("max_clock_skew", None)
         http = cls(
             enabled=r.boolean("enabled", False),
             host=r.text("host", cls.host) or cls.host,
@@ -62,9 +67,14 @@ class HttpSettings:
             restrict_buckets_to_user=r.boolean("restrict_buckets_to_user", False),
             page_view_rollup=r.text("page_view_rollup", cls.page_view_rollup),
             button_click_rollup=r.text("button_click_rollup", cls.button_click_rollup),
+            idempotency_file=Path(ledger),
+            idempotency_retention=r.duration("idempotency_retention", None) or cls.idempotency_retention,
+            max_clock_skew=cls.max_clock_skew if skew is None else skew,
         )
         if http.auth_failure_window.total_seconds() <= 0:
             raise ConfigError("config key http.auth_failure_window: must be positive")
+        if http.idempotency_retention.total_seconds() <= 0:
+            raise ConfigError("config key http.idempotency_retention: must be positive")
         if max_range.total_seconds() <= 0:
             raise ConfigError("config key http.query_max_range: must be positive")
         return http

@@ -15,7 +15,7 @@ from producers.transport import TransportFull
 from streams.events import RecordBatch, format_utc
 from streams.parsers import NdjsonParser
 from streams.timestamps import parse_timestamp_us
-from tests.test_http_support import SEED_DATA, RecordingWriter, Service, running_service
+from tests.test_http_support import SEED_DATA, Clock, RecordingWriter, Service, running_service
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,7 +50,9 @@ def test_seed_003_requests(tmp_path: Path) -> None:
 
 def test_mapping_to_the_event_model(tmp_path: Path) -> None:
     writer = RecordingWriter()
-    with running_service(tmp_path, writer=writer) as svc:
+    # Client timestamps must lie within the lateness behind the collector's clock.
+    clock = Clock("2021-03-01T00:30:00Z")
+    with running_service(tmp_path, writer=writer, clock_us=clock, pipeline={"lateness": '"3h"'}) as svc:
         client = svc.client("mia")
         body = [
             {"event_type": "signup", "plan": "pro", "nested": {"a": [1, 2.5, None]}},

@@ -32,10 +32,12 @@ SEED_DATA = Path("/work/shared/seed-data")
 USERS = {"ethan": "xyz", "mia": "pässwörd 🔑"}
 
 
-def make_settings(data_dir: Path, **http: Any) -> Settings:
-    """The default profile with `data_dir` and `[http]` overrides (as the
-    environment would give them)."""
+def make_settings(data_dir: Path, pipeline: Mapping[str, str] | None = None, **http: Any) -> Settings:
+    """The default profile with `data_dir`, `[pipeline]` and `[http]` overrides
+    (as the environment would give them)."""
     environ = {"RIVULET_DATA_DIR": str(data_dir)}
+    for key, text in (pipeline or {}).items():
+        environ[f"RIVULET__PIPELINE__{key.upper()}"] = text
     for key, value in http.items():
         text = ("true" if value else "false") if isinstance(value, bool) else str(value)
         environ[f"RIVULET__HTTP__{key.upper()}"] = text
@@ -88,6 +90,24 @@ class RecordingWriter:
         pass
 
 
+class Clock:
+    """A settable collector clock (UTC epoch microseconds)."""
+
+    def __init__(self, iso: str) -> None:
+        self.set(iso)
+
+    def set(self, iso: str) -> None:
+        from streams.timestamps import parse_timestamp_us
+
+        self.now_us = parse_timestamp_us(iso)
+
+    def advance(self, seconds: float) -> None:
+        self.now_us += int(seconds * 1_000_000)
+
+    def __call__(self) -> int:
+        return self.now_us
+
+
 @dataclass
 class Service:
     url: str
@@ -113,10 +133,15 @@ def running_service(
     users: Mapping[str, str] = USERS,
     readiness: Callable[[], Mapping[str, Any]] | None = None,
     optimizely_router: Any = None,
+    clock_us: Callable[[], int] | None = None,
+    pipeline: Mapping[str, str] | None = None,
     **http_overrides: Any,
 ) -> Iterator[Service]:
+    """`clock_us` replaces the collector's clock (the acceptance window of
+    client timestamps follows it); `pipeline` overrides `[pipeline]` keys,
+    e.g. `{"lateness": '"3h"'}`."""
     data_dir = tmp_path / "data"
-    settings = make_settings(data_dir, **http_overrides)
+    settings = make_settings(data_dir, pipeline, **http_overrides)
     http = HttpSettings.from_settings(settings)
     configure(settings)
     write_fast_credentials(http.credentials_file, users)
@@ -124,7 +149,8 @@ def running_service(
     if writer == "spool":
         writer = open_writer(http.transport, settings=settings, create_resources=False)
     store = inject.instance(CountStore)
-    app = build_app(settings, writer, store, credentials, optimizely_router, readiness=readiness, http=http)  # type: ignore[arg-type]
+    extra = {"clock_us": clock_us} if clock_us is not None else {}
+    app = build_app(settings, writer, store, credentials, optimizely_router, readiness=readiness, http=http, **extra)  # type: ignore[arg-type]
     handle = start_http_server(settings, app, "127.0.0.1", 0)
     service = Service(handle.url, settings, http, data_dir, handle, writer, store)
     try:
