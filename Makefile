@@ -1,20 +1,22 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check --no-input --quiet
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test test-fast test-slow bench clean kinesalite
+.PHONY: run test test-fast test-slow lint bench clean kinesalite wheel
 
+## The runtime only (requirements.txt pins it): what `make run` and a
+## production install need. No pip self-upgrade: the venv's pip installs wheels.
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PIP) install -r requirements.txt
 	touch $(STAMP)
 
-## Tests and benchmarks add their own packages on top of the runtime ones.
+## Tests, lint and benchmarks add their own packages on top of the runtime ones.
 $(DEV_STAMP): $(STAMP) requirements-dev.txt
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PIP) install -r requirements-dev.txt
 	touch $(DEV_STAMP)
 
 ## The main job on the bundled sample, local mode: no cloud needed.
@@ -32,7 +34,7 @@ $(KINESALITE): package.json
 
 kinesalite: $(KINESALITE)
 
-## The whole suite (what CI runs).
+## The whole suite (what CI runs, after lint).
 test: $(DEV_STAMP) kinesalite
 	$(PY) -m pytest -q
 
@@ -42,8 +44,16 @@ test-fast: $(DEV_STAMP)
 test-slow: $(DEV_STAMP) kinesalite
 	$(PY) -m pytest -q -m slow
 
+## ruff, configured in pyproject.toml.
+lint: $(DEV_STAMP)
+	$(PY) -m ruff check .
+
+## A wheel of the package in dist/ (`pip install -c requirements.txt dist/rivulet-*.whl`).
+wheel: $(DEV_STAMP)
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
+
 bench: $(DEV_STAMP)
 	$(PY) bench/throughput.py --rows 1000000
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data .pytest_cache build dist *.egg-info

@@ -53,7 +53,7 @@ import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from itertools import compress, islice, repeat
-from operator import floordiv, mod, not_, sub
+from operator import floordiv, mod, sub
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent

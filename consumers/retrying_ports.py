@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import random
 import threading
-import time
 from typing import Callable, Iterator, Sequence, TypeVar
 
 from consumers.ports import CountStore, ObjectStore

@@ -48,7 +48,7 @@ class FilePosition:
         return None
 
     def _fd_position(self) -> int | None:
-        for attempt in range(2):
+        for _attempt in range(2):
             if self._fd is None:
                 self._fd = self._find_fd()
                 if self._fd is None:

@@ -21,7 +21,6 @@ import json
 import sqlite3
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from config.settings import Settings

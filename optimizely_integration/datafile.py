@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import threading
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass

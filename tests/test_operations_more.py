@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from daemon.logs import JsonFormatter, RedactingFilter, redact
 from tests.conftest import FIXTURES, ROOT, run_cli

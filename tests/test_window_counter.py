@@ -268,7 +268,7 @@ def test_running_counts_of_open_windows_are_emitted_when_they_change():
                             provisional_interval_us=5_000_000).build("s")
     parser = EventsCsvParser()
 
-    def feed(*lines, position=[0]):
+    def feed(*lines, position=[0]):  # noqa: B006 - a counter kept between calls
         records = [line.encode() for line in lines]
         positions = range(position[0] + 1, position[0] + 1 + len(records))
         position[0] += len(records)
