@@ -172,9 +172,21 @@ def _make_source(args: argparse.Namespace, settings: Settings):
     if not args.input:
         raise CliError("give --input PATH or --source random [--count N]")
     path = Path(args.input)
-    if not path.is_file():
+    if path.is_dir():
+        raise CliError(f"--input is a directory, not a file: {path}")
+    if not path.exists():
         raise CliError(f"input file not found: {path}")
+    if not path.is_file():
+        raise CliError(f"--input is not a regular file: {path}")
     return FileSource(path, settings.batch_size), None
+
+
+def _raise_damage(source: object) -> None:
+    """A damaged compressed input: its complete records were processed and
+    the summary printed; the command still fails (exit 2), naming the byte."""
+    damage = getattr(source, "damage", None)
+    if damage:
+        raise CliError(damage)
 
 
 def _print_summary(summary, settings: Settings, as_json: bool) -> None:
@@ -205,6 +217,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                               source_name=_source_name(args, source),
                               input_file=args.input if isinstance(source, FileSource) else None)
     _print_summary(summary, settings, args.json)
+    _raise_damage(source)
     return 0
 
 
@@ -219,6 +232,7 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
             source.observable(), parser, args.to, inject.instance(DeadLetterSink), settings, args.create_resources
         )
     print(f"sent {sent:,} events to {args.to}; {dead:,} dead-lettered to {settings.dead_letter_path}")
+    _raise_damage(source)
     return 0
 
 
@@ -382,12 +396,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger().setLevel(configured_level)
         on_reload("log level", lambda: _reload_log_level(args))
         return COMMANDS[args.command](args, settings)
+    except BrokenPipeError:  # `... | head`: the reader has all it wanted (an OSError: caught first)
+        _quiet_stdout()
+        return 0
     except (CliError, ConfigError, ValueError, KeyError, OSError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {message}", file=sys.stderr)
+        _error_line(str(message))
         return EXIT_USAGE
-    except BrokenPipeError:  # `... | head`
-        sys.stderr.close()
-        return 0
+    except Exception as exc:  # a bug: still one line; the traceback at DEBUG
+        logging.getLogger("rivulet").debug("unexpected error", exc_info=True)
+        _error_line(f"unexpected {type(exc).__name__}: {exc} (--log-level DEBUG shows where)")
+        return 1
     finally:
         multiprocessing.active_children()
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _quiet_stdout()
+
+
+def _error_line(message: str) -> None:
+    """`error: ...` on stderr: one line, secrets redacted."""
+    from observability.redaction import redact
+
+    print(f"error: {redact(' '.join(message.split()))}", file=sys.stderr)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null: the interpreter's last flush of a closed
+    pipe would print an error of its own."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass

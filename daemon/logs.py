@@ -1,30 +1,20 @@
 """Structured logging: human-readable by default, JSON with `--log-format json`.
 
 A filter redacts anything that looks like a credential before it is written,
-whatever logger it came from (botocore included)."""
+whatever logger it came from (botocore included), and both formatters redact
+what they add: tracebacks, stack traces and fields
+(observability/redaction.py)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 
-_SECRET = re.compile(
-    r"(?i)((?:aws_secret_access_key|secret|password|passwd|token|authorization|api[_-]?key|sdk[_-]?key)"
-    r"[\"']?\s*[:=]\s*[\"']?)([^\s\"',;}]+)"
-)
-_AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b")
-_BASIC = re.compile(r"(?i)(basic|bearer)\s+[A-Za-z0-9+/=._-]{8,}")
+from observability.redaction import redact, redact_value
 
-
-def redact(text: str) -> str:
-    # Credentials after a scheme first: `Authorization: Basic <token>` must
-    # lose the token, not just the word "Basic".
-    text = _BASIC.sub(lambda m: m.group(1) + " ***", text)
-    text = _SECRET.sub(lambda m: m.group(1) + "***", text)
-    return _AWS_KEY_ID.sub("***", text)
+__all__ = ["JsonFormatter", "RedactingFilter", "RedactingTextFormatter", "redact", "setup_logging"]
 
 
 class RedactingFilter(logging.Filter):
@@ -45,10 +35,19 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         for key, value in getattr(record, "fields", {}).items():
-            entry[key] = value
+            entry[key] = redact_value(value)
         if record.exc_info:
             entry["exception"] = redact(self.formatException(record.exc_info))
-        return json.dumps(entry, default=str)
+        if record.stack_info:
+            entry["stack"] = redact(self.formatStack(record.stack_info))
+        return json.dumps(entry, default=lambda value: redact(str(value)))
+
+
+class RedactingTextFormatter(logging.Formatter):
+    """The text format, redacted as a whole: message, traceback, stack."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def setup_logging(level: str = "WARNING", fmt: str = "text") -> None:
@@ -57,7 +56,7 @@ def setup_logging(level: str = "WARNING", fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(RedactingTextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, str(level).upper(), logging.WARNING))

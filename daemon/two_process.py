@@ -33,11 +33,13 @@ def _producer(source, parser: RecordParser, queue) -> None:
 
     try:
         source.observable().subscribe(on_next)
+        if getattr(source, "damage", None):  # a damaged compressed input: the parent reports it
+            queue.put(str(source.damage))
     finally:
         queue.put(_END)
 
 
-def _parsed_batches(queue, child: multiprocessing.Process) -> reactivex.Observable:
+def _parsed_batches(queue, child: multiprocessing.Process, source=None) -> reactivex.Observable:
     def subscribe(observer: abc.ObserverBase, scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
         while True:
             try:
@@ -50,6 +52,9 @@ def _parsed_batches(queue, child: multiprocessing.Process) -> reactivex.Observab
             if item is _END:
                 observer.on_completed()
                 break
+            if isinstance(item, str):  # what the source's damage was, in the child
+                source.damage = item
+                continue
             observer.on_next(from_columns(item))
         return reactivex.disposable.Disposable()
 
@@ -62,7 +67,7 @@ def run_two_processes(settings: Settings, source, parser: RecordParser, queue_ba
     child = ctx.Process(target=_producer, args=(source, parser, queue), name="producer", daemon=True)
     child.start()
     try:
-        summary = run_job(settings, _parsed_batches(queue, child), parser, parsed=True)
+        summary = run_job(settings, _parsed_batches(queue, child, source), parser, parsed=True)
     finally:
         child.join(timeout=30)
         if child.is_alive():

@@ -32,8 +32,10 @@ class PipelineHealth:
         self.events += events
 
     def failing(self, component: str, reason: str) -> None:
+        from observability.redaction import redact  # /readyz and sd_notify's STATUS show it
+
         with self._lock:
-            self._failing[component] = reason
+            self._failing[component] = redact(reason)
 
     def recovered(self, component: str) -> None:
         with self._lock:

@@ -21,12 +21,20 @@ Usage::
 
 Delivery is at-least-once: rows read but not committed before a crash are
 delivered again after the restart.
+
+One reader per (spool, group) at a time: a reader holds an exclusive lock
+(`flock`, released when it closes or its process dies) on
+`locks/group-<digest>.lock` in the spool's directory, and a second one fails
+at once with `SpoolBusy`, naming the process that reads. Two readers of one
+group would each read every record (the group's offset is one).
 """
 
 from __future__ import annotations
 
 import dataclasses
-
+import errno
+import fcntl
+import hashlib
 import os
 import sqlite3
 import threading
@@ -92,6 +100,34 @@ def _connect(directory: str | os.PathLike[str]) -> sqlite3.Connection:
         except sqlite3.OperationalError:  # another process added it first
             pass
     return conn
+
+
+class SpoolBusy(OSError):
+    """Another reader holds this spool's consumer group."""
+
+
+def _lock_group(directory: Path, group: str) -> int:
+    """An exclusive lock on (spool, group) for this reader: the open file
+    descriptor, or `SpoolBusy`."""
+    locks = directory / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    path = locks / f"group-{hashlib.sha256(group.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split("\n", 1)[0].strip()
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        raise SpoolBusy(
+            f"spool {directory}: consumer group {group!r} is already being read"
+            f"{f' by process {holder}' if holder.isdigit() else ''}; one reader per spool and group "
+            f"(stop that one, or read with another --group)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n{group}\n".encode("utf-8", "surrogatepass"), 0)
+    return fd
 
 
 def _pending(conn: sqlite3.Connection) -> int:
@@ -235,7 +271,12 @@ class SpoolReader:
         # can deadlock when a signal handler interrupts the thread holding it.
         self._stopped = False
         self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = _connect(self.directory)
+        self._group_lock: int | None = _lock_group(self.directory, group)
+        try:
+            self._conn: sqlite3.Connection | None = _connect(self.directory)
+        except BaseException:
+            self._release_group()
+            raise
         self._caught_up = 0.0
         self._commits = 0
         self._register_group()
@@ -363,12 +404,18 @@ class SpoolReader:
         return self._conn
 
     def close(self) -> None:
-        """Stop and release the database; call after the last `commit`."""
+        """Stop and release the database and the group; call after the last `commit`."""
         self.stop()
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            self._release_group()
+
+    def _release_group(self) -> None:
+        if self._group_lock is not None:
+            os.close(self._group_lock)  # closing the descriptor releases the flock
+            self._group_lock = None
 
     def __enter__(self) -> "SpoolReader":
         return self
