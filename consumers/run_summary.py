@@ -6,7 +6,6 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from streams.events import Reason
 from streams.window_counter import CountedBatch
 
 
@@ -46,25 +45,35 @@ class RunSummary:
     def events_per_second(self) -> float:
         return self.read / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def dead_lettered(self) -> int:
+        """Records dead-lettered by the pipeline: malformed, late and future."""
+        return self.malformed + self.late + self.future
+
     def as_dict(self) -> dict[str, object]:
         return {
-            "read": self.read, "valid": self.valid, "duplicates": self.duplicates,
-            "malformed": self.malformed, "late": self.late, "future": self.future,
-            "windows_written": self.windows_written, "seconds": round(self.seconds, 3),
+            "read": self.read, "blank": self.blank, "valid": self.valid, "duplicates": self.duplicates,
+            "dead_lettered": self.dead_lettered, "malformed": self.malformed, "late": self.late,
+            "future": self.future, "windows_written": self.windows_written, "seconds": round(self.seconds, 3),
             "events_per_second": round(self.events_per_second, 1), "dead_letter_reasons": dict(self.reasons),
         }
 
     def render(self, lateness: timedelta, dead_letter_path: str | None = None) -> str:
+        """The summary for a person. The indented lines add up to the line
+        above them: records read = blank + valid + duplicates + dead-lettered,
+        and dead-lettered = malformed + late + future."""
         lines = [
-            f"events read        {self.read:>12,}",
-            f"valid (counted)    {self.valid:>12,}",
-            f"duplicates         {self.duplicates:>12,}",
-            f"malformed          {self.malformed:>12,}",
-            f"late               {self.late:>12,}",
-            f"future             {self.future:>12,}",
-            f"windows written    {self.windows_written:>12,}",
-            f"seconds            {self.seconds:>12.2f}",
-            f"events/s           {self.events_per_second:>12,.0f}",
+            f"records read           {self.read:>12,}",
+            f"  blank lines skipped  {self.blank:>12,}",
+            f"  valid (counted)      {self.valid:>12,}",
+            f"  duplicates           {self.duplicates:>12,}",
+            f"  dead-lettered        {self.dead_lettered:>12,}",
+            f"    malformed          {self.malformed:>12,}",
+            f"    late               {self.late:>12,}",
+            f"    future             {self.future:>12,}",
+            f"windows written        {self.windows_written:>12,}",
+            f"seconds                {self.seconds:>12.2f}",
+            f"records/s              {self.events_per_second:>12,.0f}",
         ]
         if self.late:
             needed = lateness + timedelta(microseconds=self.max_lateness_us)
@@ -72,10 +81,9 @@ class RunSummary:
                 f"note: {self.late:,} late event(s) were dead-lettered under --lateness {_fmt(lateness)}; "
                 f"--lateness {_fmt(needed)} would have kept them"
             )
-        other = {k: v for k, v in self.reasons.items() if k not in (Reason.LATE.value,)}
-        if other:
-            lines.append("dead letters by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(other.items())))
-        if dead_letter_path and (self.late or self.malformed or self.future):
+        if self.reasons:
+            lines.append("dead letters by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(self.reasons.items())))
+        if dead_letter_path and self.reasons:
             lines.append(f"dead letters in {dead_letter_path}")
         return "\n".join(lines)
 

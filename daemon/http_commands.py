@@ -73,6 +73,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     for flag, path in (("--ssl-certfile", args.ssl_certfile), ("--ssl-keyfile", args.ssl_keyfile)):
         if path and not os.path.isfile(path):
             raise CliError(f"{flag} {path}: file not found")
+    log.info("serve: starting: profile %s (backend %s), %s:%s, collector -> %s, credentials %s, access log %s",
+             settings.profile, settings.backend, host, port, http.transport, http.credentials_file,
+             "on" if settings.logging.access_log else "off")
     app, close = build_service(settings, http, create_resources=args.create_resources)
     scheme = "https" if args.ssl_certfile else "http"
 
@@ -88,6 +91,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         def ready(bound_host: str, bound_port: int) -> None:
             announce(bound_host, bound_port)
             service.ready(f"on port {bound_port}")
+            log.info("serve: ready on %s://%s:%d", scheme, bound_host, bound_port)
 
         install_sighup_handler()
         try:
@@ -96,6 +100,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             raise CliError(str(exc)) from None
         finally:
             close()
+    log.info("serve: stopped")
     return 0
 
 
@@ -132,6 +137,10 @@ def build_service(
         http=http,
         writer_error=writer_error,
     )
+    if settings.logging.access_log:
+        from observability.access_log import AccessLog
+
+        app.add_middleware(AccessLog)  # outermost: sees every request, auth failures included
 
     def close() -> None:
         if writer is not None:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 log = logging.getLogger("rivulet.progress")
 
 GZIP_MAGIC = b"\x1f\x8b"
+FDINFO = Path("/proc/self/fdinfo")
 
 
 class FilePosition:
@@ -54,7 +55,7 @@ class FilePosition:
                 if self._fd is None:
                     return None
             try:
-                with open(f"/proc/self/fdinfo/{self._fd}", encoding="ascii") as info:
+                with open(FDINFO / str(self._fd), encoding="ascii") as info:
                     for line in info:
                         if line.startswith("pos:"):
                             position = int(line.split()[1])
@@ -172,7 +173,7 @@ def _make_bar(file: FilePosition | None) -> Any:
         from tqdm import tqdm
     except ImportError:
         return None
-    if file is not None and (file.position() is not None or not file.gzip):
+    if file is not None and (not file.gzip or FDINFO.is_dir()):
         return tqdm(total=file.total, unit="B", unit_scale=True, unit_divisor=1024, leave=False, file=sys.stderr,
                     desc=file.path.name, dynamic_ncols=True)
     return tqdm(unit="ev", unit_scale=True, leave=False, file=sys.stderr, dynamic_ncols=True)

@@ -52,7 +52,7 @@ def test_unknown_sections_keys_and_values_in_a_profile(tmp_path, body, needle):
                                            "unknown key (did you mean lateness?)"),
     ("RIVULET__PIPELIN__LATENESS", '"3h"', "environment RIVULET__PIPELIN__LATENESS: config key pipelin: unknown section"),
     ("RIVULET__HTTP__PROT", "8081", "environment RIVULET__HTTP__PROT: config key http.prot: unknown key (did you mean port?)"),
-    ("RIVULET__OPTIMIZELY__SDKKEY", "abc", "config key optimizely.sdkkey: unknown key (did you mean sdk_key?)"),
+    ("RIVULET__OPTIMIZELY__MAX_VISITOR", "3", "config key optimizely.max_visitor: unknown key (did you mean max_visitors?)"),
     ("RIVULET__PIPELINE__LATENESS", "soon", "environment RIVULET__PIPELINE__LATENESS: config key pipeline.lateness"),
     ("RIVULET__PIPELINE", "x", "environment RIVULET__PIPELINE: names a section"),
 ])

@@ -230,4 +230,4 @@ def test_bad_config_names_the_key(tmp_path):
 def test_no_arguments_runs_the_bundled_sample():
     result = run_cli(env={"RIVULET_DATA_DIR": str(Path(__import__("tempfile").mkdtemp()))})
     assert result.returncode == 0, result.stderr
-    assert "events read" in result.stdout and "windows written" in result.stdout
+    assert "records read" in result.stdout and "windows written" in result.stdout

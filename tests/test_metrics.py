@@ -212,4 +212,4 @@ def test_run_serves_metrics_with_a_flag_while_it_runs(tmp_path):
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert "events read" in out
+    assert "records read" in out
