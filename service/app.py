@@ -25,6 +25,7 @@ from producers.transport import TransportWriter
 from service import collector, counts, ops
 from service.auth import BasicAuth, CredentialStore, FailureLimiter
 from service.context import ServiceContext
+from service.docs import mount_docs
 from service.errors import install_handlers
 from service.collector import Limits, acceptance_floor
 from service.group_commit import Committer
@@ -76,9 +77,12 @@ def build_app(
 
     app = FastAPI(
         title="Rivulet HTTP",
-        description="Event collector (seed 003), hourly bucket queries (seed 004) and operations routes.",
+        description="Event collector, per-user counts, hourly bucket queries (JSON and SVG) and operations routes.",
         version="1",
+        docs_url=None,  # served from local assets by mount_docs: no CDN
+        redoc_url=None,
     )
+    mount_docs(app)
     install_handlers(app)
     app.add_middleware(_Metrics)
     app.include_router(collector.build_router(ctx, ERROR_SCHEMA))
