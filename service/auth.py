@@ -39,6 +39,8 @@ from typing import Any, Callable, Mapping
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.openapi.models import HTTPBase as HTTPBaseModel
+from fastapi.security.base import SecurityBase
 
 from service.errors import ApiError
 from service.metrics import AUTH_FAILURES
@@ -319,12 +321,17 @@ def parse_basic(header: str | None) -> tuple[str, str] | None:
     return (username, password) if sep else None
 
 
-class BasicAuth:
-    """`Depends(auth)` yields the authenticated username or raises 401/429."""
+class BasicAuth(SecurityBase):
+    """`Depends(auth)` yields the authenticated username or raises 401/429.
+
+    A `SecurityBase`, so that FastAPI declares the `basic` security scheme in
+    the OpenAPI document for every route that depends on it."""
 
     def __init__(self, store: CredentialStore, limiter: FailureLimiter) -> None:
         self.store = store
         self.limiter = limiter
+        self.model = HTTPBaseModel(scheme="basic", description="a user of the credentials file (`users add NAME`)")
+        self.scheme_name = "basic"
 
     async def __call__(self, request: Request) -> str:
         client = request.client.host if request.client else "unknown"

@@ -120,7 +120,8 @@ IpAddress = Annotated[
     WithJsonSchema({"anyOf": [{"type": "string", "format": "ipv4"}, {"type": "string", "format": "ipv6"}]}),
 ]
 TIMESTAMP_DOC = (
-    "ISO 8601 with a UTC offset, or epoch milliseconds; default: the time the collector received it."
+    "ISO 8601 with a UTC offset, or epoch milliseconds (an integer, `1614557405657.0` too);"
+    " default: the time the collector received it."
     " It must lie within the lateness behind the collector's clock and at most `[http] max_clock_skew`"
     " ahead of it (otherwise 422 `late` or `future`)"
 )
@@ -128,6 +129,7 @@ TIMESTAMP_SCHEMA = {
     "anyOf": [
         {"type": "string", "pattern": ISO_PATTERN},
         {"type": "integer", "minimum": _MIN_EPOCH_MS, "maximum": _MAX_EPOCH_MS},
+        {"type": "null"},
     ],
     "description": TIMESTAMP_DOC,
 }
@@ -162,6 +164,7 @@ class ButtonClick(_Common):
 
 
 _RESERVED_NAMES = sorted(RESERVED)
+PROPERTY_MARKER = {"description": "kept as a property of the event"}
 
 
 class GenericEvent(_Common):
@@ -173,7 +176,7 @@ class GenericEvent(_Common):
         json_schema_extra={
             "maxProperties": MAX_PROPERTIES + 1,
             "propertyNames": {"minLength": 1, "maxLength": 128, "pattern": _NO_CONTROLS, "not": {"enum": _RESERVED_NAMES}},
-            "additionalProperties": {"description": "kept as a property of the event"},
+            "additionalProperties": PROPERTY_MARKER,  # service.openapi puts its `Property` schema here
         },
     )
 
@@ -397,6 +400,8 @@ def _fast_lines(
                     return None
             elif type(stamp) is int and _MIN_EPOCH_MS <= stamp <= _MAX_EPOCH_MS:
                 event_us = stamp * 1000
+            elif type(stamp) is float and stamp.is_integer() and _MIN_EPOCH_MS <= stamp <= _MAX_EPOCH_MS:
+                event_us = int(stamp) * 1000
             else:
                 return None
             if not low <= event_us <= high:
@@ -655,11 +660,12 @@ def _event_time(
         except ParseError as exc:
             reasons.append(reason(loc, str(exc), exc.reason.value.replace(" ", "_")))
             return None
-    elif isinstance(value, int) and not isinstance(value, bool):
+    elif (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer()):
+        # JSON has one number type: 1614557405657.0 is the integer the schema allows.
         if not _MIN_EPOCH_MS <= value <= _MAX_EPOCH_MS:
             reasons.append(reason(loc, f"epoch milliseconds out of range: {value}", "bad_timestamp"))
             return None
-        event_us = value * 1000
+        event_us = int(value) * 1000
     else:
         reasons.append(reason(loc, f"expected an ISO 8601 string or epoch milliseconds, got {_json_type(value)}", "bad_timestamp"))
         return None

@@ -21,6 +21,7 @@ from config.settings import ConfigError
 from consumers.bucket_chart import render_svg
 from consumers.bucket_query import query_buckets
 from service.bodies import parse_json, read_capped
+from service.collector import ISO_PATTERN
 from service.context import ServiceContext
 from service.errors import ApiError, reason, validation_error
 from streams.events import ParseError
@@ -53,8 +54,10 @@ def build_router(ctx: ServiceContext) -> APIRouter:
 
     range_params = {
         "parameters": [
-            {"name": "start", "in": "query", "required": False, "schema": {"type": "string"}, "description": "ISO 8601 with offset"},
-            {"name": "end", "in": "query", "required": False, "schema": {"type": "string"}, "description": "ISO 8601 with offset"},
+            {"name": "start", "in": "query", "required": True, "schema": {"type": "string", "pattern": ISO_PATTERN},
+             "description": "ISO 8601 with offset, before `end` (or in a JSON body `{customer_id, start, end}`, seed 004's form)"},
+            {"name": "end", "in": "query", "required": True, "schema": {"type": "string", "pattern": ISO_PATTERN},
+             "description": "ISO 8601 with offset, after `start` by at most `[http] query_max_range` (or in the JSON body)"},
         ]
     }
 
