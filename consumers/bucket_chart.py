@@ -1,35 +1,44 @@
 """Hourly buckets as a bar chart: SVG by hand, PNG with a tiny pure-Python
-writer (zlib + a 5x7 bitmap font), so no plotting library is needed.
+writer (zlib + a 5x7 bitmap font with both cases), so no plotting library is
+needed.
 
     write_chart(result, "buckets.svg")   # or .png
-    svg_text = render_svg(result)
+    svg_text = render_svg(result, start_us, end_us)
 
 `result` is the JSON of `query buckets`: `{"customer_id", "buckets":
-[{"ts_start_of_hour", "count"}, ...]}`. There is one bar per bucket, in
-order (buckets without events are not in the result, so bars are categorical,
-not spaced by time); the x axis is labelled with bucket start hours (UTC),
-the y axis with counts.
+[{"ts_start_of_hour", "count"}, ...]}`. The x axis is time: one slot per hour
+of the range (`[start floored to the hour, end)` when given, else the first
+to the last bucket), hours without events drawn as zero-height bars, so a gap
+shows as a gap. When there are more than `MAX_BINS` hours the slots are days
+(then months, then years), so the chart keeps a bounded width
+(`MAX_PLOT_WIDTH`) and bars a bounded width (`MAX_BAR_WIDTH`: one bucket does
+not fill the plot). Ids are drawn as they are; the y axis is counts.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 import struct
 import zlib
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Mapping
 from xml.sax.saxutils import escape
 
-MAX_BARS = 20_000  # a wider PNG would be tens of megabytes
+HOUR_US = 3_600_000_000
+DAY_US = 24 * HOUR_US
+MAX_BINS = 400  # slots on the x axis; past this, a coarser unit
+MIN_PLOT_WIDTH, MAX_PLOT_WIDTH = 480, 1600
+MAX_BAR_WIDTH = 48
 HEIGHT = 380
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 78, 24, 44, 78
 BAR_COLOUR = (0x3B, 0x6E, 0xA8)
 AXIS_COLOUR = (0x33, 0x33, 0x33)
 GRID_COLOUR = (0xE2, 0xE2, 0xE2)
 TEXT_COLOUR = (0x11, 0x11, 0x11)
-X_LABEL = "hour starting (UTC)"
 Y_LABEL = "events"
 
 
@@ -53,13 +62,18 @@ class Layout:
     plot_width: int
     plot_height: int
     title: str
+    unit: str = "hour"  # what one bar counts: hour, day, month or year
     bars: list[Bar] = field(default_factory=list)
     y_ticks: list[tuple[float, int]] = field(default_factory=list)  # (y pixel, value)
-    x_labels: list[tuple[float, str, str]] = field(default_factory=list)  # (x centre, date, hh:mm)
+    x_labels: list[tuple[float, str, str]] = field(default_factory=list)  # (x centre, line 1, line 2)
 
     @property
     def bottom(self) -> int:
         return self.top + self.plot_height
+
+    @property
+    def x_label(self) -> str:
+        return f"{self.unit} starting (UTC)"
 
 
 def _nice_step(maximum: int, ticks: int = 5) -> int:
@@ -71,15 +85,73 @@ def _nice_step(maximum: int, ticks: int = 5) -> int:
     return int(10 * magnitude)
 
 
-def layout(result: Mapping[str, Any]) -> Layout:
-    buckets = list(result.get("buckets", []))
-    if len(buckets) > MAX_BARS:
-        raise ValueError(f"{len(buckets)} buckets are too many to draw (at most {MAX_BARS}); narrow the range")
-    n = len(buckets)
-    # At least 2 px per bar (1 px bar, 1 px gap) so every bucket stays visible.
-    plot_width = max(480, min(n * 16, 2400), n * 2)
+def _us(text: str) -> int:
+    moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _utc(us: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=us)
+
+
+def _month_index(us: int) -> int:
+    moment = _utc(us)
+    return moment.year * 12 + moment.month - 1
+
+
+def _month_start_us(index: int) -> int:
+    return _us(f"{index // 12:04d}-{index % 12 + 1:02d}-01T00:00:00+00:00")
+
+
+def _bins(lo_us: int, hi_us: int) -> tuple[str, list[int]]:
+    """The slot unit and the slot starts covering [lo, hi): the finest of
+    hour, day, month, year with at most MAX_BINS slots."""
+    if (hi_us - lo_us) // HOUR_US <= MAX_BINS:
+        return "hour", list(range(lo_us, hi_us, HOUR_US))
+    first_day = lo_us - lo_us % DAY_US
+    if (hi_us - first_day + DAY_US - 1) // DAY_US <= MAX_BINS:
+        return "day", list(range(first_day, hi_us, DAY_US))
+    first, last = _month_index(lo_us), _month_index(hi_us - 1)
+    if last - first + 1 <= MAX_BINS:
+        return "month", [_month_start_us(m) for m in range(first, last + 1)]
+    years = range(_utc(lo_us).year, _utc(hi_us - 1).year + 1)
+    step = max(1, math.ceil(len(years) / MAX_BINS))
+    return "year" if step == 1 else f"{step} years", [_month_start_us(y * 12) for y in years[::step]]
+
+
+def _slot_label(unit: str, start_us: int) -> tuple[str, str]:
+    text = _utc(start_us).strftime("%Y-%m-%dT%H:%M")
+    if unit == "hour":
+        return text[:10], text[11:16]
+    if unit == "day":
+        return text[:10], ""
+    if unit == "month":
+        return text[:7], ""
+    return text[:4], ""
+
+
+def layout(result: Mapping[str, Any], start_us: int | None = None, end_us: int | None = None) -> Layout:
+    """The chart of `result` over [start floored to the hour, end) when
+    given, else over the hours from the first to the last bucket."""
+    points = [(_us(b["ts_start_of_hour"]), int(b["count"])) for b in result.get("buckets", [])]
+    lo = start_us - start_us % HOUR_US if start_us is not None else min((t for t, _ in points), default=None)
+    hi = end_us if end_us is not None else (max(t for t, _ in points) + HOUR_US if points else None)
+    if lo is not None and hi is not None and points:  # buckets outside the given range still show
+        lo, hi = min(lo, min(t for t, _ in points)), max(hi, max(t for t, _ in points) + 1)
+    unit, starts = _bins(lo, hi) if lo is not None and hi is not None and hi > lo else ("hour", [])
+    counts = [0] * len(starts)
+    for t, count in points:
+        # the last slot starting at or before t
+        index = bisect.bisect_right(starts, t) - 1
+        counts[max(0, index)] += count
+    n = len(starts)
+    plot_width = max(MIN_PLOT_WIDTH, min(n * 16, MAX_PLOT_WIDTH))
     plot_height = HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
-    title = f"Events per hour, customer {result.get('customer_id', '')}"
+    per = unit if unit in ("hour", "day", "month", "year") else "period"
+    title = f"Events per {per}, customer {result.get('customer_id', '')}"
     chart = Layout(
         width=MARGIN_LEFT + plot_width + MARGIN_RIGHT,
         height=HEIGHT,
@@ -88,23 +160,23 @@ def layout(result: Mapping[str, Any]) -> Layout:
         plot_width=plot_width,
         plot_height=plot_height,
         title=title[:90],
+        unit=unit,
     )
-    maximum = max((int(b["count"]) for b in buckets), default=0)
+    maximum = max(counts, default=0)
     step = _nice_step(maximum)
     y_max = max(step, math.ceil(maximum / step) * step)
     chart.y_ticks = [(chart.bottom - plot_height * v / y_max, v) for v in range(0, y_max + 1, step)]
     if n:
         slot = plot_width / n
-        bar_width = max(1.0, slot * 0.8)
-        for i, bucket in enumerate(buckets):
-            count = int(bucket["count"])
+        bar_width = min(MAX_BAR_WIDTH, max(1.0, slot * 0.8))
+        for i, (start, count) in enumerate(zip(starts, counts)):
             x = chart.left + i * slot + (slot - bar_width) / 2
             top = chart.bottom - plot_height * count / y_max
-            chart.bars.append(Bar(x, bar_width, top, count, str(bucket["ts_start_of_hour"])))
-        label_every = max(1, math.ceil(n * 70 / plot_width))  # labels are ~60 px wide
+            chart.bars.append(Bar(x, bar_width, top, count, _utc(start).strftime("%Y-%m-%dT%H:%M:%SZ")))
+        label_every = max(1, math.ceil(n * 74 / plot_width))  # labels are ~60 px wide
         for i in range(0, n, label_every):
-            start = chart.bars[i].start
-            chart.x_labels.append((chart.left + (i + 0.5) * slot, start[:10], start[11:16]))
+            first, second = _slot_label(unit, starts[i])
+            chart.x_labels.append((chart.left + (i + 0.5) * slot, first, second))
     return chart
 
 
@@ -118,8 +190,8 @@ def _text(value: str) -> str:
     return escape(_NOT_XML.sub("?", value))
 
 
-def render_svg(result: Mapping[str, Any]) -> str:
-    chart = layout(result)
+def render_svg(result: Mapping[str, Any], start_us: int | None = None, end_us: int | None = None) -> str:
+    chart = layout(result, start_us, end_us)
     out: list[str] = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{chart.width}" height="{chart.height}" '
         f'viewBox="0 0 {chart.width} {chart.height}" font-family="sans-serif" font-size="11">',
@@ -146,7 +218,7 @@ def render_svg(result: Mapping[str, Any]) -> str:
     out += [
         f'<line class="axis" x1="{chart.left}" y1="{chart.bottom}" x2="{chart.left + chart.plot_width}" y2="{chart.bottom}" stroke="#333333"/>',
         f'<line class="axis" x1="{chart.left}" y1="{chart.top}" x2="{chart.left}" y2="{chart.bottom}" stroke="#333333"/>',
-        f'<text class="x-label" x="{chart.left + chart.plot_width / 2:.1f}" y="{chart.height - 14}" text-anchor="middle">{X_LABEL}</text>',
+        f'<text class="x-label" x="{chart.left + chart.plot_width / 2:.1f}" y="{chart.height - 14}" text-anchor="middle">{chart.x_label}</text>',
         f'<text class="y-label" x="18" y="{chart.top + chart.plot_height / 2:.1f}" text-anchor="middle" '
         f'transform="rotate(-90 18 {chart.top + chart.plot_height / 2:.1f})">{Y_LABEL}</text>',
     ]
@@ -161,8 +233,8 @@ def render_svg(result: Mapping[str, Any]) -> str:
 
 # -- PNG -------------------------------------------------------------------------------
 
-# 5x7 glyphs, one 5-bit row per entry (bit 4 = leftmost pixel); lowercase
-# letters use the capitals, anything else draws as "?".
+# 5x7 glyphs, one 5-bit row per entry (bit 4 = leftmost pixel); both cases,
+# so ids are drawn as they are; anything else draws as "?".
 _FONT: dict[str, tuple[int, ...]] = {
     "0": (0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E), "1": (0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E),
     "2": (0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F), "3": (0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E),
@@ -188,6 +260,19 @@ _FONT: dict[str, tuple[int, ...]] = {
     "/": (0, 0x01, 0x02, 0x04, 0x08, 0x10, 0), "?": (0x0E, 0x11, 0x01, 0x02, 0x04, 0, 0x04),
     "=": (0, 0, 0x1F, 0, 0x1F, 0, 0), "+": (0, 0x04, 0x04, 0x1F, 0x04, 0x04, 0),
     "@": (0x0E, 0x11, 0x17, 0x15, 0x17, 0x10, 0x0E),
+    "a": (0, 0, 0x0E, 0x01, 0x0F, 0x11, 0x0F), "b": (0x10, 0x10, 0x16, 0x19, 0x11, 0x11, 0x1E),
+    "c": (0, 0, 0x0E, 0x10, 0x10, 0x11, 0x0E), "d": (0x01, 0x01, 0x0D, 0x13, 0x11, 0x11, 0x0F),
+    "e": (0, 0, 0x0E, 0x11, 0x1F, 0x10, 0x0E), "f": (0x06, 0x09, 0x08, 0x1C, 0x08, 0x08, 0x08),
+    "g": (0, 0x0F, 0x11, 0x11, 0x0F, 0x01, 0x0E), "h": (0x10, 0x10, 0x16, 0x19, 0x11, 0x11, 0x11),
+    "i": (0x04, 0, 0x0C, 0x04, 0x04, 0x04, 0x0E), "j": (0x02, 0, 0x06, 0x02, 0x02, 0x12, 0x0C),
+    "k": (0x10, 0x10, 0x12, 0x14, 0x18, 0x14, 0x12), "l": (0x0C, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E),
+    "m": (0, 0, 0x1A, 0x15, 0x15, 0x11, 0x11), "n": (0, 0, 0x16, 0x19, 0x11, 0x11, 0x11),
+    "o": (0, 0, 0x0E, 0x11, 0x11, 0x11, 0x0E), "p": (0, 0, 0x1E, 0x11, 0x1E, 0x10, 0x10),
+    "q": (0, 0, 0x0D, 0x13, 0x0F, 0x01, 0x01), "r": (0, 0, 0x16, 0x19, 0x10, 0x10, 0x10),
+    "s": (0, 0, 0x0E, 0x10, 0x0E, 0x01, 0x1E), "t": (0x08, 0x08, 0x1C, 0x08, 0x08, 0x09, 0x06),
+    "u": (0, 0, 0x11, 0x11, 0x11, 0x13, 0x0D), "v": (0, 0, 0x11, 0x11, 0x11, 0x0A, 0x04),
+    "w": (0, 0, 0x11, 0x11, 0x15, 0x15, 0x0A), "x": (0, 0, 0x11, 0x0A, 0x04, 0x0A, 0x11),
+    "y": (0, 0, 0x11, 0x11, 0x0F, 0x01, 0x0E), "z": (0, 0, 0x1F, 0x02, 0x04, 0x08, 0x1F),
 }
 GLYPH_WIDTH, GLYPH_HEIGHT, GLYPH_ADVANCE = 5, 7, 6
 
@@ -216,7 +301,7 @@ class _Canvas:
         length = len(text) * GLYPH_ADVANCE - 1
         shift = {"start": 0, "middle": length / 2, "end": length}[anchor]
         for i, char in enumerate(text):
-            glyph = _FONT.get(char.upper(), _FONT["?"])
+            glyph = _FONT.get(char) or _FONT["?"]
             offset = i * GLYPH_ADVANCE - shift
             for gy, bits in enumerate(glyph):
                 for gx in range(GLYPH_WIDTH):
@@ -237,8 +322,8 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
-def render_png(result: Mapping[str, Any]) -> bytes:
-    chart = layout(result)
+def render_png(result: Mapping[str, Any], start_us: int | None = None, end_us: int | None = None) -> bytes:
+    chart = layout(result, start_us, end_us)
     canvas = _Canvas(chart.width, chart.height)
     canvas.text(chart.width / 2, 14, chart.title, TEXT_COLOUR, "middle")
     for y, value in chart.y_ticks:
@@ -253,21 +338,22 @@ def render_png(result: Mapping[str, Any]) -> bytes:
         canvas.text(x, chart.bottom + 18, hour, TEXT_COLOUR, "middle")
     canvas.rect(chart.left, chart.bottom, chart.left + chart.plot_width, chart.bottom + 1, AXIS_COLOUR)
     canvas.rect(chart.left - 1, chart.top, chart.left, chart.bottom + 1, AXIS_COLOUR)
-    canvas.text(chart.left + chart.plot_width / 2, chart.height - 20, X_LABEL, TEXT_COLOUR, "middle")
+    canvas.text(chart.left + chart.plot_width / 2, chart.height - 20, chart.x_label, TEXT_COLOUR, "middle")
     canvas.text(14, chart.top + chart.plot_height / 2, Y_LABEL, TEXT_COLOUR, "middle", vertical=True)
     if not chart.bars:
         canvas.text(chart.left + chart.plot_width / 2, chart.top + chart.plot_height / 2, "no events in this range", (0x77,) * 3, "middle")
     return canvas.png()
 
 
-def write_chart(result: Mapping[str, Any], path: str) -> None:
-    """Draw `result` to `path`; the suffix (.svg or .png) picks the format."""
+def write_chart(result: Mapping[str, Any], path: str, start_us: int | None = None, end_us: int | None = None) -> None:
+    """Draw `result` to `path` over [start, end) when given; the suffix (.svg
+    or .png) picks the format."""
     target = Path(path)
     suffix = target.suffix.lower()
     if suffix == ".svg":
-        data = render_svg(result).encode("utf-8")
+        data = render_svg(result, start_us, end_us).encode("utf-8")
     elif suffix == ".png":
-        data = render_png(result)
+        data = render_png(result, start_us, end_us)
     else:
         raise ValueError(f"--plot {path}: the file name must end in .svg or .png")
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -307,7 +307,7 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
     if args.plot:
         from consumers.bucket_chart import write_chart
 
-        write_chart(result, args.plot)
+        write_chart(result, args.plot, start_us, end_us)
     return 0
 
 
