@@ -164,8 +164,9 @@ class AggregateWriter:
         first = us_to_datetime(int(group[WINDOW_START].min()))
         flag = "f" if group[FINAL].all() else "p"
         digest = hashlib.blake2b(body, digest_size=8).hexdigest()
-        return (f"{root}/dt={when:%Y-%m-%d}/hour={when.hour}/"
-                f"part-{encode_name_part(partition)}-{first:%Y%m%dT%H%M%SZ}{flag}-{digest}.parquet")
+        # The year by hand: strftime's %Y writes 999 for 0999, which no date reader takes.
+        return (f"{root}/dt={when.year:04d}-{when:%m-%d}/hour={when.hour}/"
+                f"part-{encode_name_part(partition)}-{first.year:04d}{first:%m%dT%H%M%SZ}{flag}-{digest}.parquet")
 
 
 def _parquet(group: pl.DataFrame, key_fields: tuple[str, ...]) -> bytes:
