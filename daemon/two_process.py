@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import multiprocessing
 import queue as queue_module
-import threading
 
 import reactivex
 from reactivex import abc
@@ -20,7 +19,6 @@ from reactivex import abc
 from config.settings import Settings
 from consumers.run_summary import RunSummary
 from daemon.job import run_job
-from streams.events import BatchKind
 from streams.parsed_columns import from_columns, to_columns
 from streams.parsers import RecordParser
 

@@ -597,7 +597,7 @@ def _validate(
     event_us = now_us if event_time_us is None else event_time_us
     event = Event(
         customer_id=username,
-        event_type=event_type or getattr(parsed, "event_type"),
+        event_type=event_type or parsed.event_type,
         transaction_id=parsed.event_id or _new_id(),
         event_time_us=event_us,
         properties={**properties, "username": username, "received_at": received_at},

@@ -41,7 +41,7 @@ def test_collected_events_are_counted_and_queryable(tmp_path: Path) -> None:
         when = START
         for _ in range(40):  # time moves forward: nothing is late
             user = rng.choice(list(clients))
-            batch, page_views = [], []
+            batch = []
             for _ in range(rng.randint(1, 20)):
                 when += timedelta(seconds=rng.randint(1, 600))
                 kind = rng.choice(["page_view", "button_click", "other"])
