@@ -80,12 +80,17 @@ def redact(text: str) -> str:
     return _SHAPES.sub(MASK, text)
 
 
+_SECRET_NAME = re.compile(rf"(?i)(?:{_NAMES})")
+
+
 def redact_value(value: Any) -> Any:
-    """`redact` over the strings of a JSON-like value (a log line's fields)."""
+    """`redact` over the strings of a JSON-like value (a log line's fields);
+    the value of a key named like a secret is masked whole."""
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, dict):
-        return {key: redact_value(item) for key, item in value.items()}
+        return {key: MASK if isinstance(key, str) and _SECRET_NAME.fullmatch(key) and item else redact_value(item)
+                for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [redact_value(item) for item in value]
     return value
