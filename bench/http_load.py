@@ -1,162 +1,243 @@
 #!/usr/bin/env python3
-"""Bounded load test of the HTTP collector on loopback.
+"""Load test of the HTTP collector and the bucketer on loopback, with `wrk`.
 
-Starts `serve` (spool transport) in its own process with a fresh data
-directory, drives it with concurrent keep-alive connections posting batches
-of events to POST /events for a fixed time, then stops it, runs
-`consume --drain` and checks that the count store holds exactly the events
-the collector accepted.
+For each connection count it runs, one after the other and for the same
+duration, each server in its own process with a fresh data directory:
 
-    python bench/http_load.py                        # 30 s, 64 connections, 100 events/POST
-    python bench/http_load.py --duration 5 --connections 16
+1. **bare**: FastAPI on the same uvicorn (one worker, uvloop, httptools) with
+   one route, `POST /events`, that validates the same body with pydantic
+   (`list[Event]`, the collector's field rules) and does nothing else;
+2. **collector**: `serve` on a spool. After the load it stops the server,
+   runs `consume --drain` and checks for loss: the count store's total must
+   equal the events the server answered "Received" for (its
+   `rivulet_http_events_accepted_total`), which must cover every 200 the load
+   generator read (a request cut by the end of the run may be accepted
+   without its answer being read);
+3. **bucketer** (`--bucketer`): `serve` with a datafile in which everyone is
+   bucketed, `GET /bucketer?e=...&u=<a new user each time>`; every decision
+   sends an impression through the bulk dispatcher to a spool, and the
+   impressions there must equal the decisions.
 
-Prints accepted events/s, request latency p50/p99, 503s and errors, and the
-count check; exits 1 if the counts differ or nothing was accepted.
+`wrk` (Debian package `wrk`) is the load generator: a C program, so the
+client costs the 2-core machine little. It prints accepted events/s,
+decisions/s, p50, p99, p99.9, and the collector's ratio to the bare
+framework.
+
+    python bench/http_load.py                                # 30 s, 32 connections, 100 events/POST
+    python bench/http_load.py --connections 16,32,64 --bucketer
+    python bench/http_load.py --duration 5 --connections 16  # short run
+
+Exits 1 when a count check fails.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import base64
 import json
 import os
 import re
 import shutil
 import signal
-import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+import urllib.request
+from base64 import b64encode
+from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
+from typing import Any
 
 PROJECT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT))
 CLI = [sys.executable, str(PROJECT / "run_stream_processing.py")]
 USER, PASSWORD = "bench", "bench-password"
+DATAFILE = PROJECT / "tests" / "fixtures" / "optimizely" / "datafile_rev7.json"
+EXPERIMENT = "checkout_flow_experiment"
+
+# Counts 200s (and the "accepted" of each), other statuses and the latency
+# percentiles, summed over wrk's threads; printed as one JSON line.
+_REPORT_LUA = r"""
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) ok = 0; accepted = 0; other = 0 end
+function response(status, headers, body)
+  if status == 200 then
+    ok = ok + 1
+    local n = string.match(body, '"accepted":(%d+)')
+    accepted = accepted + (tonumber(n) or 1)
+  else
+    other = other + 1
+  end
+end
+function done(summary, latency, requests)
+  local o, a, x = 0, 0, 0
+  for _, t in ipairs(threads) do o = o + t:get("ok"); a = a + t:get("accepted"); x = x + t:get("other") end
+  local e = summary.errors
+  io.write(string.format('RESULT {"requests": %d, "ok": %d, "accepted": %d, "other": %d, "socket_errors": %d, ' ..
+    '"duration_us": %d, "p50_us": %d, "p99_us": %d, "p999_us": %d, "max_us": %d}\n',
+    summary.requests, o, a, x, e.connect + e.read + e.write + e.timeout, summary.duration,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), latency.max))
+end
+"""
+
+_POST_LUA = r"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Basic %(token)s"
+local f = io.open("%(body)s", "rb"); wrk.body = f:read("*a"); f:close()
+"""
+
+_BUCKET_LUA = r"""
+wrk.headers["Authorization"] = "Basic %(token)s"
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("GET", "/bucketer?e=%(experiment)s&u=u" .. n .. "-" .. math.random(1, 1000000000) .. "&a=tier:%%22platinum%%22")
+end
+"""
 
 
 @dataclass
-class Tally:
-    requests: int = 0
-    accepted: int = 0
-    unavailable: int = 0  # 503: transport full
-    errors: int = 0
-    latencies: list[float] = field(default_factory=list)
+class Run:
+    name: str
+    requests: int
+    ok: int
+    accepted: int
+    other: int
+    socket_errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    check: str = ""
+    passed: bool = True
+
+    @property
+    def rate(self) -> float:
+        return self.accepted / self.seconds if self.seconds else 0.0
 
 
-def env_for(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RIVULET")}
-    env["RIVULET_DATA_DIR"] = str(data_dir)
+def env_for(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RIVULET") and k != "OPTIMIZELY_DATAFILE"}
+    env.update(RIVULET_DATA_DIR=str(data_dir), PYTHONPATH=str(PROJECT), **extra)
     return env
 
 
-def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
-    add = subprocess.run([*CLI, "users", "add", USER], input=f"{PASSWORD}\n", text=True, capture_output=True, env=env_for(data_dir), cwd=PROJECT)
-    if add.returncode:
-        raise SystemExit(f"users add failed: {add.stderr.strip()}")
-    proc = subprocess.Popen(
-        [*CLI, "serve", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_for(data_dir), cwd=PROJECT
-    )
+def start(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=PROJECT)
     line = proc.stdout.readline() if proc.stdout else ""
     match = re.search(r"serving on (http://\S+)", line)
     if not match:
         proc.kill()
-        raise SystemExit(f"serve did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
+        raise SystemExit(f"{cmd[-3:]} did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
     return proc, match.group(1)
 
 
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def start_serve(data_dir: Path, **env: str) -> tuple[subprocess.Popen[str], str]:
+    add = subprocess.run([*CLI, "users", "add", USER], input=f"{PASSWORD}\n", text=True, capture_output=True,
+                         env=env_for(data_dir), cwd=PROJECT)
+    if add.returncode:
+        raise SystemExit(f"users add failed: {add.stderr.strip()}")
+    return start([*CLI, "serve", "--port", "0"], env_for(data_dir, **env))
+
+
+def wrk(url: str, script: str, connections: int, seconds: float, work: Path, threads: int = 2) -> dict[str, Any]:
+    path = work / "script.lua"
+    path.write_text(script + _REPORT_LUA)
+    done = subprocess.run(
+        ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(path), url],
+        capture_output=True, text=True,
+    )
+    match = re.search(r"^RESULT (\{.*\})$", done.stdout, re.M)
+    if done.returncode or not match:
+        raise SystemExit(f"wrk failed: {done.stdout}{done.stderr}")
+    return json.loads(match.group(1))
+
+
+def as_run(name: str, raw: dict[str, Any], check: str = "", passed: bool = True) -> Run:
+    return Run(name, raw["requests"], raw["ok"], raw["accepted"], raw["other"], raw["socket_errors"], raw["duration_us"] / 1e6,
+               raw["p50_us"] / 1000, raw["p99_us"] / 1000, raw["p999_us"] / 1000, check, passed)
+
+
 def batch_body(size: int) -> bytes:
-    # No event_id: the collector gives each event a new UUID, so resending the
-    # same body makes new events. No timestamp: the receive time, in order.
+    # No event_id: every event is new. No timestamp: the receive time.
     events = [{"event_type": "page_view" if i % 2 else "button_click", "url": f"https://example.com/p/{i % 10}",
                "button_id": f"b{i % 5}", "session_id": f"s{i % 37}"} for i in range(size)]
     return json.dumps(events).encode()
 
 
-async def drive(url: str, connections: int, duration: float, body: bytes, client: str) -> tuple[Tally, float]:
-    tally = Tally()
-    stop_at = time.perf_counter() + duration
-    worker = _raw_worker if client == "raw" else _httpx_worker
-    began = time.perf_counter()
-    if client == "raw":
-        await asyncio.gather(*(worker(url, body, stop_at, tally) for _ in range(connections)))
-    else:
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        # TCP_NODELAY: httpx writes headers and body separately; without it
-        # Nagle + delayed ACK add up to 40 ms to a request on loopback.
-        transport = httpx.AsyncHTTPTransport(limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
-        async with httpx.AsyncClient(base_url=url, auth=(USER, PASSWORD), transport=transport, timeout=60) as http:
-            await asyncio.gather(*(worker(http, body, stop_at, tally) for _ in range(connections)))
-    return tally, time.perf_counter() - began
+def token() -> str:
+    return b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 
 
-def _count(tally: Tally, status: int, payload: bytes, started: float) -> float:
-    """Record one answer; the seconds to back off (503's Retry-After) or 0."""
-    tally.latencies.append(time.perf_counter() - started)
-    tally.requests += 1
-    if status == 200:
-        tally.accepted += json.loads(payload)["accepted"]
-    elif status == 503:
-        tally.unavailable += 1
-        return 1.0
-    else:
-        tally.errors += 1
-    return 0.0
+# -- 1. the bare framework --------------------------------------------------------------
 
 
-async def _httpx_worker(http: httpx.AsyncClient, body: bytes, stop_at: float, tally: Tally) -> None:
-    while time.perf_counter() < stop_at:
-        started = time.perf_counter()
-        try:
-            r = await http.post("/events", content=body, headers={"Content-Type": "application/json"})
-        except httpx.HTTPError:
-            tally.errors += 1
-            continue
-        backoff = _count(tally, r.status_code, r.content, started)
-        if backoff:
-            await asyncio.sleep(float(r.headers.get("retry-after", backoff)))
+def bare_app() -> Any:
+    """FastAPI, one route, pydantic validation of the same body, nothing else."""
+    from typing import Annotated
+
+    from fastapi import FastAPI
+    from pydantic import BaseModel, ConfigDict, StringConstraints
+
+    class Event(BaseModel):
+        model_config = ConfigDict(extra="allow", strict=True)
+        event_type: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+        event_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+
+    app = FastAPI()
+
+    async def events(batch):  # type: ignore[no-untyped-def]
+        return {"message": "Received", "accepted": len(batch)}
+
+    # Real annotations (this module's are strings, and Event is local).
+    events.__annotations__ = {"batch": list[Event], "return": dict[str, Any]}
+    app.post("/events")(events)
+    return app
 
 
-async def _raw_worker(url: str, body: bytes, stop_at: float, tally: Tally) -> None:
-    """A minimal HTTP/1.1 keep-alive client: one write per request, so the
-    load generator costs little CPU next to the server it measures."""
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-    request = (
-        f"POST /events HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Basic {token}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def serve_bare() -> None:
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(2048)
+    print(f"serving on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
+    uvicorn.Server(uvicorn.Config(bare_app(), access_log=False, log_config=None, lifespan="off")).run(sockets=[sock])
+
+
+def run_bare(args: argparse.Namespace, connections: int, work: Path, body_path: Path) -> Run:
+    proc, url = start([sys.executable, __file__, "--serve-bare"], env_for(work))
     try:
-        while time.perf_counter() < stop_at:
-            started = time.perf_counter()
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head.split(b" ", 2)[1])
-            length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))  # type: ignore[union-attr]
-            payload = await reader.readexactly(length)
-            if _count(tally, status, payload, started):
-                await asyncio.sleep(1.0)
-    except (OSError, asyncio.IncompleteReadError):
-        tally.errors += 1
+        raw = wrk(f"{url}/events", _POST_LUA % {"token": token(), "body": body_path}, connections, args.duration, work)
     finally:
-        writer.close()
+        stop(proc)
+    return as_run("bare FastAPI + pydantic", raw)
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+# -- 2. the collector ------------------------------------------------------------------------
+
+
+def server_accepted(url: str) -> int:
+    request = urllib.request.Request(f"{url}/metrics")
+    text = urllib.request.urlopen(request, timeout=10).read().decode()
+    return sum(int(float(v)) for v in re.findall(r'^rivulet_http_events_accepted_total\{route="/events"\} (\S+)$', text, re.M))
 
 
 def counted(data_dir: Path) -> int:
+    sys.path.insert(0, str(PROJECT))
     from consumers.sqlite_count_store import SqliteCountStore
 
     store = SqliteCountStore(data_dir / "counts.sqlite3")
@@ -166,52 +247,111 @@ def counted(data_dir: Path) -> int:
         store.close()
 
 
+def run_collector(args: argparse.Namespace, connections: int, work: Path, body_path: Path) -> Run:
+    data_dir = work / f"collector-{connections}"
+    proc, url = start_serve(data_dir)
+    try:
+        raw = wrk(f"{url}/events", _POST_LUA % {"token": token(), "body": body_path}, connections, args.duration, work)
+        time.sleep(0.5)  # requests cut by the end of the run finish on the server
+        on_server = server_accepted(url)
+    finally:
+        stop(proc)
+    began = time.perf_counter()
+    done = subprocess.run([*CLI, "consume", "--from", f"spool:{data_dir / 'spool'}", "--drain", "0.5", "--json"],
+                          capture_output=True, text=True, env=env_for(data_dir), cwd=PROJECT)
+    if done.returncode:
+        raise SystemExit(f"consume failed: {done.stderr.strip()}")
+    total = counted(data_dir)
+    ok = total == on_server and raw["accepted"] <= on_server <= raw["accepted"] + connections * args.batch
+    check = (f"store {total:,} = server accepted {on_server:,} >= client read {raw['accepted']:,}: "
+             f"{'ok' if ok else 'LOSS OR MISMATCH'} (drain {time.perf_counter() - began:.1f} s)")
+    if not args.keep:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return as_run("collector (serve, spool)", raw, check, ok)
+
+
+# -- 3. the bucketer -------------------------------------------------------------------------
+
+
+def run_bucketer(args: argparse.Namespace, connections: int, work: Path) -> Run:
+    data_dir = work / f"bucketer-{connections}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    datafile = json.loads(DATAFILE.read_text())
+    for experiment in datafile["experiments"]:
+        if experiment["key"] == EXPERIMENT:  # everyone in: one impression per decision
+            experiment["trafficAllocation"] = [{"entityId": v["id"], "endOfRange": 10000 * (i + 1) // len(experiment["variations"])}
+                                               for i, v in enumerate(experiment["variations"])]
+    path = data_dir / "datafile.json"
+    path.write_text(json.dumps(datafile))
+    proc, url = start_serve(data_dir, OPTIMIZELY_DATAFILE=str(path))
+    try:
+        raw = wrk(f"{url}/bucketer", _BUCKET_LUA % {"token": token(), "experiment": EXPERIMENT}, connections, args.duration, work)
+        time.sleep(0.5)
+    finally:
+        stop(proc)  # the dispatcher sends what it buffered at exit
+    spool = data_dir / "optimizely-spool" / "spool.sqlite3"
+    with sqlite3.connect(spool) as conn:
+        (impressions,) = conn.execute("SELECT COUNT(*) FROM records").fetchone()
+    ok = raw["ok"] <= impressions <= raw["ok"] + connections
+    check = f"impressions in the spool {impressions:,} for {raw['ok']:,} decisions read: {'ok' if ok else 'MISMATCH'}"
+    if not args.keep:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return as_run("bucketer (activate, bulk dispatch)", raw, check, ok)
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def show(run: Run, unit: str) -> None:
+    print(f"  {run.name:<36} {run.rate:>10,.0f} {unit}/s  p50 {run.p50_ms:6.1f} ms  p99 {run.p99_ms:6.1f} ms  "
+          f"p99.9 {run.p999_ms:6.1f} ms  ({run.requests:,} requests, {run.other:,} not 200, {run.socket_errors} socket errors)")
+    if run.check:
+        print(f"    {run.check}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load (default 30)")
-    parser.add_argument("--connections", type=int, default=64, help="concurrent connections (default 64)")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load per server (default 30)")
+    parser.add_argument("--connections", default="32", help="comma-separated connection counts (default 32)")
     parser.add_argument("--batch", type=int, default=100, help="events per POST (default 100)")
-    parser.add_argument("--client", choices=["raw", "httpx"], default="raw",
-                        help="raw: a minimal asyncio HTTP/1.1 client (default, cheap); httpx: httpx.AsyncClient")
-    parser.add_argument("--data-dir", help="keep the data here (default: a temporary directory, removed)")
+    parser.add_argument("--bucketer", action="store_true", help="also load the bucketer")
+    parser.add_argument("--no-collector", action="store_true", help="only the bucketer")
+    parser.add_argument("--keep", action="store_true", help="keep the data directories")
+    parser.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.duration <= 0 or args.connections <= 0 or not 0 < args.batch <= 1000:
+    if args.serve_bare:
+        serve_bare()
+        return 0
+    if shutil.which("wrk") is None:
+        print("wrk not found: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    counts = [int(c) for c in args.connections.split(",")]
+    if args.duration <= 0 or not 0 < args.batch <= 1000 or min(counts) <= 0:
         parser.error("--duration and --connections must be positive, --batch 1..1000")
 
-    data_dir = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="rivulet-http-bench-"))
-    proc, url = start_server(data_dir)
-    try:
-        print(f"serve: {url}  data: {data_dir}  load: {args.duration:g} s, {args.connections} connections ({args.client}), {args.batch} events/POST", flush=True)
-        tally, elapsed = asyncio.run(drive(url, args.connections, args.duration, batch_body(args.batch), args.client))
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
-
-    began = time.perf_counter()
-    done = subprocess.run(
-        [*CLI, "consume", "--from", f"spool:{data_dir / 'spool'}", "--drain", "0.5", "--json"],
-        capture_output=True, text=True, env=env_for(data_dir), cwd=PROJECT,
-    )
-    drain_seconds = time.perf_counter() - began
-    if done.returncode:
-        print(f"consume failed: {done.stderr.strip()}")
-        return 1
-    total = counted(data_dir)
-    ms = 1000.0
-    print(f"requests           {tally.requests:,} ({tally.requests / elapsed:,.0f}/s)")
-    print(f"accepted events    {tally.accepted:,}")
-    print(f"accepted events/s  {tally.accepted / elapsed:,.0f}")
-    print(f"latency p50        {percentile(tally.latencies, 0.50) * ms:.1f} ms")
-    print(f"latency p99        {percentile(tally.latencies, 0.99) * ms:.1f} ms")
-    print(f"503 (full)         {tally.unavailable:,}")
-    print(f"errors             {tally.errors:,}")
-    print(f"consume --drain    {drain_seconds:.1f} s")
-    print(f"count store total  {total:,}")
-    ok = total == tally.accepted and tally.accepted > 0
-    print(f"counts match       {'yes' if ok else 'NO'}")
-    if not args.data_dir:
-        shutil.rmtree(data_dir, ignore_errors=True)
-    return 0 if ok else 1
+    work = Path(tempfile.mkdtemp(prefix="rivulet-http-bench-"))
+    body_path = work / "body.json"
+    body_path.write_bytes(batch_body(args.batch))
+    failed = False
+    print(f"load: wrk, {args.duration:g} s per server, {args.batch} events per POST; load average before: "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} cores")
+    for connections in counts:
+        print(f"{connections} connections")
+        if not args.no_collector:
+            bare = run_bare(args, connections, work, body_path)
+            show(bare, "events")
+            collector = run_collector(args, connections, work, body_path)
+            show(collector, "events")
+            ratio = collector.rate / bare.rate if bare.rate else 0.0
+            print(f"    collector / bare framework: {ratio:.2f}x")
+            failed |= not collector.passed
+        if args.bucketer:
+            bucketer = run_bucketer(args, connections, work)
+            show(bucketer, "decisions")
+            failed |= not bucketer.passed
+        print(f"  load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    shutil.rmtree(work, ignore_errors=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -76,14 +76,16 @@ def build_optimizely_router(
             return _error(exc.status, exc.code, exc.reason)
         return JSONResponse(result.to_response(_truthy(debug)))
 
+    # async: a decision is CPU only (the impression goes to the dispatcher's
+    # in-memory buffer), so it runs on the event loop, without a worker thread.
     @router.get("/bucketer", dependencies=guarded)
-    def bucketer_route(
+    async def bucketer_route(
         request: Request, e: str | None = None, u: str | None = None, a: str | None = None, debug: str | None = None
     ) -> JSONResponse:
         return answer(bucketer.variation, e, request, u, a, debug)
 
     @router.get("/decide", dependencies=guarded)
-    def decide_route(
+    async def decide_route(
         request: Request, flag: str | None = None, u: str | None = None, a: str | None = None, debug: str | None = None
     ) -> JSONResponse:
         return answer(bucketer.decide, flag, request, u, a, debug)
