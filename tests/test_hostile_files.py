@@ -336,3 +336,12 @@ def test_hostile_files_count_as_the_oracle_and_never_print_a_traceback(tmp_path_
     letters = dead_letters(tmp / "data")
     assert sorted(d["position"] for d in letters if d["reason"] not in ("late", "future")) == expected.malformed_positions
     assert sorted(d["position"] for d in letters if d["reason"] == "late") == expected.late_positions
+    # produce parses at the edge the same way: every record that parses is sent, nothing else
+    produced = run_cli("produce", "--input", str(path), "--to", "console", "--data-dir", str(tmp / "produce"))
+    if damaged:
+        one_error_line(produced, "at byte")
+    else:
+        no_traceback(produced)
+        assert produced.returncode == 0, produced.stderr
+    parsed = expected.valid + expected.duplicates + expected.late + expected.future
+    assert produced.stdout.count('{"v":1,') == parsed
