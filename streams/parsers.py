@@ -479,6 +479,10 @@ class GdeltTsvParser:
         day, source, target, cameo = fields[0], fields[1].strip(), fields[2].strip(), fields[3].strip()
         if len(day) != 8 or not day.isdigit():
             raise ParseError(Reason.BAD_TIMESTAMP, f"day is not YYYYMMDD: {day[:16]!r}")
+        control = _CONTROL.search(source + target + cameo)
+        if control:
+            raise ParseError(Reason.MALFORMED, f"an actor or event code holds a control character "
+                                               f"({_char_name(control.group())})")
         countries = tuple(dict.fromkeys(code[:3] for code in (source, target) if code))
         if not countries:
             raise ParseError(Reason.MISSING_FIELD, "both actor codes are empty")
