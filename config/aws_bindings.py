@@ -33,7 +33,7 @@ from producers.aws_clients import AwsConfig, aws_client, ensure_bucket, ensure_t
 def count_store(aws: AwsConfig) -> CountStore:
     from consumers.dynamodb_count_store import HASH_KEY, RANGE_KEY, DynamoDbCountStore
 
-    client = aws_client("dynamodb", aws, pool_size=aws.write_threads + aws.scan_segments)
+    client = aws_client("dynamodb", aws, pool_size=aws.write_threads + aws.scan_segments, validate=False)
     ensure_table(client, aws.count_table, False, HASH_KEY, RANGE_KEY)
     return DynamoDbCountStore(
         client, aws.count_table, threads=aws.write_threads, scan_segments=aws.scan_segments,
@@ -44,7 +44,7 @@ def count_store(aws: AwsConfig) -> CountStore:
 def object_store(aws: AwsConfig) -> ObjectStore:
     from consumers.s3_object_store import S3ObjectStore
 
-    client = aws_client("s3", aws)
+    client = aws_client("s3", aws, pool_size=aws.s3_upload_threads)
     ensure_bucket(client, aws.bucket, False)
     return S3ObjectStore(
         client,
@@ -54,6 +54,7 @@ def object_store(aws: AwsConfig) -> ObjectStore:
         part_size=aws.multipart_part_size,
         sse=aws.s3_sse,
         sse_kms_key_id=aws.s3_sse_kms_key_id,
+        upload_threads=aws.s3_upload_threads,
     )
 
 

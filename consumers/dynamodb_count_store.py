@@ -1,62 +1,119 @@
-"""`CountStore` on DynamoDB: the same contract and answers as `SqliteCountStore`.
+"""`CountStore` on DynamoDB: the same contract and answers as `SqliteCountStore`,
+written in bulk (BatchWriteItem, 25 items a request, many requests in flight).
 
-Table design (string keys, on-demand billing)::
+Items are versions
+------------------
+A count is stored as an immutable *version* item, never updated in place::
 
-    pk  (HASH)   "<rollup>#<key as compact JSON>"        customer_hourly#["c1"]
-    sk  (RANGE)  "<window start + 10^18, 20 digits>#<partition>"
-                                            01001614556800000000#kinesis:events/shardId-000000000000
-    count        N   this partition's count of the window (the max ever written)
-    final        N   1 once the window closed in that partition, else 0
-    rollup, key, window_start, partition: the same values as plain attributes
+    pk  (HASH)   "<rollup>#<key as compact JSON>"                 customer_hourly#["c1"]
+    sk  (RANGE)  "<window start + 10^18, 20 digits>|<count><f|p>|<partition>"
+                                      01001614556800000000|12f|kinesis:events/shardId-000000000000
+    count        N   the same count, as a number (for people and projections)
     expires_at   N   epoch seconds of window start + `count_ttl_days`, only when
                      TTL is configured (DynamoDB TTL deletes the item after it)
 
-- One item per (rollup, key, window start, source partition): each Kinesis
-  shard writes only its own items, so writers never contend for an item.
-- `upsert` is an UpdateItem per item with `ConditionExpression
-  attribute_not_exists(count) OR count < :new`: the stored count becomes
-  max(stored, new); a failed condition means "already at least this", and is
-  ignored. Replays and provisional counts are therefore idempotent; nothing is
-  ever ADDed. (BatchWriteItem cannot take a condition, so it is not used.)
-  Items of one call go out in parallel on a small thread pool; within a call,
-  counts for the same item are merged first (max), so no two requests of one
-  call race on an item. `upsert` takes the counter's frames (`WindowCounts`)
-  and sends one request per row: a write is durable when its request
-  returns, so `commit()` has nothing to do.
-- `buckets` is one Query on pk with `sk BETWEEN` the window-start range (the
+`f` marks a final count (the window closed in that partition), `p` a
+provisional one. An item's content is a function of its key, so a put can
+never overwrite a count with a different one: writing the same version again
+(a replay) rewrites the same item, and any other version is another item.
+**The count of (rollup, key, window, partition) is the largest version
+stored**, and readers sum that over partitions: the reader rule of the S3
+aggregates (docs/store.md), applied by `buckets`, `total` and `export`.
+
+Why this keeps the contract with plain puts (no condition, no read):
+
+- a provisional count never lowers a final one, and a partial rebuild after a
+  crash (a window final before the checkpoint, replayed from its middle) never
+  lowers a complete count: each is its own item next to the larger one, and
+  the maximum wins;
+- a replay never moves a count backwards where a reader can see it: versions
+  are only added, and a version is deleted only after a larger version of the
+  same (window, partition) was acknowledged (see below), so the maximum a
+  reader sees only grows;
+- re-running the same input writes the same items: never doubled.
+
+Garbage collection: when this process has a provisional version acknowledged
+and later a larger version of the same (window, partition) (a newer running
+count, or the final count), it deletes the smaller one, in the same
+BatchWriteItem requests as the puts. Deleting a version below an acknowledged
+larger one never lowers the maximum, whoever wrote it. What a stop or crash
+leaves (the last provisional version of each window open at that moment, a
+partial rebuild next to a complete count) is harmless: readers take the
+maximum. At most one such item per open window and stop.
+
+Writes
+------
+`upsert` encodes whole frames with polars column expressions (keys, sort keys,
+counts), then queues the items; every full request of 25 goes out at once on a
+bounded pool (`threads`, default 16, concurrent requests), so the pipeline
+keeps counting while DynamoDB writes. `commit()` sends the last, partial
+request and waits for every request: only then is anything acknowledged to
+the checkpoint. `UnprocessedItems` and throttling are retried with capped,
+jittered exponential backoff; a request that still fails is kept and sent
+again by the next `upsert` or `commit`, which raise until it goes through
+(`RetryingCountStore` waits out an outage that way, and the pipeline stops
+taking batches meanwhile). When every request slot is busy, `upsert` waits
+for one: a slow table slows the pipeline instead of growing memory.
+
+Items written by earlier versions of this store (one item per window and
+partition, `sk = "<start>#<partition>"`, updated by a conditional max) are
+still read: they are one more version of their window.
+
+Reads
+-----
+- `buckets`: one Query on pk with `sk BETWEEN` the window-start range (the
   offset keeps the zero-padded start sortable for pre-1970 windows too),
-  following `LastEvaluatedKey`, summing the partitions client-side.
-- `total` is one Query on pk; `export` is a parallel Scan filtered on
-  `rollup`, summed and sorted client-side. A GSI on rollup would make every
-  write of a rollup also hit one GSI partition (a write hot spot) to speed up
-  an offline command, so there is none.
-- Reads are strongly consistent: a query right after a job sees its writes.
+  following `LastEvaluatedKey`; max per (window, partition), summed.
+- `total`: one Query on pk; `export`: a parallel Scan filtered on the pk
+  prefix of the rollup. A GSI on rollup would make every write of a rollup
+  also hit one GSI partition (a write hot spot) to speed up an offline
+  command, so there is none.
+- Reads are strongly consistent: a query right after a commit sees its writes.
 
 Usage::
 
     store = DynamoDbCountStore(aws_client("dynamodb", aws), "rivulet-counts")
-    store.upsert(window_counts)  # a list of WindowCounts frames
-    store.commit()               # nothing to do: each write is already durable
+    store.upsert(window_counts)  # a list of WindowCounts frames: queued, sending
+    store.commit()               # everything upserted so far is written
     store.buckets("customer_hourly", ("c1",), start_us, end_us)
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import random
+import threading
+import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from streams.events import WindowCount
-from streams.window_counts import WindowCounts
+import botocore.exceptions
+import polars as pl
+
+from consumers.sqlite_count_store import key_column
+from streams.window_counts import COUNT, FINAL, WINDOW_START, WindowCounts
 
 HASH_KEY = "pk"
 RANGE_KEY = "sk"
 TTL_ATTRIBUTE = "expires_at"
 SK_OFFSET = 10**18  # window starts from year -29719 to 33658 stay non-negative and 20 digits
 _SK_MAX = 10**20 - 1
-_NAMES = {"#c": "count", "#f": "final", "#r": "rollup", "#k": "key", "#w": "window_start", "#p": "partition"}
-_TTL_NAMES = {**_NAMES, "#x": TTL_ATTRIBUTE}
+BATCH_ITEMS = 25  # BatchWriteItem's limit
+VERSION_SEP = "|"  # a version item: "<start>|<count><f|p>|<partition>"
+LEGACY_SEP = "#"  # an item of the update-in-place design: "<start>#<partition>"
+_HI = "~"  # sorts after both separators
+THROTTLING_CODES = frozenset({
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "InternalServerError",
+    "ServiceUnavailable",
+})
+
+log = logging.getLogger(__name__)
 
 
 def encode_key(key: tuple[str, ...]) -> str:
@@ -72,10 +129,73 @@ def _sk_start(window_start_us: int) -> str:
     return f"{value:020d}"
 
 
-def item_sk(window_start_us: int, partition: str) -> str:
+def item_sk(window_start_us: int, partition: str, count: int, final: bool) -> str:
+    """The sort key of one version of a window's count in a partition."""
     if not 0 <= window_start_us + SK_OFFSET <= _SK_MAX:
         raise ValueError(f"window start out of range: {window_start_us}")
-    return f"{_sk_start(window_start_us)}#{partition}"
+    return f"{_sk_start(window_start_us)}{VERSION_SEP}{count}{'f' if final else 'p'}{VERSION_SEP}{partition}"
+
+
+def parse_sk(sk: str) -> tuple[int, str, int | None, bool | None]:
+    """(window start, partition, count, final) of a sort key; count and final
+    are None for an item of the update-in-place design (read its attributes)."""
+    start = int(sk[:20]) - SK_OFFSET
+    if sk[20] == LEGACY_SEP:
+        return start, sk[21:], None, None
+    version, partition = sk[21:].split(VERSION_SEP, 1)
+    return start, partition, int(version[:-1]), version[-1] == "f"
+
+
+def _slot(pk: str, sk: str) -> str:
+    """What versions of one (rollup, key, window, partition) share."""
+    start, _, rest = sk.partition(VERSION_SEP)
+    return f"{pk}\x00{start}\x00{rest.split(VERSION_SEP, 1)[1]}"
+
+
+@dataclass(slots=True)
+class _Put:
+    pk: str
+    sk: str
+    count: int
+    final: bool
+
+
+@dataclass
+class _Request:
+    """One BatchWriteItem's worth of items (≤ 25), and what they are."""
+
+    puts: list[_Put] = field(default_factory=list)
+    deletes: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.puts) + len(self.deletes)
+
+
+class _Encoded:
+    """The version items of one frame, as columns."""
+
+    __slots__ = ("pk", "sk", "count", "final")
+
+    def __init__(self, counts: WindowCounts) -> None:
+        frame = counts.frame
+        starts = frame[WINDOW_START]
+        if frame.height and not (-SK_OFFSET <= starts.min() and starts.max() <= _SK_MAX - SK_OFFSET):  # type: ignore[operator]
+            raise ValueError(f"window start out of range in {counts.rollup}: {starts.min()}..{starts.max()}")
+        nullable = [name for name in counts.key_fields if frame[name].null_count()]
+        pk = pl.concat_str([pl.lit(f"{counts.rollup}#"), key_column(counts.key_fields, nullable)])
+        count_text = pl.col(COUNT).cast(pl.String)
+        sk = pl.concat_str([
+            (pl.col(WINDOW_START) + SK_OFFSET).cast(pl.String).str.zfill(20),
+            pl.lit(VERSION_SEP),
+            count_text,
+            pl.when(pl.col(FINAL)).then(pl.lit("f")).otherwise(pl.lit("p")),
+            pl.lit(VERSION_SEP + counts.partition),
+        ])
+        out = frame.select(pk.alias("pk"), sk.alias("sk"), pl.col(COUNT), pl.col(FINAL))
+        self.pk: list[str] = out["pk"].to_list()
+        self.sk: list[str] = out["sk"].to_list()
+        self.count: list[int] = out[COUNT].to_list()
+        self.final: list[bool] = out[FINAL].to_list()
 
 
 class DynamoDbCountStore:
@@ -84,83 +204,210 @@ class DynamoDbCountStore:
         client: Any,
         table: str,
         threads: int = 16,
+        queue_requests: int = 0,
         scan_segments: int = 4,
         page_size: int | None = None,
         ttl_seconds: int = 0,
+        max_attempts: int = 8,
+        backoff_base: float = 0.05,
+        backoff_cap: float = 5.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.client = client
         self.ttl_seconds = ttl_seconds
         self.table = table
         self.scan_segments = scan_segments
+        self.threads = max(1, threads)
+        self.max_attempts = max(1, max_attempts)
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self._sleep = sleep
+        self._rng = random.Random()
         # Items per Query/Scan page (`Limit`); None: DynamoDB's 1 MB pages.
         self._paging = {"PaginationConfig": {"PageSize": page_size}} if page_size else {}
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ddb-upsert")
-        self.update_calls = 0
+        self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="ddb-write")
+        self._read_pool = ThreadPoolExecutor(max_workers=max(1, scan_segments), thread_name_prefix="ddb-scan")
+        # Requests sent or waiting for a thread: beyond this, upsert() waits.
+        self.queue_requests = max(self.threads, queue_requests or 8 * self.threads)
+        self._slots = threading.BoundedSemaphore(self.queue_requests)
+        self._lock = threading.Lock()
+        self._open = _Request()  # being filled
+        self._in_flight: set[Future] = set()
+        self._failed: list[_Request] = []  # sent, failed for good: sent again by the next upsert/commit
+        self._errors: list[BaseException] = []
+        # Provisional versions this process wrote and had acknowledged, by
+        # slot: (count, sk), so a larger acknowledged version can delete them.
+        self._provisional: dict[str, tuple[int, str]] = {}
+        self._deletes: list[tuple[str, str]] = []
+        # Figures for tests and the bench.
+        self.requests = 0
+        self.items_put = 0
+        self.items_deleted = 0
+        self.retries = 0
 
     # -- writes ---------------------------------------------------------------
 
     def upsert(self, windows: Sequence[WindowCounts]) -> None:
-        """max(stored, new) per item; raises the first failure after all tries."""
-        merged: dict[tuple[str, str], WindowCount] = {}
-        for c in (row for counts in windows for row in counts.rows()):
-            ident = (item_pk(c.rollup, c.key), item_sk(c.window_start_us, c.partition))
-            old = merged.get(ident)
-            if old is not None:
-                c = WindowCount(c.rollup, c.key, c.window_start_us, c.partition, max(c.count, old.count), c.final or old.final)
-            merged[ident] = c
-        if not merged:
-            return
-        futures = [self._pool.submit(self._upsert_one, pk, sk, c) for (pk, sk), c in merged.items()]
-        errors = [f.exception() for f in futures]
-        self.update_calls += len(futures)
-        for error in errors:
-            if error is not None:
-                raise error
+        """Queue a version item per row (max per window and partition, read
+        side); full requests go out at once. Raises a write that failed for
+        good after its retries (the next call sends it again)."""
+        self._resend_failed()
+        for counts in windows:
+            if len(counts):
+                self._queue(_Encoded(counts))
 
     def commit(self) -> None:
-        """Nothing to do: every `upsert` request is durable when it returns."""
+        """Send what is queued and wait until every write so far is acknowledged."""
+        self._resend_failed()
+        with self._lock:
+            request, self._open = self._open, _Request()
+        self._top_up(request)
+        if len(request):
+            self._send(request)
+        self._wait_all()
+        self._raise_failures()
 
-    def _upsert_one(self, pk: str, sk: str, c: WindowCount) -> None:
-        values = {
-            ":c": {"N": str(c.count)},
-            ":f": {"N": "1" if c.final else "0"},
-            ":r": {"S": c.rollup},
-            ":k": {"S": encode_key(c.key)},
-            ":w": {"N": str(c.window_start_us)},
-            ":p": {"S": c.partition},
-        }
-        # A provisional count must not clear a stored `final`.
-        final_expr = ":f" if c.final else "if_not_exists(#f, :f)"
-        update = f"SET #c = :c, #f = {final_expr}, #r = :r, #k = :k, #w = :w, #p = :p"
-        if self.ttl_seconds:
-            update += ", #x = :x"
-            values[":x"] = {"N": str(c.window_start_us // 1_000_000 + self.ttl_seconds)}
+    def _queue(self, encoded: _Encoded) -> None:
+        for put in map(_Put, encoded.pk, encoded.sk, encoded.count, encoded.final):
+            self._open.puts.append(put)
+            if len(self._open) >= BATCH_ITEMS:
+                request, self._open = self._open, _Request()
+                self._send(request)
+
+    def _top_up(self, request: _Request) -> None:
+        """Fill a request's free places with queued deletions."""
+        with self._lock:
+            room = BATCH_ITEMS - len(request)
+            if room > 0 and self._deletes:
+                request.deletes.extend(self._deletes[:room])
+                del self._deletes[:room]
+
+    def _send(self, request: _Request) -> None:
+        self._top_up(request)
+        self._slots.acquire()  # backpressure: at most `queue_requests` requests queued or in flight
         try:
-            self.client.update_item(
-                TableName=self.table,
-                Key={HASH_KEY: {"S": pk}, RANGE_KEY: {"S": sk}},
-                UpdateExpression=update,
-                ConditionExpression="attribute_not_exists(#c) OR #c < :c",
-                ExpressionAttributeNames=_TTL_NAMES if self.ttl_seconds else _NAMES,
-                ExpressionAttributeValues=values,
-                **({"ReturnValuesOnConditionCheckFailure": "ALL_OLD"} if c.final else {}),
-            )
-        except self.client.exceptions.ConditionalCheckFailedException as exc:
-            # The stored count is already >= this one. Only `final` may still
-            # need raising (same count, window now closed).
-            old = exc.response.get("Item") or {}
-            if c.final and old.get("final", {}).get("N") != "1":
-                try:
-                    self.client.update_item(
-                        TableName=self.table,
-                        Key={HASH_KEY: {"S": pk}, RANGE_KEY: {"S": sk}},
-                        UpdateExpression="SET #f = :one",
-                        ConditionExpression="attribute_exists(#c) AND #f < :one",
-                        ExpressionAttributeNames={"#c": "count", "#f": "final"},
-                        ExpressionAttributeValues={":one": {"N": "1"}},
-                    )
-                except self.client.exceptions.ConditionalCheckFailedException:
-                    pass
+            future = self._pool.submit(self._write, request)
+        except BaseException:
+            self._slots.release()
+            raise
+        with self._lock:
+            self._in_flight.add(future)
+        future.add_done_callback(self._done)
+
+    def _done(self, future: Future) -> None:
+        self._slots.release()
+        with self._lock:
+            self._in_flight.discard(future)
+
+    def _write(self, request: _Request) -> None:
+        """One BatchWriteItem, its unprocessed items retried until none is left."""
+        try:
+            self._write_items(request)
+        except BaseException as exc:  # noqa: BLE001 - kept and raised on the pipeline's thread
+            with self._lock:
+                self._failed.append(request)
+                self._errors.append(exc)
+            return
+        self._acknowledged(request)
+
+    def _write_items(self, request: _Request) -> None:
+        items = self._request_items(request)
+        attempt = 0
+        while items:
+            try:
+                response = self.client.batch_write_item(RequestItems={self.table: items})
+            except botocore.exceptions.ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                if code not in THROTTLING_CODES or attempt + 1 >= self.max_attempts:
+                    raise
+                response = {"UnprocessedItems": {self.table: items}}
+            finally:
+                with self._lock:
+                    self.requests += 1
+            items = response.get("UnprocessedItems", {}).get(self.table, [])
+            if items:
+                attempt += 1
+                if attempt >= self.max_attempts:
+                    raise RuntimeError(f"dynamodb table {self.table!r}: {len(items)} item(s) still unprocessed "
+                                       f"after {attempt} attempts")
+                with self._lock:
+                    self.retries += 1
+                self._sleep(self._rng.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** attempt)))
+
+    def _request_items(self, request: _Request) -> list[dict]:
+        items: dict[tuple[str, str], dict] = {}  # DynamoDB refuses one key twice in a request
+        for put in request.puts:
+            item = {HASH_KEY: {"S": put.pk}, RANGE_KEY: {"S": put.sk}, "count": {"N": str(put.count)}}
+            if self.ttl_seconds:
+                start = int(put.sk[:20]) - SK_OFFSET
+                item[TTL_ATTRIBUTE] = {"N": str(start // 1_000_000 + self.ttl_seconds)}
+            items[(put.pk, put.sk)] = {"PutRequest": {"Item": item}}
+        for pk, sk in request.deletes:
+            # A put of the same version in the same request wins: the delete is
+            # only garbage collection.
+            items.setdefault((pk, sk), {"DeleteRequest": {"Key": {HASH_KEY: {"S": pk}, RANGE_KEY: {"S": sk}}}})
+        return list(items.values())
+
+    def _acknowledged(self, request: _Request) -> None:
+        """Every item of `request` is written: versions it superseded may go."""
+        with self._lock:
+            self.items_put += len(request.puts)
+            self.items_deleted += len(request.deletes)
+            tracked = self._provisional
+            deletes = self._deletes
+            for put in request.puts:
+                if not put.final:
+                    slot = _slot(put.pk, put.sk)
+                    old = tracked.get(slot)
+                    if old is None or old[0] < put.count:
+                        tracked[slot] = (put.count, put.sk)
+                        if old is not None:
+                            deletes.append((put.pk, old[1]))
+                    elif old[1] != put.sk:
+                        deletes.append((put.pk, put.sk))  # acknowledged after a larger one
+                elif tracked:
+                    old = tracked.pop(_slot(put.pk, put.sk), None)
+                    if old is not None and old[0] <= put.count:
+                        deletes.append((put.pk, old[1]))
+
+    def _wait_all(self) -> None:
+        while True:
+            with self._lock:
+                pending = list(self._in_flight)
+            if not pending:
+                return
+            for future in pending:
+                future.exception()  # waits; failures are recorded by _write
+
+    def _resend_failed(self) -> None:
+        """Send the requests that failed for good once more and wait for them."""
+        with self._lock:
+            if not self._failed:
+                return
+            failed, self._failed = self._failed, []
+            self._errors.clear()
+        for request in failed:
+            self._send(request)
+        self._wait_all()
+        self._raise_failures()
+
+    def _raise_failures(self) -> None:
+        with self._lock:
+            if not self._errors:
+                return
+            error = self._errors[0]
+            self._errors.clear()
+        raise error
+
+    def flush_deletes(self) -> None:
+        """Send every queued deletion of superseded versions (at close)."""
+        while True:
+            with self._lock:
+                if not self._deletes:
+                    break
+                chunk, self._deletes = self._deletes[:BATCH_ITEMS], self._deletes[BATCH_ITEMS:]
+            self._send(_Request(deletes=chunk))
+        self._wait_all()
 
     # -- reads ----------------------------------------------------------------
 
@@ -172,62 +419,93 @@ class DynamoDbCountStore:
     def buckets(self, rollup: str, key: tuple[str, ...], start_us: int, end_us: int) -> list[tuple[int, int]]:
         if end_us <= start_us:
             return []
-        # The sk of window start s is "<s>#<partition>". "<end-1>~" sorts after
-        # every sk of start end-1 ('~' > '#') and before any sk of start end.
+        # Sort keys start with the zero-padded window start; "<end-1>~" sorts
+        # after every sort key of start end-1 ('~' > '|' > '#') and before any
+        # of start end.
         items = self._query(
             KeyConditionExpression="#pk = :pk AND #sk BETWEEN :lo AND :hi",
-            ExpressionAttributeNames={"#pk": HASH_KEY, "#sk": RANGE_KEY, "#w": "window_start", "#c": "count"},
+            ExpressionAttributeNames={"#pk": HASH_KEY, "#sk": RANGE_KEY, "#c": "count"},
             ExpressionAttributeValues={
                 ":pk": {"S": item_pk(rollup, key)},
                 ":lo": {"S": _sk_start(start_us)},
-                ":hi": {"S": _sk_start(end_us - 1) + "~"},
+                ":hi": {"S": _sk_start(end_us - 1) + _HI},
             },
-            ProjectionExpression="#w, #c",
+            ProjectionExpression="#sk, #c",
         )
         sums: dict[int, int] = defaultdict(int)
-        for item in items:
-            start = int(item["window_start"]["N"])
+        for (start, _), count in _max_per_slot(items).items():
             if start_us <= start < end_us:
-                sums[start] += int(item["count"]["N"])
+                sums[start] += count
         return [(start, count) for start, count in sorted(sums.items()) if count]
 
     def total(self, rollup: str, key: tuple[str, ...]) -> int:
         items = self._query(
             KeyConditionExpression="#pk = :pk",
-            ExpressionAttributeNames={"#pk": HASH_KEY, "#c": "count"},
+            ExpressionAttributeNames={"#pk": HASH_KEY, "#sk": RANGE_KEY, "#c": "count"},
             ExpressionAttributeValues={":pk": {"S": item_pk(rollup, key)}},
-            ProjectionExpression="#c",
+            ProjectionExpression="#sk, #c",
         )
-        return sum(int(item["count"]["N"]) for item in items)
+        return sum(_max_per_slot(items).values())
 
     def export(self, rollup: str) -> Iterator[tuple[int, tuple[str, ...], int]]:
         segments = self.scan_segments
-        parts = list(self._pool.map(lambda segment: self._scan_segment(rollup, segment, segments), range(segments)))
-        sums: dict[tuple[int, str], int] = defaultdict(int)
-        for part in parts:
+        parts = list(self._read_pool.map(lambda segment: self._scan_segment(rollup, segment, segments), range(segments)))
+        best: dict[tuple[str, int, str], int] = {}
+        for part in parts:  # a (window, partition) can only be in one segment (same pk), but be safe
             for ident, count in part.items():
-                sums[ident] += count
-        decoded = sorted((start, tuple(json.loads(key)), count) for (start, key), count in sums.items())
+                if count > best.get(ident, -1):
+                    best[ident] = count
+        sums: dict[tuple[int, str], int] = defaultdict(int)
+        for (key, start, _), count in best.items():
+            sums[(start, key)] += count
+        prefix = len(rollup) + 1
+        decoded = sorted((start, tuple(json.loads(key[prefix:])), count) for (start, key), count in sums.items())
         return iter(decoded)
 
-    def _scan_segment(self, rollup: str, segment: int, total_segments: int) -> dict[tuple[int, str], int]:
-        sums: dict[tuple[int, str], int] = defaultdict(int)
+    def _scan_segment(self, rollup: str, segment: int, total_segments: int) -> dict[tuple[str, int, str], int]:
+        best: dict[tuple[str, int, str], int] = {}
         paginator = self.client.get_paginator("scan")
         pages = paginator.paginate(
             TableName=self.table,
             ConsistentRead=True,
             Segment=segment,
             TotalSegments=total_segments,
-            FilterExpression="#r = :r",
-            ExpressionAttributeNames={"#r": "rollup", "#k": "key", "#w": "window_start", "#c": "count"},
-            ExpressionAttributeValues={":r": {"S": rollup}},
-            ProjectionExpression="#k, #w, #c",
+            # The key's JSON array starts with '[': "a#[" never matches rollup "a#b".
+            FilterExpression="begins_with(#pk, :prefix)",
+            ExpressionAttributeNames={"#pk": HASH_KEY, "#sk": RANGE_KEY, "#c": "count"},
+            ExpressionAttributeValues={":prefix": {"S": f"{rollup}#["}},
+            ProjectionExpression="#pk, #sk, #c",
             **self._paging,
         )
         for page in pages:
             for item in page.get("Items", ()):
-                sums[(int(item["window_start"]["N"]), item["key"]["S"])] += int(item["count"]["N"])
-        return sums
+                start, partition, count = _version(item)
+                ident = (item[HASH_KEY]["S"], start, partition)
+                if count > best.get(ident, -1):
+                    best[ident] = count
+        return best
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        try:
+            self.commit()
+            self.flush_deletes()
+        finally:
+            self._pool.shutdown(wait=True)
+            self._read_pool.shutdown(wait=True)
+
+
+def _version(item: dict) -> tuple[int, str, int]:
+    start, partition, count, _ = parse_sk(item[RANGE_KEY]["S"])
+    if count is None:
+        count = int(item["count"]["N"])
+    return start, partition, count
+
+
+def _max_per_slot(items: Iterable[dict]) -> dict[tuple[int, str], int]:
+    """The largest version per (window start, partition) of one pk's items."""
+    best: dict[tuple[int, str], int] = {}
+    for item in items:
+        start, partition, count = _version(item)
+        if count > best.get((start, partition), -1):
+            best[(start, partition)] = count
+    return best

@@ -92,8 +92,9 @@ class AwsConfig:
     s3_sse: str = ""  # "", "AES256" or "aws:kms"
     s3_sse_kms_key_id: str = ""
     s3_addressing_style: str = "auto"
+    s3_upload_threads: int = 8  # concurrent uploads of raw-event and aggregate objects
     # DynamoDB count store.
-    write_threads: int = 16
+    write_threads: int = 16  # concurrent BatchWriteItem requests of the count store
     scan_segments: int = 4
     count_ttl_days: int = 0  # > 0: items carry `expires_at` (window start + this) for DynamoDB TTL
     # Provisional upserts of open windows (for daemon/job.py; see docs/aws.md).
@@ -147,7 +148,8 @@ class AwsConfig:
             raise ConfigError("config key aws.sqs_wait_seconds: must be in 0..20")
         if not 0 < self.sqs_message_bytes <= 256 * 1024:
             raise ConfigError("config key aws.sqs_message_bytes: must be in 1..262144")
-        for name in ("max_attempts", "shard_count", "queue_batches", "write_threads", "scan_segments", "sqs_max_held_messages"):
+        for name in ("max_attempts", "shard_count", "queue_batches", "write_threads", "scan_segments", "sqs_max_held_messages",
+                     "s3_upload_threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"config key aws.{name}: must be positive")
 
@@ -179,10 +181,13 @@ def observe_new_clients(callback: Callable[[Any], None]) -> Callable[[], None]:
     return lambda: _CLIENT_OBSERVERS.remove(callback)
 
 
-def aws_client(service: str, config: AwsConfig, max_attempts: int | None = None, pool_size: int = 10) -> Any:
+def aws_client(service: str, config: AwsConfig, max_attempts: int | None = None, pool_size: int = 10,
+               validate: bool = True) -> Any:
     """A boto3 client for `service` with the project's region, retry and
     time-out policy. A new session per client: sessions are not thread-safe,
-    clients are."""
+    clients are. `validate=False` skips botocore's client-side check of the
+    parameters, for adapters that build every request themselves in bulk
+    (it costs about 10 µs per DynamoDB item)."""
     _quiet_botocore()
     s3_options = {"addressing_style": config.s3_addressing_style} if service == "s3" else None
     client_config = botocore.config.Config(
@@ -190,6 +195,7 @@ def aws_client(service: str, config: AwsConfig, max_attempts: int | None = None,
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
         max_pool_connections=max(10, pool_size),
+        parameter_validation=validate,
         s3=s3_options,
     )
     session = boto3.session.Session()

@@ -9,6 +9,7 @@ those faults:
     proxy.error("Kinesis_20131202.PutRecords", "ProvisionedThroughputExceededException", times=2)
     proxy.error("Kinesis_20131202.GetRecords", "ExpiredIteratorException", after=1)   # the 2nd call fails
     proxy.fail_entries(lambda i, n: i % 3 == 0, times=1)   # FailedRecordCount > 0
+    proxy.unprocessed(lambda i, n: i < n // 2, times=2)     # BatchWriteItem UnprocessedItems
     proxy.rewrite("Kinesis_20131202.GetRecords", lambda body: {**body, "MillisBehindLatest": 5000}, times=3)
     proxy.refuse(seconds=2)                    # nothing listens: ECONNREFUSED
     proxy.reset(seconds=2)                     # accept, then drop the connection
@@ -36,6 +37,7 @@ from urllib.parse import urlsplit
 
 PUT_RECORDS = "Kinesis_20131202.PutRecords"
 GET_RECORDS = "Kinesis_20131202.GetRecords"
+BATCH_WRITE_ITEM = "DynamoDB_20120810.BatchWriteItem"
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
 
@@ -118,6 +120,11 @@ class FaultProxy:
         """PutRecords: entries i (of n) with select(i, n) fail with `code` and are not written."""
         self._add(_Rule(PUT_RECORDS, "fail_entries", times, code=code, select=select))
 
+    def unprocessed(self, select: Callable[[int, int], bool], times: int | None = 1) -> None:
+        """DynamoDB BatchWriteItem: entries i (of n) with select(i, n) are not
+        written and come back in `UnprocessedItems`, as under throttling."""
+        self._add(_Rule(BATCH_WRITE_ITEM, "unprocessed", times, select=select))
+
     def rewrite(self, target: str, transform: Callable[[dict], dict], times: int | None = 1) -> None:
         """Forward, then replace the JSON response body with transform(body)."""
         self._add(_Rule(target, "rewrite", times, transform=transform))
@@ -199,6 +206,9 @@ class _Handler(BaseHTTPRequestHandler):
         if rule is not None and rule.kind == "fail_entries":
             self._partial_put_records(body, rule)
             return
+        if rule is not None and rule.kind == "unprocessed":
+            self._partial_batch_write(body, rule)
+            return
         status, headers, payload = self._forward(body)
         if rule is not None and rule.kind == "rewrite" and status == 200 and rule.transform is not None:
             payload = json.dumps(rule.transform(json.loads(payload))).encode()
@@ -238,6 +248,29 @@ class _Handler(BaseHTTPRequestHandler):
         headers.pop("x-amz-crc32", None)
         self.owner._record(Call(PUT_RECORDS, 200, n, len(kept)))
         self._reply(200, headers, json.dumps({"FailedRecordCount": len(failing) + failed_upstream, "Records": results}).encode())
+
+    def _partial_batch_write(self, body: bytes, rule: _Rule) -> None:
+        request = json.loads(body)
+        assert rule.select is not None
+        kept: dict[str, list] = {}
+        held: dict[str, list] = {}
+        for table, entries in request["RequestItems"].items():
+            n = len(entries)
+            for i, entry in enumerate(entries):
+                (held if rule.select(i, n) else kept).setdefault(table, []).append(entry)
+        unprocessed: dict[str, list] = dict(held)
+        status, headers = 200, {"Content-Type": "application/x-amz-json-1.0"}
+        if kept:
+            status, headers, payload = self._forward(json.dumps({**request, "RequestItems": kept}).encode())
+            if status != 200:
+                self.owner._record(Call(BATCH_WRITE_ITEM, status))
+                self._reply(status, headers, payload)
+                return
+            for table, entries in json.loads(payload).get("UnprocessedItems", {}).items():
+                unprocessed.setdefault(table, []).extend(entries)
+        headers.pop("x-amz-crc32", None)
+        self.owner._record(Call(BATCH_WRITE_ITEM, 200))
+        self._reply(200, headers, json.dumps({"UnprocessedItems": unprocessed}).encode())
 
     def _forward(self, body: bytes) -> tuple[int, dict[str, str], bytes]:
         connection = http.client.HTTPConnection(*self.owner.upstream, timeout=60)

@@ -1,5 +1,7 @@
 """One `CountStore` contract, run against SQLite and against DynamoDB (moto),
-plus what only the DynamoDB design has: paging, the final flag, no ADD.
+plus what only the DynamoDB design has: paging, version items (max per window
+and partition), bulk and concurrent BatchWriteItem puts, retries of
+unprocessed items and throttling, items of the earlier design.
 (`upsert` here: the counts as `WindowCounts` frames, then `commit`.)"""
 
 from __future__ import annotations
@@ -9,13 +11,19 @@ from typing import Iterator
 
 import pytest
 
-from consumers.dynamodb_count_store import HASH_KEY, RANGE_KEY, DynamoDbCountStore, item_pk, item_sk
+import threading
+import time
+
+import botocore.exceptions
+
+from consumers.dynamodb_count_store import HASH_KEY, RANGE_KEY, SK_OFFSET, DynamoDbCountStore, item_pk, item_sk, parse_sk
 from consumers.ports import CountStore
 from consumers.sqlite_count_store import SqliteCountStore
 from producers.aws_clients import ensure_table
 from streams.events import WindowCount
 from tests.aws_fixtures import client, unique
-from tests.count_support import upsert
+from tests.count_support import as_frames, upsert
+from tests.fault_proxy import BATCH_WRITE_ITEM, FaultProxy
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -130,32 +138,140 @@ def test_queries_page_through_results(aws_env: str) -> None:
     store.close()
 
 
-def test_final_flag_rises_and_a_provisional_count_never_clears_it(aws_env: str) -> None:
+def versions(store: DynamoDbCountStore, rollup: str = "r", key: tuple[str, ...] = ("c",)) -> list[tuple[int, str, int, bool]]:
+    """Every version item of one key: (window start, partition, count, final)."""
+    items = store.client.query(
+        TableName=store.table, ConsistentRead=True, KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": item_pk(rollup, key)}},
+    )["Items"]
+    out = []
+    for item in items:
+        start, partition, count, final = parse_sk(item[RANGE_KEY]["S"])
+        assert count == int(item["count"]["N"])
+        out.append((start, partition, count, final))
+    return sorted(out)
+
+
+def test_versions_a_provisional_count_never_lowers_a_final_one_nor_a_rebuild_a_complete_one(aws_env: str) -> None:
     store = dynamodb_store(aws_env)
-
-    def item() -> dict:
-        return store.client.get_item(
-            TableName=store.table, Key={HASH_KEY: {"S": item_pk("r", ("c",))}, RANGE_KEY: {"S": item_sk(T0, "p")}}
-        )["Item"]
-
     upsert(store, [wc(("c",), T0, "p", 4, final=False)])
-    assert (item()["count"]["N"], item()["final"]["N"]) == ("4", "0")
     upsert(store, [wc(("c",), T0, "p", 4, final=True)])  # same count, now final
-    assert (item()["count"]["N"], item()["final"]["N"]) == ("4", "1")
-    upsert(store, [wc(("c",), T0, "p", 5, final=False)])  # a later provisional max
-    assert (item()["count"]["N"], item()["final"]["N"]) == ("5", "1")
+    upsert(store, [wc(("c",), T0, "p", 3, final=False)])  # a replay's running count, lower
+    assert store.buckets("r", ("c",), T0, T0 + H) == [(T0, 4)]
+    upsert(store, [wc(("c",), T0, "p", 2, final=True)])  # a partial rebuild of the final window
+    assert store.buckets("r", ("c",), T0, T0 + H) == [(T0, 4)]
+    assert store.total("r", ("c",)) == 4
+    upsert(store, [wc(("c",), T0, "p", 5, final=False)])  # larger: it counts
+    assert store.buckets("r", ("c",), T0, T0 + H) == [(T0, 5)]
+    assert list(store.export("r")) == [(T0, ("c",), 5)]
+    store.close()
+    # The provisional 4 went once the final 4 was written; the rest stays (max wins).
+    assert versions(store) == [(T0, "p", 2, True), (T0, "p", 3, False), (T0, "p", 4, True), (T0, "p", 5, False)]
+
+
+def test_superseded_provisional_versions_are_deleted_after_the_larger_one_is_written(aws_env: str) -> None:
+    store = dynamodb_store(aws_env)
+    for count in (1, 2, 5):
+        upsert(store, [wc(("c",), T0, "p", count, final=False), wc(("c",), T0 + H, "q", count * 10, final=False)])
+    upsert(store, [wc(("c",), T0, "p", 7, final=True)])
+    store.close()
+    assert versions(store) == [(T0, "p", 7, True), (T0 + H, "q", 50, False)]
+    assert store.items_deleted == 5  # 1p, 2p, 5p of the first window; 10p, 20p of the second
+    assert store.buckets("r", ("c",), T0, T0 + 2 * H) == [(T0, 7), (T0 + H, 50)]
+
+
+def test_upserts_are_batches_of_25_plain_puts_sent_concurrently(aws_env: str) -> None:
+    store = dynamodb_store(aws_env)
+    calls: list[str] = []
+    sizes: list[int] = []
+    in_flight = [0, 0]  # now, most
+    lock = threading.Lock()
+
+    def before(model, params, **_) -> None:
+        calls.append(model.name)
+        if model.name == "BatchWriteItem":
+            (entries,) = params["RequestItems"].values()
+            sizes.append(len(entries))
+            assert all("PutRequest" in e and set(e["PutRequest"]["Item"]) == {"pk", "sk", "count"} for e in entries)
+            with lock:
+                in_flight[0] += 1
+                in_flight[1] = max(in_flight)
+
+    def after(model, **_) -> None:
+        if model.name == "BatchWriteItem":
+            with lock:
+                in_flight[0] -= 1
+
+    store.client.meta.events.register("provide-client-params.dynamodb.*", before)
+    store.client.meta.events.register("after-call.dynamodb.*", after)
+    counts = [wc((f"c{i}",), T0 + (i % 7) * H, "p", i + 1) for i in range(1001)]
+    store.upsert(as_frames(counts))
+    deadline = time.monotonic() + 10
+    while len(sizes) < 40 and time.monotonic() < deadline:  # the full requests go out without a commit
+        time.sleep(0.01)
+    assert len(sizes) == 40
+    store.commit()
+    assert set(calls) == {"BatchWriteItem"}  # no UpdateItem, no read
+    assert sorted(sizes, reverse=True) == [25] * 40 + [1]
+    assert in_flight[1] > 1  # concurrent requests
+    assert store.total("r", ("c500",)) == 501
     store.close()
 
 
-def test_upserts_are_conditional_updates_never_add(aws_env: str) -> None:
+def test_unprocessed_items_and_throttling_are_retried_before_the_commit_returns(proxy: FaultProxy) -> None:
+    dynamodb = client("dynamodb", proxy.endpoint)
+    table = unique("counts")
+    ensure_table(dynamodb, table, True, HASH_KEY, RANGE_KEY)
+    store = DynamoDbCountStore(dynamodb, table, threads=1, backoff_base=0.01)
+    proxy.unprocessed(lambda i, n: i % 2 == 0, times=3)  # half of each of three requests not written
+    proxy.error(BATCH_WRITE_ITEM, "ProvisionedThroughputExceededException", times=2, after=3)
+    counts = [wc((f"c{i}",), T0, "p", i + 1) for i in range(100)]
+    store.upsert(as_frames(counts))
+    store.commit()
+    assert store.retries == 5
+    assert store.requests == 4 + 5
+    assert list(store.export("r")) == sorted((T0, (f"c{i}",), i + 1) for i in range(100))
+    store.close()
+
+
+def test_a_write_that_keeps_failing_is_raised_by_commit_and_sent_again_by_the_next(proxy: FaultProxy) -> None:
+    dynamodb = client("dynamodb", proxy.endpoint)
+    table = unique("counts")
+    ensure_table(dynamodb, table, True, HASH_KEY, RANGE_KEY)
+    store = DynamoDbCountStore(dynamodb, table, threads=2, max_attempts=2, backoff_base=0.01)
+    proxy.error(BATCH_WRITE_ITEM, "ProvisionedThroughputExceededException", times=2)
+    store.upsert(as_frames([wc(("c",), T0, "p", 3)]))
+    with pytest.raises(botocore.exceptions.ClientError):
+        store.commit()  # nothing acknowledged: the checkpoint must not move
+    assert store.total("r", ("c",)) == 0
+    proxy.error(BATCH_WRITE_ITEM, "ValidationException", times=1)
+    with pytest.raises(botocore.exceptions.ClientError):
+        store.upsert(as_frames([wc(("d",), T0, "p", 1)]))  # sends the failed request first: fails again
+    store.upsert(as_frames([wc(("d",), T0, "p", 1)]))
+    store.commit()
+    assert (store.total("r", ("c",)), store.total("r", ("d",))) == (3, 1)
+    store.close()
+
+
+def test_items_of_the_update_in_place_design_are_read_as_one_more_version(aws_env: str) -> None:
     store = dynamodb_store(aws_env)
-    seen: list[dict] = []
-    store.client.meta.events.register("provide-client-params.dynamodb.UpdateItem", lambda params, **_: seen.append(dict(params)))
-    upsert(store, [wc(("c",), T0, "p", 2), wc(("d",), T0, "p", 3)])
-    assert len(seen) == 2
-    for params in seen:
-        assert "ADD" not in params["UpdateExpression"]
-        assert params["ConditionExpression"] == "attribute_not_exists(#c) OR #c < :c"
+    legacy = {HASH_KEY: {"S": item_pk("r", ("c",))}, RANGE_KEY: {"S": f"{T0 + SK_OFFSET:020d}#shard-0"},
+              "count": {"N": "6"}, "final": {"N": "1"}, "rollup": {"S": "r"}, "key": {"S": '["c"]'},
+              "window_start": {"N": str(T0)}, "partition": {"S": "shard-0"}}
+    store.client.put_item(TableName=store.table, Item=legacy)
+    upsert(store, [wc(("c",), T0, "shard-0", 4), wc(("c",), T0, "shard-1", 2), wc(("c",), T0 + H, "shard-0", 9)])
+    assert store.buckets("r", ("c",), T0, T0 + 2 * H) == [(T0, 8), (T0 + H, 9)]
+    assert store.total("r", ("c",)) == 17
+    assert list(store.export("r")) == [(T0, ("c",), 8), (T0 + H, ("c",), 9)]
+    store.close()
+
+
+def test_export_keeps_a_rollup_apart_from_one_whose_name_extends_it(aws_env: str) -> None:
+    store = dynamodb_store(aws_env)
+    upsert(store, [wc(("c",), T0, "p", 1, rollup="a"), wc(("c",), T0, "p", 2, rollup="a#b"),
+                   wc(("x#[",), T0, "p", 3, rollup="a")])
+    assert list(store.export("a")) == [(T0, ("c",), 1), (T0, ("x#[",), 3)]
+    assert list(store.export("a#b")) == [(T0, ("c",), 2)]
     store.close()
 
 
@@ -167,7 +283,7 @@ def test_items_carry_expires_at_when_ttl_is_configured(aws_env: str) -> None:
     enable_ttl(store.client, store.table, "expires_at")
     enable_ttl(store.client, store.table, "expires_at")  # already on: fine
     upsert(store, [wc(("c",), T0, "p", 1)])
-    item = store.client.get_item(TableName=store.table, Key={HASH_KEY: {"S": item_pk("r", ("c",))}, RANGE_KEY: {"S": item_sk(T0, "p")}})["Item"]
+    item = store.client.get_item(TableName=store.table, Key={HASH_KEY: {"S": item_pk("r", ("c",))}, RANGE_KEY: {"S": item_sk(T0, "p", 1, True)}})["Item"]
     assert int(item["expires_at"]["N"]) == T0 // 1_000_000 + 30 * 86_400
     ttl = store.client.describe_time_to_live(TableName=store.table)["TimeToLiveDescription"]
     assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", "expires_at")
