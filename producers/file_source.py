@@ -115,6 +115,26 @@ def _up_to_error(inflater, data: bytes, fed: int, max_out: int, error: str) -> I
     raise _Damage(fed, f"damaged gzip data ({error})")
 
 
+def _coalesced(chunks: Iterator[bytes], size: int) -> Iterator[bytes]:
+    """`chunks` joined up to about `size` bytes (many small gzip members make
+    small chunks), what came before a `_Damage` included."""
+    parts: list[bytes] = []
+    total = 0
+    try:
+        for chunk in chunks:
+            parts.append(chunk)
+            total += len(chunk)
+            if total >= size:
+                yield b"".join(parts)
+                parts, total = [], 0
+    except _Damage:
+        if parts:
+            yield b"".join(parts)
+        raise
+    if parts:
+        yield b"".join(parts)
+
+
 class FileSource:
     """Reads `path` line by line in batches of about `batch_size` records, so
     memory does not grow with the file. Positions are 1-based line numbers.
@@ -147,7 +167,7 @@ class FileSource:
 
     def _chunks(self, f: BinaryIO) -> Iterator[bytes]:
         if f.peek(2)[:2] == GZIP_MAGIC:
-            return _gzip_chunks(f, self.batch_bytes)
+            return _coalesced(_gzip_chunks(f, self.batch_bytes), self.batch_bytes)
         return iter(lambda: f.read(self.batch_bytes), b"")
 
     def _line_batches(self, f: BinaryIO) -> Iterator[list[bytes]]:
