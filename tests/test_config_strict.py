@@ -163,3 +163,24 @@ def test_version():
     from daemon.version import __version__
 
     assert result.stdout.strip() == f"rivulet {__version__}"
+
+
+def test_status_reads_a_kinesis_lease_table(aws_env, tmp_path):
+    from producers.aws_clients import AwsConfig
+    from producers.kinesis_leases import LeaseTable, ensure_lease_table
+    from tests.aws_fixtures import unique
+
+    table_name = unique("leases")
+    env = {"RIVULET__AWS__CHECKPOINT_TABLE": table_name}
+    config = AwsConfig(checkpoint_table=table_name)
+    client, table = ensure_lease_table(config, "default", create=True)
+    leases = LeaseTable(client, table, "events")
+    assert leases.create("shardId-000000000000")
+    lease = leases.take(leases.get("shardId-000000000000"), "worker-1")
+    leases.checkpoint(lease, "worker-1", "4960", 0, 1_614_560_400_000_000)
+    result = run_cli("status", "--config", str(ROOT / "config" / "aws.toml"), "--from", "kinesis:events",
+                     "--data-dir", str(tmp_path), "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    (shard,) = json.loads(result.stdout)["transport"]["shards"].items()
+    assert shard == ("shardId-000000000000", {"owner": "worker-1", "checkpoint": "4960",
+                                              "watermark": "2021-03-01T01:00:00Z", "finished": False, "parents": []})
