@@ -130,6 +130,23 @@ def _lock_group(directory: Path, group: str) -> int:
     return fd
 
 
+# Rows per INSERT statement (two parameters each, under SQLite's 32,766).
+INSERT_CHUNK = 2048
+_INSERT_CHUNK_SQL = "INSERT INTO records (partition, data) VALUES " + ", ".join(["(?, ?)"] * INSERT_CHUNK)
+
+
+def _insert(conn: sqlite3.Connection, rows: list[tuple[str, Any]]) -> None:
+    """Insert `rows` in order, a few thousand per statement. Not executemany:
+    it lets go of the GIL for every row, and a thread that gets it back after
+    each row waits behind a busy event loop (the HTTP collector's group
+    commit) up to a switch interval every time."""
+    for start in range(0, len(rows), INSERT_CHUNK):
+        chunk = rows[start : start + INSERT_CHUNK]
+        sql = _INSERT_CHUNK_SQL if len(chunk) == INSERT_CHUNK else (
+            "INSERT INTO records (partition, data) VALUES " + ", ".join(["(?, ?)"] * len(chunk)))
+        conn.execute(sql, [value for row in chunk for value in row])
+
+
 def _pending(conn: sqlite3.Connection) -> int:
     """Records not yet committed by the slowest group (all records if no group).
 
@@ -205,7 +222,7 @@ class SpoolWriter:
                     if pending and pending + len(rows) > self.max_pending:
                         conn.execute("ROLLBACK")
                         return False
-                conn.executemany("INSERT INTO records (partition, data) VALUES (?, ?)", rows)
+                _insert(conn, rows)
                 conn.execute("COMMIT")
                 return True
             except BaseException:

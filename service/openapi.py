@@ -104,6 +104,9 @@ def _amend(schema: dict[str, Any]) -> dict[str, Any]:
     schemas = components.setdefault("schemas", {})
     schemas["Error"] = _ERROR_COMPONENT
     schemas["Property"] = _PROPERTY_COMPONENT
+    # The collector routes call the auth themselves and declare it in openapi_extra.
+    components.setdefault("securitySchemes", {}).setdefault(
+        "basic", {"type": "http", "scheme": "basic", "description": "a user of the credentials file (`users add NAME`)"})
     for path, operations in schema.get("paths", {}).items():
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
