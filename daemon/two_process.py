@@ -65,7 +65,7 @@ def run_two_processes(settings: Settings, source, parser: RecordParser, queue_ba
     child = ctx.Process(target=_producer, args=(source, parser, queue), name="producer", daemon=True)
     child.start()
     try:
-        summary = run_job(settings, _parsed_batches(queue, child, source), parser, parsed=True)
+        summary = run_job(settings, _parsed_batches(queue, child, source), parser, parsed=True, sinks_thread=True)
     finally:
         child.join(timeout=30)
         if child.is_alive():
