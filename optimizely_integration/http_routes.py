@@ -23,6 +23,7 @@ Usage::
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from typing import Any, Callable
@@ -54,6 +55,34 @@ def _user(request: Request, given: str | None) -> str | None:
     return request.client.host if request.client else None
 
 
+def _takes_request_only(auth: Callable[..., Any] | None) -> bool:
+    """True for an async callable of one parameter, the request."""
+    if auth is None:
+        return False
+    method = inspect.getattr_static(type(auth), "__call__", None)
+    if not (inspect.iscoroutinefunction(auth) or inspect.iscoroutinefunction(method)):
+        return False
+    try:
+        parameters = list(inspect.signature(auth).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return len(parameters) == 1 and parameters[0].annotation in (Request, "Request")
+
+
+def _query_parameters(key: str, what: str) -> dict[str, Any]:
+    def parameter(name: str, description: str) -> dict[str, Any]:
+        return {"name": name, "in": "query", "required": False, "schema": {"type": "string"}, "description": description}
+
+    return {
+        "parameters": [
+            parameter(key, f"{what} (required: 400 without it)"),
+            parameter("u", "the user id; default: the client's address"),
+            parameter("a", 'attributes, `key:value` pairs, the value JSON: `tier:"platinum",member_since_days:56`'),
+            parameter("debug", "`1` adds the datafile, time and attributes used"),
+        ]
+    }
+
+
 def build_optimizely_router(
     bucketer: Bucketer,
     datafile_manager: DatafileManager,
@@ -62,9 +91,22 @@ def build_optimizely_router(
     public: bool = False,
 ) -> APIRouter:
     router = APIRouter()
-    guarded = [] if public or auth_dependency is None else [Depends(auth_dependency)]
     if not public and auth_dependency is None:
         raise ValueError("the bucketer needs an auth dependency unless it is public")
+    guarded = [] if public or auth_dependency is None else [Depends(auth_dependency)]
+    # An auth that takes the request alone (the server's Basic auth) is called
+    # by the routes themselves: solving it as a FastAPI dependency cost a
+    # quarter of a decision. The document still names its security scheme.
+    direct_auth = None if public or not _takes_request_only(auth_dependency) else auth_dependency
+    secured: dict[str, Any] = {}
+    if direct_auth is not None:
+        guarded = []
+        scheme = getattr(direct_auth, "scheme_name", None)
+        secured = {"security": [{scheme: []}]} if scheme else {}
+
+    async def authenticate(request: Request) -> None:
+        if direct_auth is not None:
+            await direct_auth(request)
 
     def answer(ask, key: str | None, request: Request, u: str | None, a: str | None, debug: str | None) -> JSONResponse:
         """Parse the attributes, ask the bucketer, map its errors to 4xx."""
@@ -78,17 +120,19 @@ def build_optimizely_router(
 
     # async: a decision is CPU only (the impression goes to the dispatcher's
     # in-memory buffer), so it runs on the event loop, without a worker thread.
-    @router.get("/bucketer", dependencies=guarded)
-    async def bucketer_route(
-        request: Request, e: str | None = None, u: str | None = None, a: str | None = None, debug: str | None = None
-    ) -> JSONResponse:
-        return answer(bucketer.variation, e, request, u, a, debug)
+    # The query is read directly: FastAPI's per-parameter machinery cost more
+    # than the SDK's decision. The parameters are declared for the document.
+    @router.get("/bucketer", dependencies=guarded, openapi_extra={**_query_parameters("e", "the experiment key"), **secured})
+    async def bucketer_route(request: Request) -> JSONResponse:
+        await authenticate(request)
+        query = request.query_params
+        return answer(bucketer.variation, query.get("e"), request, query.get("u"), query.get("a"), query.get("debug"))
 
-    @router.get("/decide", dependencies=guarded)
-    async def decide_route(
-        request: Request, flag: str | None = None, u: str | None = None, a: str | None = None, debug: str | None = None
-    ) -> JSONResponse:
-        return answer(bucketer.decide, flag, request, u, a, debug)
+    @router.get("/decide", dependencies=guarded, openapi_extra={**_query_parameters("flag", "the feature flag key"), **secured})
+    async def decide_route(request: Request) -> JSONResponse:
+        await authenticate(request)
+        query = request.query_params
+        return answer(bucketer.decide, query.get("flag"), request, query.get("u"), query.get("a"), query.get("debug"))
 
     @router.post("/webhooks/optimizely")
     async def webhook_route(request: Request) -> JSONResponse:
