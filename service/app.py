@@ -108,6 +108,8 @@ def _readiness(ctx: ServiceContext, extra: Callable[[], Mapping[str, Any]] | Non
         "count_store": _store_status(ctx.store),
         "credentials": ctx.auth.store.status(),
     }
+    if ctx.committer is not None and ctx.committer.ledger is not None:
+        components["idempotency_ledger"] = ctx.committer.ledger.status()
     if extra is not None:
         components.update(extra())
     return components

@@ -29,7 +29,7 @@ def test_healthz_readyz_metrics_docs(tmp_path: Path) -> None:
         ready = client.get("/readyz")
         assert ready.status_code == 200
         components = ready.json()["components"]
-        assert {"collector_transport", "count_store", "credentials"} <= set(components)
+        assert {"collector_transport", "count_store", "credentials", "idempotency_ledger"} <= set(components)
         assert all(c["ok"] for c in components.values())
         svc.client("ethan").post("/button/click", json={"session_id": "s", "button_id": "b"})
         svc.client("ethan", "wrong").post("/button/click", json={})

@@ -159,6 +159,8 @@ def running_service(
         for client in service.clients:
             client.close()
         handle.stop()
+        if app.state.context.committer is not None:
+            app.state.context.committer.close()  # the idempotency ledger
         if writer is not None and hasattr(writer, "close"):
             writer.close()  # type: ignore[union-attr]
         store.close()
