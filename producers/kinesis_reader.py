@@ -39,10 +39,10 @@ How it works:
   clock and does not hold windows open, and a lagging shard never idles.
 - KPL aggregated records are de-aggregated with `aws_kinesis_agg`.
 - A closed shard read to its end (no NextShardIterator) emits EOF.
-- `caught_up_seconds()`: the minimum over shards of how long each has been
-  caught up, i.e. its polls find the tip and the pipeline has taken every
-  batch read from it (for `consume --drain`: records still waiting in the
-  queue are not processed yet).
+- `caught_up_seconds()`: the minimum over shards of how long each one's polls
+  have found the tip, once the pipeline has processed every batch read from
+  it (for `consume --drain`: records still waiting in the queue are not
+  processed yet; the quiet time itself runs while the pipeline works).
 - `commit(partition, position, watermark_us)` writes the shard's checkpoint
   into its lease item, conditional on our leaseCounter (a refused write means
   the lease is lost: the poller stops).
@@ -566,9 +566,15 @@ class KinesisReader:
 
     def caught_up_seconds(self) -> float:
         """How long this worker has been caught up: the minimum over the shards
-        it holds of how long each has been (polls find the tip AND the pipeline
-        took all it read), and no longer than no lease has been waiting for an
-        owner (unowned, or its owner stopped renewing)."""
+        it holds of how long each one's polls have found the tip (the shard has
+        been quiet that long), 0 for a shard whose records the pipeline has not
+        all processed yet, and no longer than no lease has been waiting for an
+        owner (unowned, or its owner stopped renewing).
+
+        The quiet time runs while the pipeline works through what was read
+        before: `--drain S` on a backlog exits as soon as the pipeline is done
+        with it (if the shards have been quiet for S seconds by then), not S
+        seconds after."""
         since = self.coordinator.nothing_waiting_since
         if since is None:
             return 0.0
@@ -586,7 +592,7 @@ class KinesisReader:
         since = shard.caught_up_since
         if since is None or shard.undelivered > 0:
             return 0.0
-        return max(0.0, now - max(since, shard.delivered_at))
+        return max(0.0, now - since)
 
     def close(self) -> None:
         """Stop, and hand every lease back (graceful handoff). Call it after

@@ -333,3 +333,30 @@ def test_a_throttled_shard_is_reported_to_the_health_model_until_it_recovers(aws
     assert health.changes.count(("failing", component)) == 5 - OUTAGE_AFTER_FAILED_POLLS + 1
     assert health.changes[3] == ("recovered", component)  # on the first good poll, not only at the end
     assert health.problems() == {}
+
+
+def test_the_quiet_time_runs_while_the_pipeline_works_through_the_backlog(aws_env: str) -> None:
+    """--drain S after a backlog exits as soon as the pipeline is done with it
+    when the shard has been quiet for S seconds by then, not S seconds later."""
+    stream = make_stream(aws_env, 1)
+    written = put(aws_env, stream, [f"r{i}".encode() for i in range(40)])
+    partition = f"kinesis:{stream}/{written[0][0]}"
+    reader = reader_for(aws_env, stream, batch_size=10, poll_interval=0.05)
+    after_data: list[float] = []
+    data_batches = 0
+
+    def until(batches: list[RecordBatch]) -> bool:
+        nonlocal data_batches
+        if batches[-1].kind is BatchKind.DATA:
+            data_batches += 1
+            time.sleep(0.4)  # a slow pipeline: the poller reaches the tip long before it is done
+            return False
+        if data_batches == 4 and not after_data:
+            after_data.append(reader.caught_up_seconds())
+        return bool(after_data)
+
+    batches = read(reader, until)
+
+    assert len(data_of(batches)[partition]) == 40
+    # Quiet since the first empty poll, about 1.2 s (three slow batches) before the pipeline finished.
+    assert after_data[0] >= 0.8
