@@ -47,6 +47,8 @@ def parse_timestamp_us(text: str, naive_zone: tzinfo | None = None) -> int:
     is cached, since events of one minute share it. Anything unusual, and every
     error, takes the general path, which also words the error.
     """
+    if not _has_valid_shape(text):  # fromisoformat also reads week dates, `+05,30`, `-08.0`, ` Z` ...
+        return _parse_general(text, naive_zone)
     try:
         parsed = _fromisoformat(text)
     except ValueError:
@@ -60,7 +62,7 @@ def parse_timestamp_us(text: str, naive_zone: tzinfo | None = None) -> int:
     key = text[:16] + rest  # the minute as written, and the offset
     minute_us = _minute_cache.get(key)
     if minute_us is None:
-        if parsed.tzinfo is None or text[10:11] not in _SEPARATORS or len(rest) > 6:
+        if parsed.tzinfo is None or text[10:11] not in _SEPARATORS or len(rest) > 6 or _bad_offset_minutes(rest):
             return _parse_general(text, naive_zone)
         if len(_minute_cache) >= 4096:  # events come roughly in time order: a small cache hits
             _minute_cache.clear()
@@ -83,6 +85,26 @@ _ONE_US = timedelta(microseconds=1)
 _SHAPE = re.compile(rf"{_DATE_TIME}(?:{_FRACTION})?(?:{_OFFSET})".replace(r"\d", "9").encode())
 _DIGITS_AS_NINE = bytes.maketrans(b"0123456789", b"9999999999")
 _shape_is_valid: dict[bytes, bool] = {}
+
+
+def _bad_offset_minutes(offset: str) -> bool:
+    """`+HH:MM` or `+HHMM` with minutes above 59 (the shape allows any digits)."""
+    return len(offset) > 3 and offset[0] in "+-" and offset[-2:] > "59"
+
+
+_OFFSET_MINUTES_ABOVE_59 = re.compile(r"[+-]\d\d:?[6-9]\d$", re.MULTILINE)
+
+
+def _has_valid_shape(text: str) -> bool:
+    """Whether `text` has the contract's shape with an offset, digits read as
+    "9": one `translate` and a dict lookup, since texts share few shapes."""
+    shape = text.encode("utf-8", "surrogatepass").translate(_DIGITS_AS_NINE)
+    valid = _shape_is_valid.get(shape)
+    if valid is None:
+        if len(_shape_is_valid) > 4096:  # garbage input makes endless shapes
+            _shape_is_valid.clear()
+        valid = _shape_is_valid[shape] = _SHAPE.fullmatch(shape) is not None
+    return valid
 
 
 def parse_timestamp_column(texts: Sequence[str]) -> list[int | None]:
@@ -111,6 +133,8 @@ def parse_timestamp_column(texts: Sequence[str]) -> list[int | None]:
         texts = list(texts)
         for index in compress(range(len(texts)), map(not_, map(valid.__getitem__, shapes))):
             texts[index] = ""  # fails below
+    if _OFFSET_MINUTES_ABOVE_59.search("\n".join(texts)):  # rare: fromisoformat reads +05:60 as +06:00
+        texts = ["" if _OFFSET_MINUTES_ABOVE_59.search(t) else t for t in texts]
     out: list[int | None] = []
     n = len(texts)
     while len(out) < n:
@@ -166,6 +190,8 @@ def _parse_general(text: str, naive_zone: tzinfo | None) -> int:
             raise ParseError(Reason.NO_UTC_OFFSET, f"timestamp has no UTC offset: {text[:64]!r}")
     elif offset == "Z":
         base += "+00:00"
+    elif _bad_offset_minutes(offset):  # fromisoformat reads +05:60 as +06:00
+        raise ParseError(Reason.BAD_TIMESTAMP, f"offset minutes above 59: {text[:64]!r}")
     else:
         base += offset
     try:

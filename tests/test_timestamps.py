@@ -178,3 +178,33 @@ def test_the_native_column_parser_takes_the_common_shapes():
     texts = ["2021-03-01T00:01:11Z", "2021-03-01 00:01:11.055+00", "2021-03-01T00:01:11.123456789-05:30",
              "2020-02-29T23:59:59-01", "2021-03-01T00:01:11.5+0100"]
     assert timestamp_column_us(pl.Series(texts)).to_list() == [stamp_to_us(t) for t in texts]
+
+
+@pytest.mark.parametrize("text", ["2021-W09-1T00:05Z", "2021-03-01T00:05:00 Z", "2021-03-01T00:05:00-08.0",
+                                  "2021-03-01T00:05:00+05,30", "2021-060T00:05:00Z", "2021-03-01T00:05:00+05:30:00"])
+def test_forms_fromisoformat_reads_but_the_contract_refuses(text):
+    assert stamp_to_us(text) is None
+    with pytest.raises(ParseError) as error:
+        parse_timestamp_us(text)
+    assert error.value.reason is Reason.BAD_TIMESTAMP
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_near_valid)
+def test_the_per_text_parser_agrees_with_the_oracle(text):
+    expected = stamp_to_us(text)
+    try:
+        got = parse_timestamp_us(text)
+    except ParseError:
+        got = None
+    if expected is not None and not -62135596800000000 <= expected <= 253402300799999999:
+        expected = None  # outside years 1 to 9999 in UTC: refused
+    assert got == expected, text
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_near_valid, min_size=1, max_size=20))
+def test_the_python_column_parser_never_disagrees_with_the_oracle(texts):
+    for text, value in zip(texts, parse_timestamp_column(texts)):
+        if value is not None:
+            assert value == stamp_to_us(text), text
