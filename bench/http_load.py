@@ -6,7 +6,7 @@ duration, each server in its own process with a fresh data directory:
 
 1. **bare**: FastAPI on the same uvicorn (one worker, uvloop, httptools) with
    one route, `POST /events`, that validates the same body with pydantic
-   (`list[Event]`, the collector's field rules) and does nothing else;
+   (`list[GenericEvent]`, the collector's own model) and does nothing else;
 2. **collector**: `serve` on a spool. After the load it stops the server,
    runs `consume --drain` and checks for loss: the count store's total must
    equal the events the server answered "Received" for (its
@@ -184,24 +184,20 @@ def token() -> str:
 
 
 def bare_app() -> Any:
-    """FastAPI, one route, pydantic validation of the same body, nothing else."""
-    from typing import Annotated
-
+    """FastAPI, one route, pydantic validation of the same body with the same
+    rules (the collector's own `GenericEvent` model: lengths, no control
+    characters, strict types), nothing else: no auth, no records, no transport."""
     from fastapi import FastAPI
-    from pydantic import BaseModel, ConfigDict, StringConstraints
 
-    class Event(BaseModel):
-        model_config = ConfigDict(extra="allow", strict=True)
-        event_type: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-        event_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    from service.collector import GenericEvent
 
     app = FastAPI()
 
     async def events(batch):  # type: ignore[no-untyped-def]
         return {"message": "Received", "accepted": len(batch)}
 
-    # Real annotations (this module's are strings, and Event is local).
-    events.__annotations__ = {"batch": list[Event], "return": dict[str, Any]}
+    # Real annotations (this module's are strings).
+    events.__annotations__ = {"batch": list[GenericEvent], "return": dict[str, Any]}
     app.post("/events")(events)
     return app
 
