@@ -1,5 +1,9 @@
 """Dead letters as an NDJSON file: `{"reason", "error", "source", "position", "record"}`.
 
+A `late` letter also has `"late_by_us"`: how far its event was behind the
+partition's watermark, in microseconds. Readers ignore fields they do not know
+and lines without it (older files) stay valid.
+
 The record is kept as text when it is valid UTF-8 without NUL bytes, otherwise
 as base64 (`"encoding": "base64"`). A record longer than the line limit is cut
 and flagged (`"truncated": true`, `"record_bytes": <original size>`).
@@ -27,6 +31,8 @@ def dead_letter_line(letter: DeadLetter, max_record_bytes: int = DEFAULT_MAX_REC
         "source": letter.source,
         "position": letter.position,
     }
+    if letter.late_by_us is not None:
+        entry["late_by_us"] = letter.late_by_us
     if len(data) > max_record_bytes:
         entry["truncated"] = True
         entry["record_bytes"] = len(data)

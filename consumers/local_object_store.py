@@ -112,7 +112,19 @@ class LocalObjectStore:
         return self._path(key).read_bytes()
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        for path in sorted(self.root.rglob("*")):
+        """Keys that start with `prefix`, in order. Only the directory the
+        prefix names is walked (`events/dt=2021-03-01/hour=4/part-` walks one
+        hour), not the whole store."""
+        base = self.root
+        directory = prefix.rpartition("/")[0]
+        if directory:
+            try:
+                base = self._path(directory)
+            except ValueError:  # not a key's directory: no key can start with it
+                return
+            if not base.is_dir():
+                return
+        for path in sorted(base.rglob("*")):
             if path.is_file() and not path.name.startswith("."):
                 key = path.relative_to(self.root).as_posix()
                 if key.startswith(prefix):

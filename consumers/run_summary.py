@@ -1,12 +1,33 @@
-"""The run summary: what came in, what went where, how fast."""
+"""The run summary: what came in, what went where, how fast.
+
+Late events are told apart after the final sync (`check_late`): a late event
+whose dedup key its partition has already counted (its raw-event archive
+holds the key, consumers/counted_keys.py) is a re-sent duplicate, and no
+lateness would have counted it again; the others are new, and the summary
+names the smallest `--lateness` (rounded up) that would have counted every
+one of them.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
+import polars as pl
+
+from streams.event_columns import KEY_COLUMNS
+from streams.events import Reason
 from streams.window_counter import CountedBatch
+
+if TYPE_CHECKING:
+    from consumers.counted_keys import CountedKeys
+
+# Late letters kept in memory for the check after the run (a few hundred bytes
+# each); past this many the summary does not check them, and says so, rather
+# than hold them all (a daemon may run for months).
+MAX_LATE_CHECKED = 100_000
 
 
 @dataclass
@@ -23,6 +44,15 @@ class RunSummary:
     max_lateness_us: int = 0  # how far behind its watermark the latest late event was
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
+    # (partition, record, late_by_us) of each late dead letter, for `check_late`
+    late_letters: list[tuple[str, bytes, int | None]] = field(default_factory=list, repr=False)
+    late_overflow: bool = False  # more than MAX_LATE_CHECKED: not kept, not checked
+    # Set by `check_late`: late events already counted in their partition
+    # (re-sent duplicates, and repeats of a new late event), and the lateness
+    # that would have counted the new ones (None: none is new).
+    late_duplicates: int | None = None
+    lateness_needed: timedelta | None = None
+    late_unchecked: str | None = None  # why the late events could not be checked
 
     def add(self, batch: CountedBatch) -> None:
         self.read += batch.read
@@ -36,6 +66,53 @@ class RunSummary:
         self.max_lateness_us = max(self.max_lateness_us, batch.max_late_by_us)
         for letter in batch.dead_letters:
             self.reasons[letter.reason.value] = self.reasons.get(letter.reason.value, 0) + 1
+        if batch.late and not self.late_overflow:
+            self.late_letters.extend((letter.source, letter.record, letter.late_by_us)
+                                     for letter in batch.dead_letters if letter.reason is Reason.LATE)
+            if len(self.late_letters) > MAX_LATE_CHECKED:
+                self.late_overflow = True
+                self.late_letters = []
+
+    def check_late(self, counted: "CountedKeys", lateness: timedelta) -> None:
+        """Split the late events into re-sent duplicates and new ones against
+        what their partitions have counted (call after the final sync, so the
+        archive holds every event of the run)."""
+        if not self.late:
+            self.late_duplicates, self.lateness_needed = 0, None
+            return
+        if self.late_overflow:
+            self.late_unchecked = f"more than {MAX_LATE_CHECKED:,} late events"
+            return
+        if len(self.late_letters) != self.late:
+            self.late_unchecked = "not every late event was seen"
+            return
+        from consumers.counted_keys import keys_of_records
+
+        lateness_us = int(lateness.total_seconds() * 1_000_000)
+        letters = pl.DataFrame(
+            [(source, late_by) for source, _, late_by in self.late_letters],
+            schema={"partition": pl.String, "late_by_us": pl.Int64}, orient="row")
+        keys = keys_of_records(record for _, record, _ in self.late_letters)
+        frame = pl.concat([letters, keys], how="horizontal").with_row_index("_row")
+        hits = []
+        for (partition,), rows in frame.partition_by("partition", as_dict=True, maintain_order=True).items():
+            hits.append(rows.select("_row").with_columns(counted.counted(partition, rows).alias("_counted")))
+        frame = frame.join(pl.concat(hits), on="_row")
+        # A late event is new when its partition has not counted its key. Its
+        # copies count once (the first admitted), so the rest are repeats. The
+        # lateness that admits an event is how far it was behind the watermark
+        # plus the lateness in force; one copy admitted is enough. A record
+        # that is not an event (none is, as the counter writes them) is new.
+        lag = (pl.col("late_by_us").fill_null(self.max_lateness_us) + lateness_us).alias("lag")
+        new = frame.filter(~pl.col("_counted")).with_columns(lag)
+        readable = pl.col(KEY_COLUMNS[-1]).is_not_null()
+        new_keys = pl.concat([
+            new.filter(readable).group_by("partition", *KEY_COLUMNS).agg(pl.col("lag").min()).select("lag"),
+            new.filter(~readable).select("lag"),
+        ])
+        self.late_duplicates = self.late - new_keys.height
+        self.lateness_needed = round_up_lateness(int(new_keys["lag"].max())) if new_keys.height else None  # type: ignore[arg-type]
+        self.late_letters = []
 
     @property
     def seconds(self) -> float:
@@ -56,6 +133,8 @@ class RunSummary:
             "dead_lettered": self.dead_lettered, "malformed": self.malformed, "late": self.late,
             "future": self.future, "windows_written": self.windows_written, "seconds": round(self.seconds, 3),
             "events_per_second": round(self.events_per_second, 1), "dead_letter_reasons": dict(self.reasons),
+            "late_duplicates": self.late_duplicates if self.late else 0,
+            "lateness_needed": format_lateness(self.lateness_needed) if self.lateness_needed is not None else None,
         }
 
     def render(self, lateness: timedelta, dead_letter_path: str | None = None) -> str:
@@ -76,11 +155,7 @@ class RunSummary:
             f"records/s              {self.events_per_second:>12,.0f}",
         ]
         if self.late:
-            needed = lateness + timedelta(microseconds=self.max_lateness_us)
-            lines.append(
-                f"note: {self.late:,} late event(s) were dead-lettered under --lateness {_fmt(lateness)}; "
-                f"--lateness {_fmt(needed)} would have kept them"
-            )
+            lines.append(self._late_note(lateness))
         if self.reasons:
             lines.append("dead letters by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(self.reasons.items())))
         if dead_letter_path and self.reasons:
@@ -88,11 +163,44 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def _fmt(delta: timedelta) -> str:
-    seconds = int(-(-delta.total_seconds() // 1))
+    def _late_note(self, lateness: timedelta) -> str:
+        head = f"note: {self.late:,} late event(s) were dead-lettered under --lateness {format_lateness(lateness)}"
+        if self.late_duplicates is None:
+            needed = round_up_lateness(int(lateness.total_seconds() * 1_000_000) + self.max_lateness_us)
+            why = self.late_unchecked or "not checked against the raw-event archive"
+            return (f"{head}; --lateness {format_lateness(needed)} would have admitted them, but re-sent "
+                    f"duplicates among them (which count once) were not told apart: {why}")
+        new = self.late - self.late_duplicates
+        if not new:
+            return f"{head}: all are re-sent duplicates of events already counted (nothing lost)"
+        split = f"all {new:,} are new" if not self.late_duplicates else \
+            f"{self.late_duplicates:,} are re-sent duplicates, {new:,} are new"
+        return f"{head}: {split}; --lateness {format_lateness(self.lateness_needed)} would have counted them"
+
+
+MINUTE_US = 60_000_000
+HOUR_US = 60 * MINUTE_US
+
+
+def round_up_lateness(us: int) -> timedelta:
+    """A lateness of at least `us` microseconds, rounded up to a value people
+    write: whole seconds under a minute, whole minutes under two days, whole
+    hours beyond. A larger lateness admits every event a smaller one does."""
+    if us <= MINUTE_US:
+        step = 1_000_000
+    elif us <= 48 * HOUR_US:
+        step = MINUTE_US
+    else:
+        step = HOUR_US
+    return timedelta(microseconds=-(-us // step) * step)
+
+
+def format_lateness(delta: timedelta | None) -> str:
+    """`45s`, `47m`, `2h`, `1d`: as `--lateness` takes it, rounded up to
+    whole seconds (give it a value from `round_up_lateness` for a round one)."""
+    us = 0 if delta is None else delta // timedelta(microseconds=1)
+    seconds = -(-us // 1_000_000)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds % size == 0 and seconds >= size:
             return f"{seconds // size}{unit}"
-    if seconds > 3600:
-        return f"{-(-seconds // 60)}m"
     return f"{seconds}s"

@@ -190,10 +190,29 @@ def _raise_damage(source: object) -> None:
 
 
 def _print_summary(summary, settings: Settings, as_json: bool) -> None:
+    _check_late(summary, settings)
     if as_json:
         print(json.dumps(summary.as_dict()))
     else:
         print(summary.render(settings.lateness, str(settings.dead_letter_path)))
+
+
+def _check_late(summary, settings: Settings) -> None:
+    """After the final sync: which late events were re-sent duplicates of
+    events already counted, against the raw-event archive (consumers/counted_keys.py)."""
+    if not summary.late or summary.late_duplicates is not None:
+        return
+    if not settings.raw_events.enabled:
+        summary.late_unchecked = "raw events are not archived, [raw_events] enabled = false"
+        return
+    from consumers.counted_keys import CountedKeys
+    from consumers.ports import ObjectStore
+
+    try:
+        summary.check_late(CountedKeys(inject.instance(ObjectStore)), settings.lateness)
+    except Exception as exc:  # the counts are written; only the advice is missing
+        logging.getLogger("rivulet").warning("could not check late events against the raw-event archive: %s", exc)
+        summary.late_unchecked = f"the raw-event archive could not be read ({type(exc).__name__})"
 
 
 @command("run")

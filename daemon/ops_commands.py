@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+import inject
+
 from config.settings import Settings
 from consumers.dead_letter_file import decode_dead_letter_record
 from daemon.cli import CliError, command
@@ -53,7 +55,13 @@ def cmd_replay_dead_letter(args: argparse.Namespace, settings: Settings) -> int:
     """Each dead letter's record is parsed again, with the original format and
     then as NDJSON (late and future letters hold the event's NDJSON form).
     Those that parse now are sent; the rest are counted as still failing. A
-    record that was truncated in the dead-letter file cannot be replayed."""
+    record that was truncated in the dead-letter file cannot be replayed.
+
+    An event whose dedup key its source partition has already counted (the
+    raw-event archive holds it: a late event that was a re-sent duplicate) is
+    not sent, nor is a second copy of one sent earlier in the same run of the
+    command: sent, it would count twice. Late letters are never replayed
+    without that check: with raw events off, the command refuses them."""
     args.reason = check_reasons(args.reason)
     path = Path(args.file)
     if not path.is_file():
@@ -61,38 +69,99 @@ def cmd_replay_dead_letter(args: argparse.Namespace, settings: Settings) -> int:
     parsers = [make_parser(args.format or settings.format, settings.naive_timezone, settings.max_record_bytes)]
     if parsers[0].name != "ndjson":
         parsers.append(make_parser("ndjson", settings.naive_timezone, settings.max_record_bytes))
+    counted = None
+    if settings.raw_events.enabled:
+        from consumers.counted_keys import CountedKeys
+        from consumers.ports import ObjectStore
+
+        counted = CountedKeys(inject.instance(ObjectStore))
+    elif _has_late(path, args.reason):
+        raise CliError(f"{path} holds late dead letters, and raw events are not archived ([raw_events] enabled = "
+                       f"false): without the archive a re-sent duplicate cannot be told from a new event, so "
+                       f"replaying them could count events twice; leave them out with --reason")
     writer = open_writer(args.to, settings=settings, create_resources=args.create_resources)
-    counts = {"replayed": 0, "still failing": 0, "skipped": 0}
-    pending: list[bytes] = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            try:
-                entry = json.loads(line)
-                record = decode_dead_letter_record(entry)
-            except (ValueError, KeyError, TypeError):
-                counts["still failing"] += 1
-                continue
-            if args.reason and entry.get("reason") not in args.reason:
-                counts["skipped"] += 1
-                continue
-            if entry.get("truncated"):
-                counts["still failing"] += 1
-                continue
-            event = None
-            for parser in parsers:
-                parsed = parser.parse_batch(RecordBatch.data("replay", [record], [number]))
-                if parsed.events:
-                    event = parsed.events[0]
-                    break
-            if event is None:
-                counts["still failing"] += 1
-                continue
-            pending.append(event.to_json_line()[:-1])
-            if len(pending) >= 500:
-                counts["replayed"] += writer.send(pending)
-                pending = []
-    if pending:
-        counts["replayed"] += writer.send(pending)
-    writer.close()
+    counts = {"replayed": 0, "still failing": 0, "skipped": 0, "already counted": 0}
+    sent: set[tuple] = set()  # (source, key) of every event sent by this command
+    chunk: list[tuple[str, object]] = []  # (source, event) to check and send
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                event_source = _replayable(line, number, args.reason, parsers, counts)
+                if event_source is None:
+                    continue
+                chunk.append(event_source)
+                if len(chunk) >= REPLAY_CHUNK:
+                    _send_chunk(chunk, counted, sent, writer, counts)
+                    chunk = []
+        _send_chunk(chunk, counted, sent, writer, counts)
+    finally:
+        writer.close()
     print(", ".join(f"{name}: {n:,}" for name, n in counts.items()))
     return 0
+
+
+REPLAY_CHUNK = 50_000  # letters checked against the archive and sent together
+_EVENT_FORM = (Reason.LATE.value, Reason.FUTURE.value)  # letters that hold the event's NDJSON form
+
+
+def _has_late(path: Path, reasons: list[str] | None) -> bool:
+    if reasons and Reason.LATE.value not in reasons:
+        return False
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                if json.loads(line).get("reason") == Reason.LATE.value:
+                    return True
+            except (ValueError, AttributeError):
+                continue
+    return False
+
+
+def _replayable(line: str, number: int, reasons: list[str] | None, parsers, counts: dict[str, int]):
+    """(source, event) of a dead-letter line that parses now, else None (counted)."""
+    try:
+        entry = json.loads(line)
+        record = decode_dead_letter_record(entry)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        counts["still failing"] += 1
+        return None
+    if reasons and entry.get("reason") not in reasons:
+        counts["skipped"] += 1
+        return None
+    if entry.get("truncated"):
+        counts["still failing"] += 1
+        return None
+    if entry.get("reason") in _EVENT_FORM and len(parsers) > 1:
+        parsers = parsers[::-1]  # NDJSON first: what these letters hold
+    for parser in parsers:
+        parsed = parser.parse_batch(RecordBatch.data("replay", [record], [number]))
+        if parsed.events:
+            return str(entry.get("source", "")), parsed.events[0]
+    counts["still failing"] += 1
+    return None
+
+
+def _send_chunk(chunk: list, counted, sent: set, writer, counts: dict[str, int]) -> None:
+    if not chunk:
+        return
+    already: dict[int, bool] = {}
+    if counted is not None:
+        by_source: dict[str, list[int]] = {}
+        for index, (source, _) in enumerate(chunk):
+            by_source.setdefault(source, []).append(index)
+        for source, indexes in by_source.items():
+            hits = counted.counted_events(source, [chunk[i][1] for i in indexes])
+            already.update(zip(indexes, hits))
+    pending: list[bytes] = []
+    for index, (source, event) in enumerate(chunk):
+        key = (source, event.dedup_key)
+        if already.get(index) or key in sent:
+            counts["already counted"] += 1
+            continue
+        sent.add(key)
+        pending.append(event.to_json_line()[:-1])
+        if len(pending) >= 500:
+            counts["replayed"] += writer.send(pending)
+            pending = []
+    if pending:
+        counts["replayed"] += writer.send(pending)

@@ -185,6 +185,10 @@ class DeadLetter:
     source: str
     position: int
     record: bytes
+    # A `late` letter: how far its event time was behind the partition's
+    # watermark, in microseconds (the lateness that would have admitted it is
+    # this plus the lateness in force). None for every other reason.
+    late_by_us: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ import polars as pl
 
 from streams.dedup_keys import DedupKeys
 from streams.event_columns import CORE_FIELDS, KEY_COLUMNS, POSITION, TIME, EventColumns
-from streams.events import BatchKind, DeadLetter, Event, Reason, WindowCount
+from streams.events import MIN_US, BatchKind, DeadLetter, Event, Reason, WindowCount
 from streams.parsers import ParsedBatch
 from streams.rollups import RollupSpec
 from streams.window_counts import COUNT, FINAL, WINDOW_START, WindowCounts
@@ -143,7 +143,7 @@ class _RollupWindows:
         size = self.size
         if self.core:
             return accepted.frame.select(
-                ((pl.col(TIME) // size) * size).alias(WINDOW_START), *self.key_fields, POSITION,
+                ((pl.col(TIME) // size) * size).clip(lower_bound=MIN_US).alias(WINDOW_START), *self.key_fields, POSITION,
                 watermark_before.alias(_WATERMARK))
         if accepted.properties is None:  # no event has the property: nothing to count
             return None
@@ -153,7 +153,7 @@ class _RollupWindows:
         key_rows: list[tuple[str, ...]] = []
         for event, watermark in zip(accepted, watermark_before.to_list()):
             for key in self.spec.keys_of(event):
-                starts.append(event.event_time_us - event.event_time_us % size)
+                starts.append(self.spec.window.start_of(event.event_time_us))
                 positions.append(event.position)
                 watermarks.append(watermark)
                 key_rows.append(key)
@@ -360,7 +360,8 @@ class PartitionCounter:
                 out.late += int(late.sum())
                 behind = (newest.clip(lower_bound=start_watermark + lateness) - lateness - times).filter(late)
                 out.max_late_by_us = max(out.max_late_by_us, int(behind.max()))
-                events = self._drop(events, on_time, out, Reason.LATE, "older than the partition watermark")
+                events = self._drop(events, on_time, out, Reason.LATE, "older than the partition watermark",
+                                    behind.to_list())
                 if not len(events):
                     return
                 times = events.times_us
@@ -379,9 +380,13 @@ class PartitionCounter:
         out.events = events
         self.clock.on_event(int(times.max()))
 
-    def _drop(self, events: EventColumns, keep: pl.Series, out: CountedBatch, reason: Reason, error: str) -> EventColumns:
-        for index in (~keep).arg_true().to_list():
-            out.dead_letters.append(self._dead(events[index], reason, error))
+    def _drop(self, events: EventColumns, keep: pl.Series, out: CountedBatch, reason: Reason, error: str,
+              late_by_us: list[int] | None = None) -> EventColumns:
+        """Dead-letter the rows not kept; `late_by_us[i]` is how far the i-th
+        of them fell behind the watermark (late letters)."""
+        for n, index in enumerate((~keep).arg_true().to_list()):
+            out.dead_letters.append(self._dead(events[index], reason, error,
+                                               None if late_by_us is None else late_by_us[n]))
         return events.filter(keep)
 
     def _close(self, out: CountedBatch) -> None:
@@ -392,5 +397,6 @@ class PartitionCounter:
                 out.windows.append(closed)
         self.seen.forget(watermark)
 
-    def _dead(self, event: Event, reason: Reason, error: str) -> DeadLetter:
-        return DeadLetter(reason, error, self.partition, event.position, json.dumps(event.to_record(), default=list).encode())
+    def _dead(self, event: Event, reason: Reason, error: str, late_by_us: int | None = None) -> DeadLetter:
+        return DeadLetter(reason, error, self.partition, event.position,
+                          json.dumps(event.to_record(), default=list).encode(), late_by_us)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from streams.events import MIN_US
+
 WATERMARK_MIN = -(1 << 62)
 WATERMARK_MAX = 1 << 62
 
@@ -18,8 +20,15 @@ class TumblingWindower:
     """Fixed windows of `size_us`, aligned to the Unix epoch (so minute windows
     start at `:00` seconds and hour windows at `:00:00`).
 
+    A size that does not divide the time back to 0001-01-01 (`7d`: weeks
+    from 1970-01-01, a Thursday) would start year 1's first window in year 0,
+    which no date type holds: that window starts at 0001-01-01T00:00:00Z
+    instead, and is shorter. Every other window is unchanged.
+
     >>> TumblingWindower(60_000_000).start_of(61_500_000)
     60000000
+    >>> TumblingWindower(7 * 86_400_000_000).start_of(MIN_US) == MIN_US
+    True
     """
 
     size_us: int
@@ -29,7 +38,7 @@ class TumblingWindower:
             raise ValueError("window size must be positive")
 
     def start_of(self, event_time_us: int) -> int:
-        return event_time_us - event_time_us % self.size_us
+        return max(event_time_us - event_time_us % self.size_us, MIN_US)
 
     def end_of(self, window_start_us: int) -> int:
         return window_start_us + self.size_us

@@ -156,7 +156,8 @@ def test_seed_sample_default_lateness(tmp_path):
     # Documented in the README: 25 lines, 6 blank, 2 malformed, 6 late under 10m.
     assert (summary["read"], summary["valid"], summary["malformed"], summary["late"]) == (25, 11, 2, 6)
     human = run_cli("run", "--input", str(sample), "--data-dir", str(tmp_path / "h"))
-    assert "--lateness 120m would have kept them" in human.stdout
+    assert "all 6 are new; --lateness 2h would have counted them" in human.stdout
+    assert (summary["late_duplicates"], summary["lateness_needed"]) == (0, "2h")
 
 
 def test_seed_sample_with_three_hours_lateness_counts_every_valid_row(tmp_path):

@@ -1,0 +1,153 @@
+"""Which events a source partition has already counted, read from the
+raw-event archive.
+
+Every event a partition counts (on time, first seen) is archived once under
+`events/dt=…/hour=H/part-<partition>-<first position>.<parquet|jsonl.gz>`
+(consumers/raw_event_writer.py, docs/store.md), durably by the checkpoint
+that covers it. So for an event of partition P at time t, "was its dedup key
+(customer, type, transaction, UTC time) counted?" is answered by the objects
+of P in t's UTC hour, and nothing else: an event's hour is part of its key,
+and partitions count apart (a different partition adds).
+
+This is what re-admitting late events checks (the run summary and
+`replay-dead-letter --reason late`): a late event whose key is in its
+partition's archive is a re-sent duplicate, and counting it again anywhere
+would count it twice. It is as complete as the archive: objects removed by a
+retention rule no longer answer.
+
+Only the key columns are read, only of the hours asked about, through the
+`ObjectStore` port (a local directory or S3), several objects at a time.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Sequence
+
+import polars as pl
+
+from consumers.ports import ObjectStore
+from consumers.raw_event_writer import FORMATS, HOUR_US, raw_event_key
+from streams.event_columns import CORE_FIELDS, KEY_COLUMNS, TIME
+from streams.events import Event
+
+Key = tuple[str, str, str, int]
+KEY_SCHEMA = {**{name: pl.String for name in CORE_FIELDS}, TIME: pl.Int64}
+_SUFFIXES = tuple(fmt.suffix for fmt in FORMATS.values())
+_STAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.fZ"  # format_utc, as the NDJSON archive writes it
+_HIT = "_counted"
+_INDEX = "_row"
+
+
+def keys_of_records(records: Iterable[bytes]) -> pl.DataFrame:
+    """The dedup keys of late or future dead letters' records (each the
+    event's NDJSON form, as the counter writes it), one row per record, in
+    order (columns `KEY_COLUMNS`); a record that is not such an event gives
+    a row of nulls."""
+    cores: list[tuple[str | None, ...]] = []
+    stamps: list[str | None] = []
+    for record in records:
+        try:
+            value = json.loads(record)
+            core = (value["customer_id"], value["event_type"], value["transaction_id"])
+            stamp = value["timestamp"]
+        except (ValueError, KeyError, TypeError):
+            core, stamp = (None, None, None), None
+        if not all(isinstance(part, str) for part in core) or not isinstance(stamp, str):
+            core, stamp = (None, None, None), None
+        cores.append(core)
+        stamps.append(stamp)
+    frame = pl.DataFrame(cores, schema={name: pl.String for name in CORE_FIELDS}, orient="row")
+    times = pl.Series(TIME, stamps, dtype=pl.String).str.to_datetime(
+        _STAMP_FORMAT, time_unit="us", time_zone="UTC", strict=False).cast(pl.Int64)
+    return frame.with_columns(times)
+
+
+def keys_frame(keys: Iterable[Key | None]) -> pl.DataFrame:
+    """Keys as a frame with the columns of `KEY_COLUMNS` (a None key: nulls)."""
+    rows = [key if key is not None else (None, None, None, None) for key in keys]
+    return pl.DataFrame(rows, schema=KEY_SCHEMA, orient="row")
+
+
+def events_frame(events: Sequence[Event]) -> pl.DataFrame:
+    return keys_frame(event.dedup_key for event in events)
+
+
+def _matches(name: str, encoded_prefix: str) -> str | None:
+    """The format suffix when `name` is an archive object of the partition
+    whose file names start with `encoded_prefix` (`part-<encoded>-`)."""
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix):
+            stem = name[: -len(suffix)]
+            head, _, position = stem.rpartition("-")
+            # The whole encoded name must match: the listing prefix of
+            # partition "a" also lists the objects of partition "a-1".
+            if head + "-" == encoded_prefix and position.isdigit():
+                return suffix
+    return None
+
+
+class CountedKeys:
+    """Answers "already counted?" for keys of one source partition at a time."""
+
+    def __init__(self, store: ObjectStore, threads: int = 8) -> None:
+        self.store = store
+        self.threads = threads
+        self.objects_read = 0
+
+    def counted(self, partition: str, keys: pl.DataFrame) -> pl.Series:
+        """One boolean per row of `keys` (columns `KEY_COLUMNS`): whether the
+        partition's archive holds that key. A row with a null is False."""
+        if not keys.height:
+            return pl.Series(_HIT, [], dtype=pl.Boolean)
+        keys = keys.select(KEY_COLUMNS).cast(KEY_SCHEMA)  # type: ignore[arg-type]
+        hours = keys[TIME].drop_nulls() // HOUR_US
+        archived = self.archived(partition, sorted(int(h) for h in hours.unique()))
+        marked = archived.unique().with_columns(pl.lit(True).alias(_HIT))
+        joined = keys.with_row_index(_INDEX).join(marked, on=list(KEY_COLUMNS), how="left")
+        return joined.sort(_INDEX)[_HIT].fill_null(False)
+
+    def counted_events(self, partition: str, events: Sequence[Event]) -> list[bool]:
+        return self.counted(partition, events_frame(events)).to_list()
+
+    def archived(self, partition: str, hours: Sequence[int]) -> pl.DataFrame:
+        """The keys the archive holds for `partition` in the given UTC hours
+        (hours since the epoch); duplicates of at-least-once delivery kept."""
+        if not hours:
+            return pl.DataFrame(schema=KEY_SCHEMA)
+        with ThreadPoolExecutor(max_workers=max(1, self.threads)) as pool:
+            listed = list(pool.map(lambda hour: self._objects(partition, hour), hours))
+            objects = [item for found in listed for item in found]
+            frames = list(pool.map(lambda item: self._read(partition, *item), objects))
+        self.objects_read += len(objects)
+        frames = [frame for frame in frames if frame.height]
+        return pl.concat(frames) if frames else pl.DataFrame(schema=KEY_SCHEMA)
+
+    def _objects(self, partition: str, hour: int) -> list[tuple[str, str]]:
+        """(key, suffix) of the partition's archive objects of one hour."""
+        first = raw_event_key(partition, hour, 0, "")  # …/hour=H/part-<encoded>-000000000000
+        prefix = first[: first.rfind("-") + 1]
+        directory, _, name_prefix = prefix.rpartition("/")
+        found = []
+        for key in self.store.list(prefix):
+            suffix = _matches(key[len(directory) + 1:], name_prefix)
+            if suffix is not None:
+                found.append((key, suffix))
+        return found
+
+    def _read(self, partition: str, key: str, suffix: str) -> pl.DataFrame:
+        body = self.store.get(key)
+        if suffix == FORMATS["parquet"].suffix:
+            frame = pl.read_parquet(io.BytesIO(body), columns=[*CORE_FIELDS, "timestamp", "partition"])
+            return frame.filter(pl.col("partition") == partition).select(
+                *CORE_FIELDS, pl.col("timestamp").cast(pl.Int64).alias(TIME))
+        lines = gzip.decompress(body)
+        if not lines.strip():
+            return pl.DataFrame(schema=KEY_SCHEMA)
+        frame = pl.read_ndjson(io.BytesIO(lines), schema={**{name: pl.String for name in CORE_FIELDS},
+                                                          "timestamp": pl.String})
+        return frame.select(*CORE_FIELDS, pl.col("timestamp").str.to_datetime(
+            _STAMP_FORMAT, time_unit="us", time_zone="UTC").cast(pl.Int64).alias(TIME))
