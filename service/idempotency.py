@@ -21,8 +21,9 @@ A row goes through two states, written around the transport's `send`:
    `release` deletes the pending rows of a send that certainly wrote nothing
    (a spool transaction that rolled back), so a retry starts afresh.
 
-Rows older than the retention are pruned (in chunks, at most once a minute)
-and ignored before that: a resend after the retention counts again.
+Rows older than the retention are ignored, and pruned once a minute by a
+background thread in short transactions: a resend after the retention counts
+again.
 
 The ledger is a SQLite file (WAL) shared safely by every collector process of
 a host (`serve` workers, `consume` with `[http] enabled`).
@@ -30,6 +31,7 @@ a host (`serve` workers, `consume` with `[http] enabled`).
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -40,10 +42,13 @@ from typing import Callable, Iterable, Sequence
 
 import orjson
 
+log = logging.getLogger(__name__)
+
 PENDING, SENT = 0, 1
 BUSY_TIMEOUT_MS = 10_000
 PRUNE_EVERY_SECONDS = 60.0
-PRUNE_CHUNK = 20_000
+PRUNE_CHUNK = 5_000
+PRUNE_PAUSE_SECONDS = 0.05
 LOOKUP_CHUNK = 5_000
 
 _SCHEMA = """
@@ -103,6 +108,8 @@ class IdempotencyLedger:
         conn.executescript(_SCHEMA)
         self._conn: sqlite3.Connection | None = conn
         self._pruned_at = 0.0
+        self._pruner: threading.Thread | None = None
+        self._closing = False
 
     # -- the three steps around a send ------------------------------------------------
 
@@ -177,10 +184,12 @@ class IdempotencyLedger:
 
     # -- housekeeping ---------------------------------------------------------------
 
-    def prune(self, now_us: int | None = None) -> int:
-        """Delete rows past the retention; the number deleted."""
+    def prune(self, now_us: int | None = None, max_chunks: int | None = None) -> int:
+        """Delete rows past the retention, `PRUNE_CHUNK` per transaction (all of
+        them, or `max_chunks` transactions); the number deleted."""
         cutoff = (self.clock_us() if now_us is None else now_us) - self.retention_us
         deleted = 0
+        chunks = 0
         while True:
             with self._lock:
                 conn = self._open()
@@ -193,13 +202,25 @@ class IdempotencyLedger:
                     )
                     count = cursor.rowcount
             deleted += count
-            if count < PRUNE_CHUNK:
+            chunks += 1
+            if count < PRUNE_CHUNK or (max_chunks is not None and chunks >= max_chunks):
                 return deleted
 
     def _maybe_prune(self, now_us: int) -> None:
         if time.monotonic() - self._pruned_at >= PRUNE_EVERY_SECONDS:
             self._pruned_at = time.monotonic()
-            self.prune(now_us)
+            # Off the group-commit thread, in short transactions: never a stall.
+            if self._pruner is None or not self._pruner.is_alive():
+                self._pruner = threading.Thread(target=self._prune_in_background, name="idempotency-prune", daemon=True)
+                self._pruner.start()
+
+    def _prune_in_background(self) -> None:
+        try:
+            while not self._closing and self.prune(max_chunks=1) == PRUNE_CHUNK:
+                time.sleep(PRUNE_PAUSE_SECONDS)  # let claims take the write lock between chunks
+        except Exception as exc:  # a closed ledger, a locked file: the next minute tries again
+            if not self._closing:
+                log.warning("http: idempotency ledger: pruning failed: %s", exc)
 
     def size(self) -> int:
         with self._lock:
@@ -215,6 +236,7 @@ class IdempotencyLedger:
         return True, str(self.path)
 
     def close(self) -> None:
+        self._closing = True
         with self._lock:
             if self._conn is not None:
                 self._conn.close()

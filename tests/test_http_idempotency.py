@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -261,3 +262,19 @@ def test_pending_rows_of_a_crash_are_in_the_file(tmp_path: Path) -> None:
     assert again.claim([Claim("u", "k", b"other", 9)])[0].kind == "duplicate"
     ledger.close()
     again.close()
+
+
+def test_expired_keys_are_pruned_in_the_background(tmp_path: Path) -> None:
+    from service.idempotency import Claim
+
+    now = [1_000 * HOUR_US]
+    ledger = IdempotencyLedger(tmp_path / "l.sqlite3", HOUR_US, clock_us=lambda: now[0])
+    ledger.claim([Claim("u", f"old-{i}", b"r", 0) for i in range(12_000)])  # prunes nothing: none expired
+    now[0] += 2 * HOUR_US
+    ledger._pruned_at = 0.0  # due
+    assert ledger.claim([Claim("u", "old-1", b"r", 0), Claim("u", "new", b"r", 0)])[0].kind == "new"  # expired: new again
+    deadline = time.monotonic() + 10
+    while ledger.size() > 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ledger.size() == 2
+    ledger.close()
