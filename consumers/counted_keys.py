@@ -105,7 +105,7 @@ class CountedKeys:
             return pl.Series(_HIT, [], dtype=pl.Boolean)
         keys = keys.select(KEY_COLUMNS).cast(KEY_SCHEMA)  # type: ignore[arg-type]
         hours = keys[TIME].drop_nulls() // HOUR_US
-        archived = self.archived(partition, sorted(int(h) for h in hours.unique()))
+        archived = self.archived(partition, sorted(int(h) for h in hours.unique()), keys)
         marked = archived.unique().with_columns(pl.lit(True).alias(_HIT))
         joined = keys.with_row_index(_INDEX).join(marked, on=list(KEY_COLUMNS), how="left")
         return joined.sort(_INDEX)[_HIT].fill_null(False)
@@ -113,18 +113,26 @@ class CountedKeys:
     def counted_events(self, partition: str, events: Sequence[Event]) -> list[bool]:
         return self.counted(partition, events_frame(events)).to_list()
 
-    def archived(self, partition: str, hours: Sequence[int]) -> pl.DataFrame:
+    def archived(self, partition: str, hours: Sequence[int], wanted: pl.DataFrame | None = None) -> pl.DataFrame:
         """The keys the archive holds for `partition` in the given UTC hours
-        (hours since the epoch); duplicates of at-least-once delivery kept."""
+        (hours since the epoch); duplicates of at-least-once delivery kept.
+        With `wanted`, only those of its keys: each object is matched as it
+        is read, so memory holds a few objects, never the whole archive (a
+        10M-row backfill's late events span every hour of it)."""
         if not hours:
             return pl.DataFrame(schema=KEY_SCHEMA)
+        found: list[pl.DataFrame] = []
         with ThreadPoolExecutor(max_workers=max(1, self.threads)) as pool:
             listed = list(pool.map(lambda hour: self._objects(partition, hour), hours))
-            objects = [item for found in listed for item in found]
-            frames = list(pool.map(lambda item: self._read(partition, *item), objects))
+            objects = [item for in_hour in listed for item in in_hour]
+            for start in range(0, len(objects), self.threads):
+                for frame in pool.map(lambda item: self._read(partition, *item), objects[start:start + self.threads]):
+                    if wanted is not None:
+                        frame = frame.join(wanted, on=list(KEY_COLUMNS), how="semi")
+                    if frame.height:
+                        found.append(frame)
         self.objects_read += len(objects)
-        frames = [frame for frame in frames if frame.height]
-        return pl.concat(frames) if frames else pl.DataFrame(schema=KEY_SCHEMA)
+        return pl.concat(found) if found else pl.DataFrame(schema=KEY_SCHEMA)
 
     def _objects(self, partition: str, hour: int) -> list[tuple[str, str]]:
         """(key, suffix) of the partition's archive objects of one hour."""
