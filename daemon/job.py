@@ -32,7 +32,7 @@ from streams.pipeline import build_pipeline, make_counter
 
 # Batches the sinks' thread may fall behind the counter: enough to ride out
 # an fsync, few enough that memory stays that of a handful of batches.
-SINK_QUEUE_BATCHES = 4
+SINK_QUEUE_BATCHES = 2
 
 log = logging.getLogger("rivulet")
 
