@@ -88,6 +88,22 @@ wrk.headers["Authorization"] = "Basic %(token)s"
 local f = io.open("%(body)s", "rb"); wrk.body = f:read("*a"); f:close()
 """
 
+# Each request a new set of event_ids: "@@" in the body becomes a string
+# unique to the thread and the request.
+_POST_IDS_LUA = r"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Basic %(token)s"
+local f = io.open("%(body)s", "rb"); local template = f:read("*a"); f:close()
+local n = 0
+local tag = tostring(math.random(1, 1000000000))
+request = function()
+  n = n + 1
+  local body = string.gsub(template, "@@", tag .. "-" .. n)
+  return wrk.format(nil, nil, nil, body)
+end
+"""
+
 _BUCKET_LUA = r"""
 wrk.headers["Authorization"] = "Basic %(token)s"
 local n = 0
@@ -169,10 +185,14 @@ def as_run(name: str, raw: dict[str, Any], check: str = "", passed: bool = True)
                raw["p50_us"] / 1000, raw["p99_us"] / 1000, raw["p999_us"] / 1000, check, passed)
 
 
-def batch_body(size: int) -> bytes:
-    # No event_id: every event is new. No timestamp: the receive time.
+def batch_body(size: int, event_ids: bool = False) -> bytes:
+    # No timestamp: the receive time. Without event_ids every event is new;
+    # with them, "@@" is made unique per request by the wrk script.
     events = [{"event_type": "page_view" if i % 2 else "button_click", "url": f"https://example.com/p/{i % 10}",
                "button_id": f"b{i % 5}", "session_id": f"s{i % 37}"} for i in range(size)]
+    if event_ids:
+        for i, event in enumerate(events):
+            event["event_id"] = f"@@-{i}"
     return json.dumps(events).encode()
 
 
@@ -246,8 +266,9 @@ def counted(data_dir: Path) -> int:
 def run_collector(args: argparse.Namespace, connections: int, work: Path, body_path: Path) -> Run:
     data_dir = work / f"collector-{connections}"
     proc, url = start_serve(data_dir)
+    script = _POST_IDS_LUA if args.event_ids else _POST_LUA
     try:
-        raw = wrk(f"{url}/events", _POST_LUA % {"token": token(), "body": body_path}, connections, args.duration, work)
+        raw = wrk(f"{url}/events", script % {"token": token(), "body": body_path}, connections, args.duration, work)
         time.sleep(0.5)  # requests cut by the end of the run finish on the server
         on_server = server_accepted(url)
     finally:
@@ -263,7 +284,7 @@ def run_collector(args: argparse.Namespace, connections: int, work: Path, body_p
              f"{'ok' if ok else 'LOSS OR MISMATCH'} (drain {time.perf_counter() - began:.1f} s)")
     if not args.keep:
         shutil.rmtree(data_dir, ignore_errors=True)
-    return as_run("collector (serve, spool)", raw, check, ok)
+    return as_run("collector (serve, spool)" + (", event_ids" if args.event_ids else ""), raw, check, ok)
 
 
 # -- 3. the bucketer -------------------------------------------------------------------------
@@ -310,6 +331,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of load per server (default 30)")
     parser.add_argument("--connections", default="32", help="comma-separated connection counts (default 32)")
     parser.add_argument("--batch", type=int, default=100, help="events per POST (default 100)")
+    parser.add_argument("--event-ids", action="store_true",
+                        help="every event of the collector run has a new event_id (the idempotency ledger's cost)")
     parser.add_argument("--bucketer", action="store_true", help="also load the bucketer")
     parser.add_argument("--no-collector", action="store_true", help="only the bucketer")
     parser.add_argument("--keep", action="store_true", help="keep the data directories")
@@ -327,7 +350,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="rivulet-http-bench-"))
     body_path = work / "body.json"
-    body_path.write_bytes(batch_body(args.batch))
+    body_path.write_bytes(batch_body(args.batch, args.event_ids))
     failed = False
     print(f"load: wrk, {args.duration:g} s per server, {args.batch} events per POST; load average before: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} cores")

@@ -85,6 +85,7 @@ def build_app(
     mount_docs(app)
     install_handlers(app)
     app.add_middleware(_Metrics)
+    app.add_middleware(collector.CollectorLane, ctx=ctx)  # the collector's POSTs, past the framework
     app.include_router(collector.build_router(ctx, ERROR_SCHEMA))
     app.include_router(counts.build_router(ctx))
     failures: dict[str, Any] = {}
