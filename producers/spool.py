@@ -32,6 +32,7 @@ group would each read every record (the group's offset is one).
 from __future__ import annotations
 
 import dataclasses
+from itertools import chain, repeat
 import errno
 import fcntl
 import hashlib
@@ -144,7 +145,7 @@ def _insert(conn: sqlite3.Connection, rows: list[tuple[str, Any]]) -> None:
         chunk = rows[start : start + INSERT_CHUNK]
         sql = _INSERT_CHUNK_SQL if len(chunk) == INSERT_CHUNK else (
             "INSERT INTO records (partition, data) VALUES " + ", ".join(["(?, ?)"] * len(chunk)))
-        conn.execute(sql, [value for row in chunk for value in row])
+        conn.execute(sql, list(chain.from_iterable(chunk)))
 
 
 def _pending(conn: sqlite3.Connection) -> int:
@@ -196,7 +197,7 @@ class SpoolWriter:
         """Append all of `records` in one transaction, or none of them."""
         if not records:
             return 0
-        rows = [(STORAGE_PARTITION, bytes(r)) for r in records]
+        rows = list(zip(repeat(STORAGE_PARTITION), map(bytes, records)))  # C loops: this is the collector's hot path
         deadline = time.monotonic() + self.block_timeout
         while True:
             if self._try_append(rows):

@@ -414,8 +414,22 @@ def _fast_lines(
     stamped += b',"transaction_id":'
     now_text = b'","timestamp":"' + received_at.encode() + b'"}'
     new_ids: list[bytes] = []
+    keyed = stamped_times = False  # any event_id, any client timestamp
+    generic = event_type is None
+    good_names = _GOOD_NAMES
+    append = lines.append
     for item in items:
-        if type(item) is not dict or not check(item, controls):
+        if type(item) is not dict:
+            return None
+        if generic:  # _check_generic, inlined: this loop is the collector's hot path
+            name = item.get("event_type")
+            if type(name) is not str or not 0 < len(name) <= 128 or (controls and _has_control(name)):
+                return None
+            if not item.keys() <= good_names and not _good_names(item.keys()):
+                return None
+            if len(item) > MAX_PROPERTIES + 1 and len(item) - ("event_id" in item) - ("timestamp" in item) > MAX_PROPERTIES + 1:
+                return None
+        elif not check(item, controls):
             return None
         event_id = item.pop("event_id", None)
         if event_id is None:
@@ -426,6 +440,9 @@ def _fast_lines(
             return None
         else:
             transaction = dumps(event_id)[:-1]
+            if not keyed:
+                keyed = True
+                keys.extend([None] * len(lines))
         stamp = item.pop("timestamp", None)
         if stamp is None:
             event_us = now_us
@@ -445,6 +462,9 @@ def _fast_lines(
             if not low <= event_us <= high:
                 return None
             tail = b'","timestamp":"' + format_utc(event_us).encode() + b'"}'
+            if not stamped_times:
+                stamped_times = True
+                times.extend([now_us] * len(lines))
         try:
             properties = dumps(item)
         except _ORJSON_ERRORS:  # nested past orjson's depth limit, say
@@ -455,10 +475,13 @@ def _fast_lines(
             line = b"".join((b"{", stamped[1:], transaction, tail))
         if len(line) > max_bytes:
             return None
-        lines.append(line)
-        keys.append(event_id)
-        times.append(event_us)
-    return Submission(username, lines, keys, times)
+        append(line)
+        if keyed:
+            keys.append(event_id)
+        if stamped_times:
+            times.append(event_us)
+    # Without event_ids or client timestamps (the common case), made at once.
+    return Submission(username, lines, keys if keyed else [None] * len(lines), times if stamped_times else [now_us] * len(lines))
 
 
 # Version 4 in the 7th byte, variant 10xx in the 9th, for a whole block at once.
