@@ -117,12 +117,11 @@ class S3ObjectStore:
         error = future.exception()
         with self._lock:
             self._pending_bytes -= len(body)
-            if self._pending.get(full_key) is future:
+            if self._pending.get(full_key) is future:  # else a later put of the key supersedes this one
                 del self._pending[full_key]
                 if error is not None:
                     self._failed[full_key] = body
-            if error is not None:
-                self._errors.append(error)
+                    self._errors.append(error)
             self._lock.notify_all()
 
     def _wait(self, keys: set[str] | None = None) -> None:

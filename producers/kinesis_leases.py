@@ -13,6 +13,8 @@ together, conditionally::
     checkpoint                    sequence number of the first user record NOT yet
                                   durable downstream, or "SHARD_END"
     checkpointSubSequenceNumber   its index inside a KPL aggregate
+    checkpointPosition            that user record's position (the reader numbers a
+                                  shard's user records; a new owner continues the numbering)
     watermark_us                  the watermark a replay from `checkpoint` starts with
     ownerSwitchesSinceCheckpoint  owner changes since the last checkpoint (churn)
     parentShardIds                string set: the shard's parents (resharding)
@@ -65,6 +67,7 @@ class Lease:
     owner: str | None = None
     checkpoint: str | None = None  # None: never checkpointed
     sub_sequence: int = 0
+    position: int | None = None  # of the checkpointed user record (None: written by an older release)
     watermark_us: int | None = None
     parents: tuple[str, ...] = ()
     finished: bool = False
@@ -85,6 +88,7 @@ class Lease:
             owner=s("leaseOwner") or None,
             checkpoint=s("checkpoint"),
             sub_sequence=n("checkpointSubSequenceNumber") or 0,
+            position=n("checkpointPosition"),
             watermark_us=n("watermark_us"),
             parents=parents,
             finished=bool(n("finished")) or s("checkpoint") == SHARD_END,
@@ -209,12 +213,15 @@ class LeaseTable:
     def renew(self, lease: Lease, owner: str) -> Lease | None:
         return self._update(lease, {}, owner=owner)
 
-    def checkpoint(self, lease: Lease, owner: str, sequence: str, sub: int, watermark_us: int | None) -> Lease | None:
+    def checkpoint(self, lease: Lease, owner: str, sequence: str, sub: int, watermark_us: int | None,
+                   position: int | None = None) -> Lease | None:
         sets = {
             "checkpoint": {"S": sequence},
             "checkpointSubSequenceNumber": {"N": str(sub)},
             "ownerSwitchesSinceCheckpoint": {"N": "0"},
         }
+        if position is not None:
+            sets["checkpointPosition"] = {"N": str(position)}
         if watermark_us is not None:
             sets["watermark_us"] = {"N": str(watermark_us)}
         return self._update(lease, sets, removes=() if watermark_us is not None else ("watermark_us",), owner=owner)
@@ -443,8 +450,9 @@ class LeaseCoordinator:
             h.lease = result
             return result
 
-    def checkpoint(self, shard_id: str, sequence: str, sub: int, watermark_us: int | None) -> bool:
-        done = self._write(shard_id, lambda l: self.table.checkpoint(l, self.worker_id, sequence, sub, watermark_us), "checkpoint")
+    def checkpoint(self, shard_id: str, sequence: str, sub: int, watermark_us: int | None, position: int | None = None) -> bool:
+        done = self._write(shard_id, lambda l: self.table.checkpoint(l, self.worker_id, sequence, sub, watermark_us, position),
+                           "checkpoint")
         if done is not None:
             metrics.CHECKPOINTS.labels(stream=self.table.stream).inc()
         return done is not None

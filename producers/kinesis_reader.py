@@ -15,11 +15,18 @@ How it works:
   bounded `queue.Queue`; the subscribing thread takes them off and emits them,
   so the Rx graph runs on one thread and a slow graph blocks the pollers
   instead of growing memory (Rx has no backpressure).
-- The partition of shard S is `kinesis:STREAM/S`. The position of a user
-  record is `int(SequenceNumber) * 1_000_000 + i`, where i is its index inside
-  a KPL aggregated record (0 for a plain record): positions then stay distinct
-  and increasing even for the user records of one aggregated record, which the
-  raw-event writer's object names and the checkpoints need.
+- The partition of shard S is `kinesis:STREAM/S`. Positions number the
+  shard's user records (a KPL aggregated record holds several) one by one:
+  distinct, increasing, and the same for a record whoever reads it, which the
+  raw-event writer's object names and the checkpoints need. (Sequence numbers
+  cannot serve: AWS's have 56 digits, the pipeline's positions are 64-bit.)
+  The numbering starts at 0 on a shard read from TRIM_HORIZON (and on every
+  child shard), continues from the position stored with the checkpoint
+  (`checkpointPosition` in the lease) when a worker resumes, and starts at the
+  wall clock in µs × 1000 (above any earlier run's) for LATEST, AT_TIMESTAMP
+  and `start_after`. For commits the reader keeps, per record delivered and
+  not yet committed past, its first position and its sequence number (32
+  bytes), and checkpoints position P as (sequence number, P − first position).
 - Which shards: those whose lease this worker holds (`producers/kinesis_leases.py`,
   a `LeaseCoordinator` thread renews, takes, balances and loses leases; a lone
   worker takes them all). A poller starts when a lease is taken and stops at
@@ -54,6 +61,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import bisect
 import collections
 import dataclasses
 import logging
@@ -64,6 +72,7 @@ import socket
 import threading
 import time
 import weakref
+from array import array
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
@@ -96,6 +105,8 @@ from streams.events import BatchKind, RecordBatch
 from streams.windowing import WATERMARK_MIN
 
 SUB_SCALE = 1_000_000  # user records per Kinesis record never reach this (1 MiB / 4 B)
+POSITION_MAX = (1 << 63) - 1
+_WORD = (1 << 64) - 1
 QUEUE_WAIT = 0.05
 RETRYABLE_READ_CODES = frozenset({
     "ProvisionedThroughputExceededException",
@@ -111,7 +122,58 @@ log = logging.getLogger(__name__)
 
 
 def position_of(sequence_number: str, sub_index: int = 0) -> int:
+    """The position the releases before checkpointPosition gave a record (they
+    stored no position with the checkpoint; used to resume those leases)."""
     return int(sequence_number) * SUB_SCALE + sub_index
+
+
+def fresh_base(wall_clock_us: int) -> int:
+    """Where the numbering of a shard read from LATEST or AT_TIMESTAMP, with no
+    checkpoint, starts: above every position an earlier run of it can have
+    given (those advance by one per record, this by 1000 per µs)."""
+    return wall_clock_us * 1000
+
+
+class _Marks:
+    """Per Kinesis record delivered and not yet committed past: the position
+    of its first user record and its sequence number (as three 64-bit words),
+    to turn a committed position back into (sequence number, sub-record)."""
+
+    __slots__ = ("positions", "hi", "mid", "lo", "start", "lock")
+
+    def __init__(self) -> None:
+        self.positions = array("q")
+        self.hi, self.mid, self.lo = array("Q"), array("Q"), array("Q")
+        self.start = 0  # entries before this are dropped (compacted now and then)
+        self.lock = threading.Lock()
+
+    def add(self, position: int, sequence_number: str) -> None:
+        value = int(sequence_number)
+        with self.lock:
+            self.positions.append(position)
+            self.hi.append(value >> 128)
+            self.mid.append((value >> 64) & _WORD)
+            self.lo.append(value & _WORD)
+
+    def locate(self, position: int) -> tuple[str, int] | None:
+        """(sequence number, index of the sub-record) of the user record at
+        `position` (or just after the last one delivered); forgets what lies
+        before it."""
+        with self.lock:
+            i = bisect.bisect_right(self.positions, position, lo=self.start) - 1
+            if i < self.start:
+                return None
+            value = (self.hi[i] << 128) | (self.mid[i] << 64) | self.lo[i]
+            found = str(value), position - self.positions[i]
+            self.start = i
+            if i > 4096 and i * 2 > len(self.positions):
+                for column in (self.positions, self.hi, self.mid, self.lo):
+                    del column[:i]
+                self.start = 0
+            return found
+
+    def __len__(self) -> int:
+        return len(self.positions) - self.start
 
 
 def user_records(record: Mapping[str, Any]) -> list[bytes]:
@@ -136,6 +198,7 @@ class _Shard:
     start: dict[str, Any]  # GetShardIterator arguments
     skip_below: int = 0  # positions below this were durable before the restart
     committed: int = 0
+    next_position: int = 0  # of the next user record read (of sub-record 0 if it is an aggregate)
     last_sequence: str | None = None
     caught_up_since: float | None = None  # since when polls find the tip (poller's view)
     undelivered: int = 0  # DATA batches queued but not yet handed to the pipeline
@@ -151,6 +214,7 @@ class _Shard:
     retired: bool = False
     behind_ms: int | None = None
     pending: collections.deque = field(default_factory=collections.deque, repr=False)  # (last position, taken at)
+    marks: _Marks = field(default_factory=_Marks, repr=False)
 
 
 # A throttled poll is ordinary on a shared shard; this many in a row is an
@@ -360,18 +424,31 @@ class KinesisReader:
         partition = self.partition_of(shard_id)
         if lease.checkpoint is not None:
             start = {"ShardIteratorType": "AT_SEQUENCE_NUMBER", "StartingSequenceNumber": lease.checkpoint}
-            resume = position_of(lease.checkpoint, lease.sub_sequence)
-            shard = _Shard(shard_id, partition, start, skip_below=resume, committed=resume, end_position=resume)
+            resume = lease.position
+            if resume is None:  # checkpointed by a release that stored no position
+                resume = position_of(lease.checkpoint, lease.sub_sequence)
+                if resume > POSITION_MAX // 2:
+                    resume = fresh_base(self._wall_clock_us())
+            # The checkpoint's record comes first; its sub-records before the
+            # checkpointed one were durable already.
+            shard = _Shard(shard_id, partition, start, skip_below=resume, committed=resume, end_position=resume,
+                           next_position=resume - lease.sub_sequence)
         else:
+            base = 0
             if shard_id in self.start_after:
                 start = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "StartingSequenceNumber": self.start_after[shard_id]}
+                base = fresh_base(self._wall_clock_us())
             elif lease.parents or shard_id in self._child_shards:
                 start = {"ShardIteratorType": "TRIM_HORIZON"}  # a child: from its first record, no gap
             elif self.iterator_type == "AT_TIMESTAMP":
                 start = {"ShardIteratorType": "AT_TIMESTAMP", "Timestamp": self.start_timestamp}
+                base = fresh_base(self._wall_clock_us())
             else:
                 start = {"ShardIteratorType": self.iterator_type}
-            shard = _Shard(shard_id, partition, start)
+                if self.iterator_type != "TRIM_HORIZON":
+                    base = fresh_base(self._wall_clock_us())
+            shard = _Shard(shard_id, partition, start, skip_below=base, committed=base, end_position=base,
+                           next_position=base)
         # Every ownership starts its partition afresh in the pipeline, with the
         # watermark stored with the checkpoint (the minimum when none is).
         shard.resume_watermark_us = lease.watermark_us if lease.watermark_us is not None else WATERMARK_MIN
@@ -512,9 +589,13 @@ class KinesisReader:
     def _emit_records(self, shard: _Shard, records: list[dict[str, Any]]) -> None:
         data: list[bytes] = []
         positions: list[int] = []
+        marks = shard.marks
         for record in records:
-            base = position_of(record["SequenceNumber"])
-            for index, payload in enumerate(user_records(record)):
+            base = shard.next_position
+            users = user_records(record)
+            shard.next_position = base + len(users)
+            marks.add(base, record["SequenceNumber"])
+            for index, payload in enumerate(users):
                 position = base + index
                 if position >= shard.skip_below:
                     data.append(payload)
@@ -551,8 +632,12 @@ class KinesisReader:
             log.debug("worker %s: commit of %s ignored: lease not held", self.worker_id, partition)
             return
         if position > shard.committed:
-            sequence, sub = divmod(position, SUB_SCALE)
-            if not self.coordinator.checkpoint(shard.shard_id, str(sequence), sub, watermark_us):
+            located = shard.marks.locate(position)
+            if located is None:  # not a position this ownership delivered: not checkpointing is always safe
+                log.warning("worker %s: commit of %s at %d ignored: no record read there", self.worker_id, partition, position)
+                return
+            sequence, sub = located
+            if not self.coordinator.checkpoint(shard.shard_id, sequence, sub, watermark_us, position):
                 return  # lost: the coordinator stopped the poller
             shard.committed = position
             while shard.pending and shard.pending[0][0] < position:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
 import shutil
 import signal
@@ -29,13 +30,14 @@ from typing import Iterator
 
 import pytest
 
-from bench.generate_events import generate
+from bench.generate_events import generate, generate_sparse
 from tests.aws_fixtures import client, unique
 from tests.conftest import ROOT, run_cli
 from tests.oracle import DEFAULT_ROLLUPS, MINUTE, run_oracle
 
 LATENESS = "5m"  # the generator's disorder is at most 4 min: nothing on time is late in any shard
 LATENESS_US = 5 * MINUTE
+SPARSE_LATENESS = "10m"  # the sparse generator's disorder is under 10 min
 FAILOVER = 3.0
 RENEW = 0.5
 KINESALITE = ROOT / "node_modules" / ".bin" / "kinesalite"
@@ -59,8 +61,16 @@ def event_lines(rows: int, seed: int, unique_events: bool = False) -> list[str]:
     return out
 
 
-def expected_counts(lines: list[str]) -> dict[str, Counter]:
-    result = run_oracle(lines, LATENESS_US, DEFAULT_ROLLUPS)
+def sparse_lines(rows: int, density: int = 50_000) -> list[str]:
+    """The first `rows` rows of the `density`-row sparse workload
+    (bench/generate_events.py --shape sparse: 10,000 Zipf-skewed customers
+    over 30 days, mostly one or two events per (customer, hour) window).
+    It moves rows back by up to 599 s, so it needs SPARSE_LATENESS."""
+    return list(itertools.islice(generate_sparse(density), rows))
+
+
+def expected_counts(lines: list[str], lateness_us: int = LATENESS_US) -> dict[str, Counter]:
+    result = run_oracle(lines, lateness_us, DEFAULT_ROLLUPS)
     out: dict[str, Counter] = {}
     for rollup, counts in result.counts.items():
         out[rollup] = Counter({(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(start // 1_000_000)), key): n
@@ -69,8 +79,10 @@ def expected_counts(lines: list[str]) -> dict[str, Counter]:
 
 
 class Cluster:
-    def __init__(self, tmp: Path, shards: int = 4, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp: Path, shards: int = 4, extra_env: dict[str, str] | None = None,
+                 lateness: str = LATENESS) -> None:
         self.tmp = tmp
+        self.lateness = lateness
         self.stream = unique("so")
         self.lease_table = unique("so-leases")
         self.env = {
@@ -110,7 +122,7 @@ class Cluster:
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "run_stream_processing.py"), "--log-level", "INFO", "consume",
              "--from", f"kinesis:{self.stream}", "--config", "config/aws.toml", "--drain", str(drain),
-             "--lateness", LATENESS, "--json", "--data-dir", str(self.tmp / name)],
+             "--lateness", self.lateness, "--json", "--data-dir", str(self.tmp / name)],
             cwd=ROOT, env={**os.environ, **self.env, "RIVULET__AWS__WORKER_ID": name},
             stdout=subprocess.PIPE, stderr=log, text=True,
         )
@@ -187,7 +199,8 @@ class Cluster:
         return Counter({(start, key): int(count) for start, key, count in rows[1:]})
 
     def assert_counts_equal_the_oracle(self) -> None:
-        for rollup, counts in expected_counts(self.produced).items():
+        lateness_us = int(self.lateness[:-1]) * MINUTE
+        for rollup, counts in expected_counts(self.produced, lateness_us).items():
             got = self.exported(rollup)
             missing = {k: (v, got.get(k)) for k, v in counts.items() if got.get(k) != v}
             extra = {k: v for k, v in got.items() if k not in counts}

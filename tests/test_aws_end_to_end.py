@@ -22,7 +22,9 @@ import csv
 import io
 import itertools
 import json
+import os
 import re
+import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -264,3 +266,37 @@ def test_sparse_produce_consume_drain_equals_the_oracle(aws_env: str, tmp_path: 
     assert json.loads(again.stdout)["read"] > 0
     for rollup, counts in expected.items():
         assert exported(rollup, env, data_dir) == counts, rollup
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_sparse_50k_rows_consume_drain_5_the_issue_12_target(aws_env: str, tmp_path: Path) -> None:
+    """Issue 12's single-worker target: `consume --drain 5` of the 50k-row
+    sparse file, counts equal to the oracle, and (with
+    RIVULET_ASSERT_TARGETS=1, the machine to itself) within 30 s."""
+    lines = list(generate_sparse(50_000))
+    source = tmp_path / "sparse.csv"
+    source.write_text("\n".join(lines) + "\n")
+    result = run_oracle(lines, 10 * MINUTE, DEFAULT_ROLLUPS)
+    stream = unique("sp50")
+    env = {
+        "RIVULET__AWS__BUCKET": unique("sp50-bkt"),
+        "RIVULET__AWS__COUNT_TABLE": unique("sp50-counts"),
+        "RIVULET__AWS__CHECKPOINT_TABLE": unique("sp50-ckpt"),
+        "RIVULET__AWS__SHARD_COUNT": "2",
+    }
+    data_dir = tmp_path / "data"
+    produced = run_cli("produce", "--input", str(source), "--to", f"kinesis:{stream}", "--config", "config/aws.toml",
+                       "--create-resources", "--data-dir", str(data_dir), env=env, timeout=300)
+    assert produced.returncode == 0, produced.stderr
+    started = time.monotonic()
+    consumed = run_cli("consume", "--from", f"kinesis:{stream}", "--drain", "5", "--json", "--config", "config/aws.toml",
+                       "--data-dir", str(data_dir), env=env, timeout=300)
+    took = time.monotonic() - started
+    assert consumed.returncode == 0, consumed.stderr
+    print(f"consume --drain 5 of {len(lines):,} sparse rows: {took:.1f} s")
+    assert json.loads(consumed.stdout)["valid"] == result.valid
+    for rollup, counts in result.counts.items():
+        assert exported(rollup, env, data_dir) == Counter({(iso(start), key): n for (start, key), n in counts.items()})
+    if os.environ.get("RIVULET_ASSERT_TARGETS") == "1":
+        assert took <= 30, took

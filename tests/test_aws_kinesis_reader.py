@@ -15,7 +15,7 @@ from aws_kinesis_agg.aggregator import RecordAggregator
 from observability.health import PipelineHealth
 from producers.aws_clients import AwsConfig, ensure_table
 from producers.kinesis_leases import HASH_KEY, LeaseTable
-from producers.kinesis_reader import OUTAGE_AFTER_FAILED_POLLS, SUB_SCALE, KinesisReader
+from producers.kinesis_reader import OUTAGE_AFTER_FAILED_POLLS, KinesisReader, _Marks
 from streams.events import BatchKind, RecordBatch
 from tests.aws_fixtures import read_batches, client, unique
 from tests.fault_proxy import GET_RECORDS, FaultProxy
@@ -81,11 +81,22 @@ def data_of(batches: list[RecordBatch]) -> dict[str, list[tuple[int, bytes]]]:
     return out
 
 
-def expected_by_partition(stream: str, written: list[tuple[str, str, bytes]]) -> dict[str, list[tuple[int, bytes]]]:
-    out: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
+def expected_by_partition(stream: str, written: list[tuple[str, str, bytes]],
+                          first: dict[str, int] | None = None) -> dict[str, list[tuple[int, bytes]]]:
+    """(position, data) per partition: a shard's records in sequence order,
+    numbered from `first[partition]` (0: read from TRIM_HORIZON)."""
+    by_shard: dict[str, list[tuple[int, bytes]]] = defaultdict(list)
     for shard, seq, data in written:
-        out[f"kinesis:{stream}/{shard}"].append((int(seq) * SUB_SCALE, data))
-    return {p: sorted(v) for p, v in out.items()}
+        by_shard[f"kinesis:{stream}/{shard}"].append((int(seq), data))
+    return {p: [(i, data) for i, (_, data) in enumerate(sorted(v), start=(first or {}).get(p, 0))]
+            for p, v in by_shard.items()}
+
+
+def sequence_numbers(stream: str, written: list[tuple[str, str, bytes]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = defaultdict(list)
+    for shard, seq, _ in written:
+        out[f"kinesis:{stream}/{shard}"].append(seq)
+    return {p: sorted(v, key=int) for p, v in out.items()}
 
 
 def test_trim_horizon_reads_every_shard_once_each_its_own_partition(aws_env: str) -> None:
@@ -119,14 +130,16 @@ def test_commit_then_resume_from_the_checkpoint(aws_env: str) -> None:
     first.commit(a, expected[a][3][0])  # a commit never moves back
 
     item = store.client.get_item(TableName=store.table, Key={HASH_KEY: {"S": f"{stream}:{a.rsplit('/', 1)[1]}"}})["Item"]
-    assert item["checkpoint"]["S"] == str(resume_at // SUB_SCALE)
+    assert item["checkpoint"]["S"] == sequence_numbers(stream, written)[a][10]
     assert item["checkpointSubSequenceNumber"]["N"] == "0"
+    assert item["checkpointPosition"]["N"] == str(resume_at)
 
     later = put(aws_env, stream, [f"s{i}".encode() for i in range(20)])
     second = reader_for(aws_env, stream, store)
     batches = read(second, idle_in_all(set(expected)))
 
-    after = expected_by_partition(stream, later)
+    # The numbering goes on from the checkpoint: the same positions as the first reader's.
+    after = expected_by_partition(stream, later, first={p: len(v) for p, v in expected.items()})
     got = data_of(batches)
     assert got[a] == expected[a][10:] + after.get(a, [])
     assert got[b] == after.get(b, [])
@@ -188,13 +201,14 @@ def test_kpl_aggregated_records_are_deaggregated_and_resume_inside_one(aws_env: 
     assert [d for _, d in got] == [b"plain-1", *users, b"plain-2"]
     positions = [p for p, _ in got]
     assert positions == sorted(set(positions))  # distinct and increasing
-    agg_seq = int(written[1][1])
-    assert positions[1:8] == [agg_seq * SUB_SCALE + i for i in range(7)]
-
+    assert positions == list(range(9))  # one per user record
     reader.commit(partition, positions[4])  # u0..u2 durable, u3 not
+    item = store.client.get_item(TableName=store.table, Key={HASH_KEY: {"S": f"{stream}:{written[0][0]}"}})["Item"]
+    assert (item["checkpoint"]["S"], item["checkpointSubSequenceNumber"]["N"]) == (written[1][1], "3")
+
     again = reader_for(aws_env, stream, store)
     resumed = data_of(read(again, idle_in_all({partition})))[partition]
-    assert [d for _, d in resumed] == users[3:] + [b"plain-2"]
+    assert resumed == list(zip(range(4, 9), users[3:] + [b"plain-2"]))  # same records, same positions
 
 
 def test_idle_only_after_an_empty_poll_at_the_tip(aws_env: str, proxy: FaultProxy) -> None:
@@ -360,3 +374,20 @@ def test_the_quiet_time_runs_while_the_pipeline_works_through_the_backlog(aws_en
     assert len(data_of(batches)[partition]) == 40
     # Quiet since the first empty poll, about 1.2 s (three slow batches) before the pipeline finished.
     assert after_data[0] >= 0.8
+
+
+def test_positions_of_aws_sized_sequence_numbers_map_back_for_commits() -> None:
+    """AWS sequence numbers have 56 digits (kinesalite's too; moto's are small):
+    positions stay 64-bit, and a committed position turns back into its record's
+    sequence number and sub-record."""
+    first = 49590338271490256608559692538361571095921575989136588898
+    marks = _Marks()
+    position = 0
+    for i, subs in enumerate([1, 5, 1, 1]):  # the second record is a KPL aggregate of 5
+        marks.add(position, str(first + i * 2_564_131_663_402_632_534_000_926_720))
+        position += subs
+    assert marks.locate(0) == (str(first), 0)
+    assert marks.locate(3) == (str(first + 2_564_131_663_402_632_534_000_926_720), 2)  # inside the aggregate
+    assert marks.locate(8) == (str(first + 3 * 2_564_131_663_402_632_534_000_926_720), 1)  # after the last record
+    assert marks.locate(2) is None  # before what a later commit already passed
+    assert len(marks) == 1
