@@ -1,18 +1,20 @@
 #!/usr/bin/env python3
 """Load test of the HTTP collector and the bucketer on loopback, with `wrk`.
 
-For each connection count it runs, one after the other and for the same
-duration, each server in its own process with a fresh data directory:
+For each connection count it runs each server in its own process with a
+fresh data directory. The bare framework and the collector are both up and
+take turns (`--slices`, 3 by default: bare, collector, bare, ...), so a change
+in the shared machine's load hits both; each gets `--duration` in all:
 
 1. **bare**: FastAPI on the same uvicorn (one worker, uvloop, httptools) with
    one route, `POST /events`, that validates the same body with pydantic
    (`list[GenericEvent]`, the collector's own model) and does nothing else;
 2. **collector**: `serve` on a spool. After the load it stops the server,
    runs `consume --drain` and checks for loss: the count store's total must
-   equal the events the server answered "Received" for (its
-   `rivulet_http_events_accepted_total`), which must cover every 200 the load
-   generator read (a request cut by the end of the run may be accepted
-   without its answer being read);
+   equal the records on the spool and the events the server answered
+   "Received" for (its `rivulet_http_events_accepted_total`), which must
+   cover every 200 the load generator read (a request cut by the end of a
+   slice may be accepted without its answer being read);
 3. **bucketer** (`--bucketer`): `serve` with a datafile in which everyone is
    bucketed, `GET /bucketer?e=...&u=<a new user each time>`; every decision
    sends an impression through the bulk dispatcher to a spool, and the
@@ -20,8 +22,8 @@ duration, each server in its own process with a fresh data directory:
 
 `wrk` (Debian package `wrk`) is the load generator: a C program, so the
 client costs the 2-core machine little. It prints accepted events/s,
-decisions/s, p50, p99, p99.9, and the collector's ratio to the bare
-framework.
+decisions/s, p50, p99, p99.9 (of a sliced run: the worst slice's), and the
+collector's ratio to the bare framework.
 
     python bench/http_load.py                                # 30 s, 32 connections, 100 events/POST
     python bench/http_load.py --connections 16,32,64 --bucketer
@@ -234,13 +236,8 @@ def serve_bare() -> None:
     uvicorn.Server(uvicorn.Config(bare_app(), access_log=False, log_config=None, lifespan="off")).run(sockets=[sock])
 
 
-def run_bare(args: argparse.Namespace, connections: int, work: Path, body_path: Path) -> Run:
-    proc, url = start([sys.executable, __file__, "--serve-bare"], env_for(work))
-    try:
-        raw = wrk(f"{url}/events", _POST_LUA % {"token": token(), "body": body_path}, connections, args.duration, work)
-    finally:
-        stop(proc)
-    return as_run("bare FastAPI + pydantic", raw)
+def start_bare(work: Path) -> tuple[subprocess.Popen[str], str]:
+    return start([sys.executable, __file__, "--serve-bare"], env_for(work))
 
 
 # -- 2. the collector ------------------------------------------------------------------------
@@ -263,28 +260,51 @@ def counted(data_dir: Path) -> int:
         store.close()
 
 
-def run_collector(args: argparse.Namespace, connections: int, work: Path, body_path: Path) -> Run:
+def merge(name: str, slices: list[dict[str, Any]], check: str = "", passed: bool = True) -> Run:
+    """One run from its slices: counts and time summed, each percentile the
+    worst slice's (an upper bound, not an average)."""
+    total = {key: sum(raw[key] for raw in slices) for key in ("requests", "ok", "accepted", "other", "socket_errors", "duration_us")}
+    for key in ("p50_us", "p99_us", "p999_us"):
+        total[key] = max(raw[key] for raw in slices)
+    return as_run(name, total, check, passed)
+
+
+def run_side_by_side(args: argparse.Namespace, connections: int, work: Path, body_path: Path) -> tuple[Run, Run]:
+    """The bare framework and the collector, both up, loaded in alternating
+    slices (`--slices`) so that a change of the machine's load hits both."""
     data_dir = work / f"collector-{connections}"
+    bare_proc, bare_url = start_bare(work)
     proc, url = start_serve(data_dir)
     script = _POST_IDS_LUA if args.event_ids else _POST_LUA
+    bare_slices: list[dict[str, Any]] = []
+    slices: list[dict[str, Any]] = []
+    seconds = args.duration / args.slices
     try:
-        raw = wrk(f"{url}/events", script % {"token": token(), "body": body_path}, connections, args.duration, work)
-        time.sleep(0.5)  # requests cut by the end of the run finish on the server
-        on_server = server_accepted(url)
+        for _ in range(args.slices):
+            bare_slices.append(wrk(f"{bare_url}/events", _POST_LUA % {"token": token(), "body": body_path}, connections, seconds, work))
+            slices.append(wrk(f"{url}/events", script % {"token": token(), "body": body_path}, connections, seconds, work))
+        time.sleep(0.5)  # requests cut by the end of a slice finish on the server
+        with sqlite3.connect(data_dir / "spool" / "spool.sqlite3") as conn:
+            (on_server,) = conn.execute("SELECT COUNT(*) FROM records").fetchone()  # what the collector put on the spool
+        answered = server_accepted(url)
     finally:
+        stop(bare_proc)
         stop(proc)
+    bare = merge("bare FastAPI + pydantic", bare_slices)
+    read = sum(raw["accepted"] for raw in slices)
     began = time.perf_counter()
     done = subprocess.run([*CLI, "consume", "--from", f"spool:{data_dir / 'spool'}", "--drain", "0.5", "--json"],
                           capture_output=True, text=True, env=env_for(data_dir), cwd=PROJECT)
     if done.returncode:
         raise SystemExit(f"consume failed: {done.stderr.strip()}")
     total = counted(data_dir)
-    ok = total == on_server and raw["accepted"] <= on_server <= raw["accepted"] + connections * args.batch
-    check = (f"store {total:,} = server accepted {on_server:,} >= client read {raw['accepted']:,}: "
+    ok = total == on_server == answered and read <= answered <= read + args.slices * connections * args.batch
+    check = (f"store {total:,} = spool {on_server:,} = answered Received {answered:,} >= client read {read:,}: "
              f"{'ok' if ok else 'LOSS OR MISMATCH'} (drain {time.perf_counter() - began:.1f} s)")
     if not args.keep:
         shutil.rmtree(data_dir, ignore_errors=True)
-    return as_run("collector (serve, spool)" + (", event_ids" if args.event_ids else ""), raw, check, ok)
+    collector = merge("collector (serve, spool)" + (", event_ids" if args.event_ids else ""), slices, check, ok)
+    return bare, collector
 
 
 # -- 3. the bucketer -------------------------------------------------------------------------
@@ -331,6 +351,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of load per server (default 30)")
     parser.add_argument("--connections", default="32", help="comma-separated connection counts (default 32)")
     parser.add_argument("--batch", type=int, default=100, help="events per POST (default 100)")
+    parser.add_argument("--slices", type=int, default=3,
+                        help="the bare framework and the collector take turns this many times (default 3)")
     parser.add_argument("--event-ids", action="store_true",
                         help="every event of the collector run has a new event_id (the idempotency ledger's cost)")
     parser.add_argument("--bucketer", action="store_true", help="also load the bucketer")
@@ -345,8 +367,8 @@ def main() -> int:
         print("wrk not found: apt-get install -y wrk", file=sys.stderr)
         return 2
     counts = [int(c) for c in args.connections.split(",")]
-    if args.duration <= 0 or not 0 < args.batch <= 1000 or min(counts) <= 0:
-        parser.error("--duration and --connections must be positive, --batch 1..1000")
+    if args.duration <= 0 or not 0 < args.batch <= 1000 or min(counts) <= 0 or args.slices < 1:
+        parser.error("--duration, --connections and --slices must be positive, --batch 1..1000")
 
     work = Path(tempfile.mkdtemp(prefix="rivulet-http-bench-"))
     body_path = work / "body.json"
@@ -357,9 +379,8 @@ def main() -> int:
     for connections in counts:
         print(f"{connections} connections")
         if not args.no_collector:
-            bare = run_bare(args, connections, work, body_path)
+            bare, collector = run_side_by_side(args, connections, work, body_path)
             show(bare, "events")
-            collector = run_collector(args, connections, work, body_path)
             show(collector, "events")
             ratio = collector.rate / bare.rate if bare.rate else 0.0
             print(f"    collector / bare framework: {ratio:.2f}x")

@@ -84,7 +84,7 @@ class Submission:
 
     @property
     def keyed(self) -> bool:
-        return any(key is not None for key in self.keys)
+        return any(self.keys)  # an event_id is never empty
 
 
 def _atomic(writer: TransportWriter | None) -> bool:
