@@ -86,8 +86,8 @@ def build_app(
     install_handlers(app)
     app.add_middleware(_Metrics)
     app.add_middleware(collector.CollectorLane, ctx=ctx)  # the collector's POSTs, past the framework
-    app.include_router(collector.build_router(ctx, ERROR_SCHEMA))
-    app.include_router(counts.build_router(ctx))
+    # The bucketer first: routes are matched in order, and it is the hot GET
+    # (the collector's POSTs never reach the router, see CollectorLane).
     failures: dict[str, Any] = {}
     if isinstance(optimizely_router, APIRouter):
         app.include_router(optimizely_router, dependencies=[] if http.bucketer_public else [Depends(auth)])
@@ -97,6 +97,8 @@ def build_app(
         except Exception as exc:
             log.warning("http: the Optimizely routes are not mounted: %s", exc)
             failures["optimizely"] = (False, f"routes not mounted: {type(exc).__name__}: {exc}"[:300])
+    app.include_router(collector.build_router(ctx, ERROR_SCHEMA))
+    app.include_router(counts.build_router(ctx))
     app.include_router(ops.build_router(lambda: {**_readiness(ctx, readiness), **failures}))
     app.state.context = ctx
     document_errors(app)
