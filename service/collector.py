@@ -175,7 +175,14 @@ class GenericEvent(_Common):
         extra="allow",
         strict=True,
         json_schema_extra={
-            "maxProperties": MAX_PROPERTIES + 1,
+            # At most 100 fields besides event_type, event_id and timestamp.
+            "if": {"required": ["event_id", "timestamp"]},
+            "then": {"maxProperties": MAX_PROPERTIES + 3},
+            "else": {
+                "if": {"anyOf": [{"required": ["event_id"]}, {"required": ["timestamp"]}]},
+                "then": {"maxProperties": MAX_PROPERTIES + 2},
+                "else": {"maxProperties": MAX_PROPERTIES + 1},
+            },
             "propertyNames": {"minLength": 1, "maxLength": 128, "pattern": _NO_CONTROLS, "not": {"enum": _RESERVED_NAMES}},
             "additionalProperties": PROPERTY_MARKER,  # service.openapi puts its `Property` schema here
         },
