@@ -47,10 +47,10 @@ class RawEventsSettings:
     # event values are columns, never key parts.
     enabled: bool = True
     format: str = "parquet"  # a key of consumers.raw_event_writer.FORMATS
-    max_bytes: int = 64 << 20
+    max_bytes: int = 16 << 20
     max_age: timedelta = timedelta(seconds=60)
     max_open_objects: int = 64
-    max_buffered_bytes: int = 256 << 20
+    max_buffered_bytes: int = 32 << 20
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import polars as pl
 
 from consumers.object_keys import encode_name_part
+from streams.event_columns import compact_strings
 from consumers.ports import ObjectStore
 from streams.event_columns import POSITION, TIME, EventColumns
 from streams.events import SCHEMA_VERSION, Event
@@ -121,7 +122,7 @@ class _Buffer:
 
     def add(self, rows: pl.DataFrame) -> int:
         added = rows.estimated_size()
-        self.frames.append(rows)
+        self.frames.append(compact_strings(rows))
         self.size += added
         return added
 

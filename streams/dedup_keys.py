@@ -25,7 +25,7 @@ from typing import Callable
 
 import polars as pl
 
-from streams.event_columns import TIME
+from streams.event_columns import TIME, compact_strings
 from streams.windowing import WATERMARK_MAX, WATERMARK_MIN
 
 MINUTE_US = 60_000_000
@@ -54,7 +54,7 @@ class _Generation:
         self.oldest_us = min(self.oldest_us, times.min())
         self.newest_us = max(self.newest_us, times.max())
         self.offsets.append(self.rows)
-        self.frames.append(keys)
+        self.frames.append(compact_strings(keys))
         self.by_hash.update(zip(hashes, range(self.rows, self.rows + len(hashes))))
         self.rows += len(hashes)
 

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import polars as pl
 
 from streams.dedup_keys import DedupKeys
-from streams.event_columns import CORE_FIELDS, KEY_COLUMNS, POSITION, TIME, EventColumns
+from streams.event_columns import CORE_FIELDS, KEY_COLUMNS, POSITION, TIME, EventColumns, compact_strings
 from streams.events import MIN_US, BatchKind, DeadLetter, Event, Reason, WindowCount
 from streams.parsers import ParsedBatch
 from streams.rollups import RollupSpec
@@ -126,7 +126,8 @@ class _RollupWindows:
         if rows is None or not rows.height:
             return
         keys = [WINDOW_START, *self.key_fields]
-        self.chunks.append(rows.group_by(keys).agg(pl.len().cast(pl.Int64).alias(COUNT)).sort(WINDOW_START))
+        self.chunks.append(compact_strings(
+            rows.group_by(keys).agg(pl.len().cast(pl.Int64).alias(COUNT)).sort(WINDOW_START)))
         if len(self.chunks) > _MAX_CHUNKS:
             self.chunks = [_merge(self.chunks, keys)]
         firsts = rows.group_by(WINDOW_START).agg(pl.col(POSITION).min(), pl.col(_WATERMARK).min())
