@@ -36,6 +36,10 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 def api_schema(service: Service) -> Any:
     loaded = schemathesis.openapi.from_url(f"{service.url}/openapi.json")
     loaded.config.update(basic_auth=("ethan", USERS["ethan"]))  # the document's `basic` scheme
+    # A batch over max_batch (a schema-violating maxItems) or a body over
+    # max_body_bytes is refused with 413 Payload Too Large, as documented.
+    rejection = loaded.config.checks.negative_data_rejection
+    rejection.expected_statuses = [*rejection.expected_statuses, "413"]
     return loaded
 
 
