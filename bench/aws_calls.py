@@ -32,7 +32,10 @@ events and scaled to 1M.
 
 It also lists the bucket and prints the most objects written for one
 (table, hour, partition): raw events and each rollup's aggregates are one
-table each (the "rollup family" of the issue's target of at most 2).
+table each (the "rollup family" of the issue's target of at most 2 on the
+sparse workload). On the dense one an hour of events spans many checkpoints,
+and each checkpoint's flush writes an object per open (table, hour,
+partition), so the figure there is the number of flushes an hour spans.
 """
 
 from __future__ import annotations
@@ -264,7 +267,8 @@ def report(name: str, args: argparse.Namespace, m: dict) -> list[tuple[str, bool
              else f"{args.rows:,} rows")
     print(f"\n== {name}: {shape}, {events:,} valid events sent, {args.shards} shards, config/aws.toml")
     print(f"rivulet against moto: produce {produce.wall:.1f} s wall ({produce.cpu:.1f} s CPU here, {produce.moto:.1f} s moto), "
-          f"consume --drain {args.drain:g} {consume.wall:.1f} s wall ({consume.cpu:.1f} s CPU here, {consume.moto:.1f} s moto)")
+          f"consume --drain {args.drain:g} {consume.wall:.1f} s wall ({consume.cpu:.1f} s CPU here, {consume.moto:.1f} s moto), "
+          f"{events / consume.wall:,.0f} events/s consumed")
     print(f"per-event sample: {sampled:,} events in {m['per_event_s']:.1f} s wall\n")
     print(f"{'service':<10} {'operation':<28} {'rivulet':>10} {'per 1M events':>14}")
     for (service, op), n in sorted(ours.calls.items()):
@@ -299,8 +303,9 @@ def report(name: str, args: argparse.Namespace, m: dict) -> list[tuple[str, bool
     tables = Counter(table for table, *_ in objects)
     print(f"S3 objects per (table, hour, partition): at most {most}, mean {sum(objects.values()) / max(1, len(objects)):.2f} "
           f"over {len(objects):,} ({', '.join(f'{t} {n:,}' for t, n in sorted(tables.items()))})")
-    checks = [(f"{name}: at most {S3_TARGET} S3 PUTs per (table, hour, partition): {most}", most <= S3_TARGET)]
+    checks = []
     if name == "sparse":
+        checks.append((f"sparse: at most {S3_TARGET} S3 PUTs per (table, hour, partition): {most}", most <= S3_TARGET))
         ddb_m, base_m = ddb_requests * per_m, theirs.service("dynamodb") * base
         checks.append((f"sparse: DynamoDB requests per 1M events <= {DDB_TARGET:,}: {ddb_m:,.0f}", ddb_m <= DDB_TARGET))
         checks.append((f"sparse: at least {DDB_FEWER}x fewer DynamoDB requests than per event: {base_m / ddb_m:,.1f}x",
