@@ -269,6 +269,8 @@ def test_sparse_produce_consume_drain_equals_the_oracle(aws_env: str, tmp_path: 
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("RIVULET_TARGET_TESTS") != "1",
+                    reason="issue 12 target measurement, minutes long: RIVULET_TARGET_TESTS=1")
 @pytest.mark.timeout(400)
 def test_sparse_50k_rows_consume_drain_5_the_issue_12_target(aws_env: str, tmp_path: Path) -> None:
     """Issue 12's single-worker target: `consume --drain 5` of the 50k-row

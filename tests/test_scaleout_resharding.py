@@ -47,7 +47,7 @@ def test_split_mid_stream_children_after_parent_counts_exact(kinesalite: str, tm
     watcher = threading.Thread(target=observe, daemon=True)
     try:
         for name in ("w1", "w2"):
-            cluster.start(name, drain=5)
+            cluster.start(name, drain=8)  # quiet longer than a produce of the next chunk takes
         cluster.wait_for(lambda l: len(l) == 2 and all(x["owner"] for x in l.values()), timeout=30)
         watcher.start()
         kinesis = client("kinesis", kinesalite)

@@ -23,6 +23,10 @@ from tests.scaleout_support import FAILOVER, RENEW, SPARSE_LATENESS, Cluster, ev
 pytestmark = pytest.mark.timeout(150)
 
 SHARDS = 4
+# Workers exit once the stream has been quiet this long (and they processed
+# it): longer than a `produce` of the next chunk takes on a loaded machine,
+# so no worker leaves between the chunks of a test.
+DRAIN = 8
 POLL_SLACK = 1.5  # one poll of the lease table by the taker, plus process scheduling
 
 
@@ -83,7 +87,7 @@ def test_sigkill_of_a_worker_at_a_random_point(aws_env: str, tmp_path: Path, see
     cluster.produce(chunks[0])
     try:
         for name in ("w1", "w2", "w3"):
-            cluster.start(name, drain=4)
+            cluster.start(name, drain=DRAIN)
         cluster.wait_for(lambda l: all_owned(l) and len(owners(l)) >= 2, timeout=30)
         for i, chunk in enumerate(chunks[1:]):
             if i == kill_after:
@@ -110,7 +114,7 @@ def test_sigkill_right_after_a_window_flush_commit(aws_env: str, tmp_path: Path)
     cluster.produce(lines[:1500])
     try:
         for name in ("w1", "w2", "w3"):
-            cluster.start(name, drain=4)
+            cluster.start(name, drain=DRAIN)
         start = cluster.wait_for(lambda l: all_owned(l) and len(owners(l)) >= 2, timeout=30)
         victim = owners(start).most_common(1)[0][0]
         mine = {s: l["checkpoint"] for s, l in start.items() if l["owner"] == victim}
@@ -132,10 +136,10 @@ def test_scale_up_from_one_to_three_workers_rebalances_without_loss(aws_env: str
     cluster = Cluster(tmp_path, SHARDS)
     cluster.produce(lines[:1500])
     try:
-        cluster.start("w1", drain=4)
+        cluster.start("w1", drain=DRAIN)
         cluster.wait_for(lambda l: all_owned(l) and set(owners(l)) == {"w1"}, timeout=30)  # a lone worker takes all
-        cluster.start("w2", drain=4)
-        cluster.start("w3", drain=4)
+        cluster.start("w2", drain=DRAIN)
+        cluster.start("w3", drain=DRAIN)
         cluster.produce(lines[1500:2800])
         spread = cluster.wait_for(lambda l: all_owned(l) and len(owners(l)) == 3, timeout=30)
         cluster.produce(lines[2800:])
@@ -155,7 +159,7 @@ def test_scale_down_sigterm_hands_leases_back_without_loss(aws_env: str, tmp_pat
     cluster.produce(lines[:1500])
     try:
         for name in ("w1", "w2", "w3"):
-            cluster.start(name, drain=4)
+            cluster.start(name, drain=DRAIN)
         leases = cluster.wait_for(lambda l: all_owned(l) and len(owners(l)) == 3, timeout=30)
         cluster.produce(lines[1500:2500])
         victim = owners(leases).most_common(1)[0][0]
@@ -185,7 +189,7 @@ def test_sparse_three_workers_one_sigkilled_counts_equal_the_oracle(aws_env: str
     cluster.produce(lines[:3000])
     try:
         for name in ("w1", "w2", "w3"):
-            cluster.start(name, drain=8)  # quiet for 8 s: none exits before the kill and the second chunk
+            cluster.start(name, drain=DRAIN)
         cluster.wait_for(lambda l: all_owned(l) and len(owners(l)) >= 2, timeout=30)
         # Its first checkpoints are written (it has been working), the rest is still to come.
         victim = owners(cluster.leases()).most_common(1)[0][0]
@@ -202,6 +206,8 @@ def test_sparse_three_workers_one_sigkilled_counts_equal_the_oracle(aws_env: str
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("RIVULET_TARGET_TESTS") != "1",
+                    reason="issue 12 target measurement, minutes long: RIVULET_TARGET_TESTS=1")
 @pytest.mark.timeout(600)
 def test_sparse_50k_rows_three_workers_one_sigkilled_the_issue_12_target(aws_env: str, tmp_path: Path) -> None:
     """Issue 12's fleet target: the 50k-row sparse file on 4 shards, 3 workers
