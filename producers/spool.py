@@ -154,12 +154,13 @@ def _pending(conn: sqlite3.Connection) -> int:
     Computed from seq bounds (index look-ups) rather than COUNT(*), which would
     scan millions of rows on every send. Seq gaps only make it an over-estimate.
     """
-    (max_seq,) = conn.execute("SELECT MAX(seq) FROM records").fetchone()
+    # One statement, not three: each is a GIL round trip for a writer thread.
+    max_seq, floor = conn.execute(
+        "SELECT (SELECT MAX(seq) FROM records),"
+        " COALESCE((SELECT MIN(next_seq) FROM offsets), (SELECT MIN(seq) FROM records))"
+    ).fetchone()
     if max_seq is None:
         return 0
-    (floor,) = conn.execute("SELECT MIN(next_seq) FROM offsets").fetchone()
-    if floor is None:
-        (floor,) = conn.execute("SELECT MIN(seq) FROM records").fetchone()
     return max(0, max_seq - floor + 1)
 
 
