@@ -2,9 +2,10 @@
 """Load test of the HTTP collector and the bucketer on loopback, with `wrk`.
 
 For each connection count it runs each server in its own process with a
-fresh data directory. The bare framework and the collector are both up and
-take turns (`--slices`, 3 by default: bare, collector, bare, ...), so a change
-in the shared machine's load hits both; each gets `--duration` in all:
+fresh data directory. The bare framework and the collector take turns
+(`--slices`, 3 by default: bare, collector, bare, ...; a fresh collector and
+spool per slice), so a change in the shared machine's load hits both; each
+gets `--duration` in all:
 
 1. **bare**: FastAPI on the same uvicorn (one worker, uvloop, httptools) with
    one route, `POST /events`, that validates the same body with pydantic
@@ -270,39 +271,49 @@ def merge(name: str, slices: list[dict[str, Any]], check: str = "", passed: bool
 
 
 def run_side_by_side(args: argparse.Namespace, connections: int, work: Path, body_path: Path) -> tuple[Run, Run]:
-    """The bare framework and the collector, both up, loaded in alternating
-    slices (`--slices`) so that a change of the machine's load hits both."""
-    data_dir = work / f"collector-{connections}"
+    """The bare framework and the collector loaded in alternating slices
+    (`--slices`), so that a change of the machine's load hits both. Each
+    collector slice gets a fresh `serve` and spool: nothing drains the spool
+    during the load, and one at 200k events/s would reach the spool's bound of
+    5,000,000 pending records (then 503s, as designed) within 25 s."""
     bare_proc, bare_url = start_bare(work)
-    proc, url = start_serve(data_dir)
     script = _POST_IDS_LUA if args.event_ids else _POST_LUA
     bare_slices: list[dict[str, Any]] = []
     slices: list[dict[str, Any]] = []
     seconds = args.duration / args.slices
+    on_server = answered = 0
+    data_dirs = []
     try:
-        for _ in range(args.slices):
-            bare_slices.append(wrk(f"{bare_url}/events", _POST_LUA % {"token": token(), "body": body_path}, connections, seconds, work))
-            slices.append(wrk(f"{url}/events", script % {"token": token(), "body": body_path}, connections, seconds, work))
-        time.sleep(0.5)  # requests cut by the end of a slice finish on the server
-        with sqlite3.connect(data_dir / "spool" / "spool.sqlite3") as conn:
-            (on_server,) = conn.execute("SELECT COUNT(*) FROM records").fetchone()  # what the collector put on the spool
-        answered = server_accepted(url)
+        for number in range(args.slices):
+            data_dir = work / f"collector-{connections}-{number}"
+            data_dirs.append(data_dir)
+            proc, url = start_serve(data_dir)
+            try:
+                bare_slices.append(wrk(f"{bare_url}/events", _POST_LUA % {"token": token(), "body": body_path}, connections, seconds, work))
+                slices.append(wrk(f"{url}/events", script % {"token": token(), "body": body_path}, connections, seconds, work))
+                time.sleep(0.5)  # requests cut by the end of a slice finish on the server
+                with sqlite3.connect(data_dir / "spool" / "spool.sqlite3") as conn:
+                    on_server += conn.execute("SELECT COUNT(*) FROM records").fetchone()[0]  # what it put on the spool
+                answered += server_accepted(url)
+            finally:
+                stop(proc)
     finally:
         stop(bare_proc)
-        stop(proc)
     bare = merge("bare FastAPI + pydantic", bare_slices)
     read = sum(raw["accepted"] for raw in slices)
     began = time.perf_counter()
-    done = subprocess.run([*CLI, "consume", "--from", f"spool:{data_dir / 'spool'}", "--drain", "0.5", "--json"],
-                          capture_output=True, text=True, env=env_for(data_dir), cwd=PROJECT)
-    if done.returncode:
-        raise SystemExit(f"consume failed: {done.stderr.strip()}")
-    total = counted(data_dir)
+    total = 0
+    for data_dir in data_dirs:
+        done = subprocess.run([*CLI, "consume", "--from", f"spool:{data_dir / 'spool'}", "--drain", "0.5", "--json"],
+                              capture_output=True, text=True, env=env_for(data_dir), cwd=PROJECT)
+        if done.returncode:
+            raise SystemExit(f"consume failed: {done.stderr.strip()}")
+        total += counted(data_dir)
+        if not args.keep:
+            shutil.rmtree(data_dir, ignore_errors=True)
     ok = total == on_server == answered and read <= answered <= read + args.slices * connections * args.batch
     check = (f"store {total:,} = spool {on_server:,} = answered Received {answered:,} >= client read {read:,}: "
              f"{'ok' if ok else 'LOSS OR MISMATCH'} (drain {time.perf_counter() - began:.1f} s)")
-    if not args.keep:
-        shutil.rmtree(data_dir, ignore_errors=True)
     collector = merge("collector (serve, spool)" + (", event_ids" if args.event_ids else ""), slices, check, ok)
     return bare, collector
 
