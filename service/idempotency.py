@@ -160,19 +160,14 @@ class IdempotencyLedger:
     def confirm(self, keys: Iterable[tuple[str, str]]) -> None:
         """Mark these pairs sent. Not fsync'd: a power cut may leave them
         pending, whose only effect is an identical resend the daemon drops."""
-        rows = list(keys)
-        if not rows:
-            return
-        with self._lock:
-            conn = self._open()
-            conn.execute("PRAGMA synchronous = NORMAL")
-            with _transaction(conn):
-                conn.executemany(
-                    "UPDATE http_idempotency SET state = 1, record = NULL WHERE username = ? AND event_id = ?", rows
-                )
+        self._apply("UPDATE http_idempotency SET state = 1, record = NULL WHERE username = ? AND event_id = ?", keys)
 
     def release(self, keys: Iterable[tuple[str, str]]) -> None:
         """Forget pending pairs whose send certainly wrote nothing."""
+        self._apply("DELETE FROM http_idempotency WHERE username = ? AND event_id = ? AND state = 0", keys)
+
+    def _apply(self, statement: str, keys: Iterable[tuple[str, str]]) -> None:
+        """`statement` for each (user, event_id) pair, in one transaction."""
         rows = list(keys)
         if not rows:
             return
@@ -180,7 +175,7 @@ class IdempotencyLedger:
             conn = self._open()
             conn.execute("PRAGMA synchronous = NORMAL")
             with _transaction(conn):
-                conn.executemany("DELETE FROM http_idempotency WHERE username = ? AND event_id = ? AND state = 0", rows)
+                conn.executemany(statement, rows)
 
     # -- housekeeping ---------------------------------------------------------------
 
