@@ -16,8 +16,9 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import time
 from typing import Any
+
+from observability.asgi_responses import observe_response
 
 log = logging.getLogger("rivulet.access")
 
@@ -49,27 +50,20 @@ class AccessLog:
         if scope["type"] != "http" or not log.isEnabledFor(logging.INFO):
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
-        status = [500]
+        await observe_response(self.app, scope, receive, send, lambda status, seconds: _log(scope, status, seconds))
 
-        async def capture(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
 
-        try:
-            await self.app(scope, receive, capture)
-        finally:
-            query = scope.get("query_string", b"").decode("latin-1")
-            target = scope.get("path", "") + (f"?{query}" if query else "")
-            if len(target) > MAX_TARGET:
-                target = target[:MAX_TARGET] + "..."
-            target = "".join(c if c.isprintable() else "?" for c in target)
-            client = scope.get("client")
-            address = client[0] if client else "-"
-            user = _user(scope.get("headers", [])) if status[0] < 400 else None
-            millis = (time.perf_counter() - started) * 1000
-            log.info("%s %s %d %.1f ms client=%s%s", scope.get("method", "-"), target, status[0], millis, address,
-                     f" user={user}" if user else "",
-                     extra={"fields": {"method": scope.get("method"), "path": scope.get("path"), "status": status[0],
-                                       "ms": round(millis, 1), "client": address, "user": user}})
+def _log(scope: Any, status: int, seconds: float) -> None:
+    query = scope.get("query_string", b"").decode("latin-1")
+    target = scope.get("path", "") + (f"?{query}" if query else "")
+    if len(target) > MAX_TARGET:
+        target = target[:MAX_TARGET] + "..."
+    target = "".join(c if c.isprintable() else "?" for c in target)
+    client = scope.get("client")
+    address = client[0] if client else "-"
+    user = _user(scope.get("headers", [])) if status < 400 else None
+    millis = seconds * 1000
+    log.info("%s %s %d %.1f ms client=%s%s", scope.get("method", "-"), target, status, millis, address,
+             f" user={user}" if user else "",
+             extra={"fields": {"method": scope.get("method"), "path": scope.get("path"), "status": status,
+                               "ms": round(millis, 1), "client": address, "user": user}})

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from fastapi import APIRouter, Depends, FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from config.settings import Settings
 from consumers.ports import CountStore
@@ -30,6 +29,7 @@ from service.errors import install_handlers
 from service.collector import Limits, acceptance_floor
 from service.group_commit import Committer
 from service.idempotency import IdempotencyLedger
+from observability.asgi_responses import observe_response
 from service.metrics import LATENCY, REQUESTS
 from service.openapi import ERROR_SCHEMA, document_errors
 from service.settings import HttpSettings
@@ -151,18 +151,10 @@ class _Metrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
-        status = [500]
-
-        async def capture(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, capture)
-        finally:
+        def done(status: int, seconds: float) -> None:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            REQUESTS.labels(template, scope.get("method", ""), str(status[0])).inc()
-            LATENCY.labels(template).observe(time.perf_counter() - started)
+            REQUESTS.labels(template, scope.get("method", ""), str(status)).inc()
+            LATENCY.labels(template).observe(seconds)
+
+        await observe_response(self.app, scope, receive, send, done)
