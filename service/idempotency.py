@@ -37,6 +37,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -50,6 +51,7 @@ PRUNE_EVERY_SECONDS = 60.0
 PRUNE_CHUNK = 5_000
 PRUNE_PAUSE_SECONDS = 0.05
 LOOKUP_CHUNK = 5_000
+INSERT_CHUNK = 1_000  # rows per INSERT (six parameters each, under SQLite's 32,766)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS http_idempotency (
@@ -142,12 +144,15 @@ class IdempotencyLedger:
                         verdicts.append(_DUPLICATE)
                     else:
                         verdicts.append(Verdict(RESEND, row[2], row[1]))
-                if fresh:
-                    # REPLACE: an expired row (not yet pruned) gives way to the new one.
-                    conn.executemany(
+                # REPLACE: an expired row (not yet pruned) gives way to the new one.
+                # A thousand rows per statement: executemany lets go of the GIL
+                # for every row, a wait behind the event loop each time.
+                for start in range(0, len(fresh), INSERT_CHUNK):
+                    chunk = fresh[start : start + INSERT_CHUNK]
+                    conn.execute(
                         "INSERT OR REPLACE INTO http_idempotency (username, event_id, created_us, state, event_us, record)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
-                        fresh,
+                        " VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)),
+                        list(chain.from_iterable(chunk)),
                     )
                 conn.execute("COMMIT")
             except BaseException:
@@ -160,22 +165,35 @@ class IdempotencyLedger:
     def confirm(self, keys: Iterable[tuple[str, str]]) -> None:
         """Mark these pairs sent. Not fsync'd: a power cut may leave them
         pending, whose only effect is an identical resend the daemon drops."""
-        self._apply("UPDATE http_idempotency SET state = 1, record = NULL WHERE username = ? AND event_id = ?", keys)
+        self._apply(
+            "UPDATE http_idempotency SET state = 1, record = NULL"
+            " WHERE username = ? AND event_id IN (SELECT value FROM json_each(?))",
+            keys,
+        )
 
     def release(self, keys: Iterable[tuple[str, str]]) -> None:
         """Forget pending pairs whose send certainly wrote nothing."""
-        self._apply("DELETE FROM http_idempotency WHERE username = ? AND event_id = ? AND state = 0", keys)
+        self._apply(
+            "DELETE FROM http_idempotency WHERE username = ? AND state = 0 AND event_id IN (SELECT value FROM json_each(?))",
+            keys,
+        )
 
     def _apply(self, statement: str, keys: Iterable[tuple[str, str]]) -> None:
-        """`statement` for each (user, event_id) pair, in one transaction."""
-        rows = list(keys)
-        if not rows:
+        """`statement` (parameters: a user, a JSON array of its event_ids) for
+        every pair, in one transaction: one statement per user and chunk, not
+        one per pair."""
+        by_user: dict[str, list[str]] = {}
+        for username, event_id in keys:
+            by_user.setdefault(username, []).append(event_id)
+        if not by_user:
             return
         with self._lock:
             conn = self._open()
             conn.execute("PRAGMA synchronous = NORMAL")
             with _transaction(conn):
-                conn.executemany(statement, rows)
+                for username, ids in by_user.items():
+                    for start in range(0, len(ids), LOOKUP_CHUNK):
+                        conn.execute(statement, (username, orjson.dumps(ids[start : start + LOOKUP_CHUNK]).decode()))
 
     # -- housekeeping ---------------------------------------------------------------
 
