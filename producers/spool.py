@@ -82,6 +82,21 @@ def spool_path(directory: str | os.PathLike[str]) -> Path:
     return Path(directory).resolve() / SPOOL_FILE
 
 
+def _set_wal(conn: sqlite3.Connection) -> None:
+    """WAL mode. Two processes opening a new spool at once can both try to
+    switch it, and SQLite answers "database is locked" at once instead of
+    waiting its busy timeout: retry for as long as that timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _connect(directory: str | os.PathLike[str]) -> sqlite3.Connection:
     path = spool_path(directory)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +105,7 @@ def _connect(directory: str | os.PathLike[str]) -> sqlite3.Connection:
     # check_same_thread=False: callers serialise access with their own lock.
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode = WAL")
+    _set_wal(conn)
     # FULL: a send() or commit() that returned survives a power cut, not just a crash.
     conn.execute("PRAGMA synchronous = FULL")
     conn.executescript(_SCHEMA)
