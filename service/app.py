@@ -85,7 +85,8 @@ def build_app(
     mount_docs(app)
     install_handlers(app)
     app.add_middleware(_Metrics)
-    app.add_middleware(collector.CollectorLane, ctx=ctx)  # the collector's POSTs, past the framework
+    lanes: dict[tuple[str, str], Any] = {}  # filled below, read by the middleware at its first request
+    app.add_middleware(collector.CollectorLane, ctx=ctx, plain=lanes)  # the collector's POSTs, past the framework
     # The bucketer first: routes are matched in order, and it is the hot GET
     # (the collector's POSTs never reach the router, see CollectorLane).
     failures: dict[str, Any] = {}
@@ -93,7 +94,11 @@ def build_app(
         app.include_router(optimizely_router, dependencies=[] if http.bucketer_public else [Depends(auth)])
     elif optimizely_router is not None:
         try:
-            app.include_router(optimizely_router(None if http.bucketer_public else auth))
+            built = optimizely_router(None if http.bucketer_public else auth)
+            app.include_router(built)
+            # Routes that guard themselves and read their own query (the
+            # bucketer's) go past the framework too.
+            lanes.update(collector.plain_routes(built))
         except Exception as exc:
             log.warning("http: the Optimizely routes are not mounted: %s", exc)
             failures["optimizely"] = (False, f"routes not mounted: {type(exc).__name__}: {exc}"[:300])

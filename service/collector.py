@@ -32,6 +32,7 @@ same records.
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import json
 import logging
@@ -44,6 +45,8 @@ from typing import Annotated, Any, Callable
 
 import orjson
 from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, WithJsonSchema
@@ -275,26 +278,61 @@ class CollectorLane:
     handler). It answers errors and counts requests itself, as the exception
     handlers and `service.app._Metrics` do for the other routes."""
 
-    def __init__(self, app: Any, ctx: ServiceContext) -> None:
+    def __init__(self, app: Any, ctx: ServiceContext, plain: dict[tuple[str, str], Any] | None = None) -> None:
         self.app = app
         self.ctx = ctx
+        # (method, path) -> endpoint(request) of routes that need nothing from
+        # FastAPI (the bucketer's): filled by build_app once they are mounted.
+        self.plain = plain if plain is not None else {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in _LANES:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         route = scope["path"]
+        method = scope["method"]
+        if method == "POST" and route in _LANES:
+            handle = None
+        else:
+            handle = self.plain.get((method, route))
+            if handle is None:
+                await self.app(scope, receive, send)
+                return
         started = time.perf_counter()
         try:
-            response = await _collect(self.ctx, Request(scope, receive), _LANES[route], route)
+            request = Request(scope, receive)
+            if handle is None:
+                response = await _collect(self.ctx, request, _LANES[route], route)
+            else:
+                response = await handle(request)
         except ApiError as exc:
             response = error_response(exc.status, exc.message, exc.detail, exc.headers)
+        except StarletteHTTPException as exc:
+            message = exc.detail if isinstance(exc.detail, str) else "HTTP error"
+            response = error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
         except Exception:  # never a traceback to the client, never a dead server
-            log.exception("http: unexpected error on POST %s", route)
+            log.exception("http: unexpected error on %s %s", method, route)
             response = error_response(500, "internal error")
         await response(scope, receive, send)
-        REQUESTS.labels(route, "POST", str(response.status_code)).inc()
+        REQUESTS.labels(route, method, str(response.status_code)).inc()
         LATENCY.labels(route).observe(time.perf_counter() - started)
+
+
+def plain_routes(router: APIRouter) -> dict[tuple[str, str], Any]:
+    """The routes of `router` that `CollectorLane` may call directly: no
+    dependencies, no path parameters, and an endpoint that takes the request
+    alone (it reads its query and calls its auth itself)."""
+    found: dict[tuple[str, str], Any] = {}
+    for route in router.routes:
+        if not isinstance(route, APIRoute) or route.dependant.dependencies or "{" in route.path:
+            continue
+        if not inspect.iscoroutinefunction(route.endpoint):
+            continue
+        parameters = list(inspect.signature(route.endpoint).parameters.values())
+        if len(parameters) == 1 and parameters[0].annotation in (Request, "Request"):
+            for method in route.methods:
+                found[method, route.path] = route.endpoint
+    return found
 
 
 async def _collect(ctx: ServiceContext, request: Request, event_type: str | None, route: str) -> Response:
