@@ -121,9 +121,6 @@ class EventColumns(Sequence[Event]):
         properties = None if self.properties is None else list(compress(self.properties, keep.to_list()))
         return EventColumns(self.partition, self.frame.filter(keep), properties)
 
-    def select(self, keep: Sequence[bool]) -> "EventColumns":
-        return self.filter(pl.Series(keep, dtype=pl.Boolean))
-
     def column(self, name: str) -> pl.Series:
         """A core field's, the time's or the position's column."""
         return self.frame[name]

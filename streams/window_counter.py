@@ -27,7 +27,7 @@ import polars as pl
 
 from streams.dedup_keys import DedupKeys
 from streams.event_columns import CORE_FIELDS, KEY_COLUMNS, POSITION, TIME, EventColumns, compact_strings
-from streams.events import MIN_US, BatchKind, DeadLetter, Event, Reason, WindowCount
+from streams.events import BatchKind, DeadLetter, Event, Reason, WindowCount
 from streams.parsers import ParsedBatch
 from streams.rollups import RollupSpec
 from streams.window_counts import COUNT, FINAL, WINDOW_START, WindowCounts
@@ -141,10 +141,9 @@ class _RollupWindows:
     def _keyed_rows(self, accepted: EventColumns, watermark_before: pl.Series) -> pl.DataFrame | None:
         """One row per (event, key): window start, key fields, position and
         the watermark before the event."""
-        size = self.size
         if self.core:
             return accepted.frame.select(
-                ((pl.col(TIME) // size) * size).clip(lower_bound=MIN_US).alias(WINDOW_START), *self.key_fields, POSITION,
+                self.spec.window.start_expr(pl.col(TIME)).alias(WINDOW_START), *self.key_fields, POSITION,
                 watermark_before.alias(_WATERMARK))
         if accepted.properties is None:  # no event has the property: nothing to count
             return None
@@ -184,8 +183,7 @@ class _RollupWindows:
         self.next_close_us = min(self.firsts, default=WATERMARK_MAX - self.size) + self.size
         if not closed:
             return None
-        frame = _merge(closed, [WINDOW_START, *self.key_fields]).with_columns(pl.lit(True).alias(FINAL))
-        return WindowCounts(self.spec.name, self.key_fields, self.size, partition, frame)
+        return self.as_counts(_merge(closed, [WINDOW_START, *self.key_fields]), partition, True)
 
     def open_frame(self) -> pl.DataFrame | None:
         """Running counts of the open windows (window start, keys, count)."""

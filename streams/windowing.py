@@ -8,6 +8,10 @@ epoch microseconds, so window arithmetic is integer arithmetic.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import polars as pl
 
 from streams.events import MIN_US
 
@@ -39,6 +43,10 @@ class TumblingWindower:
 
     def start_of(self, event_time_us: int) -> int:
         return max(event_time_us - event_time_us % self.size_us, MIN_US)
+
+    def start_expr(self, event_time_us: "pl.Expr") -> "pl.Expr":
+        """`start_of` as a column expression, for a whole batch at once."""
+        return ((event_time_us // self.size_us) * self.size_us).clip(lower_bound=MIN_US)
 
     def end_of(self, window_start_us: int) -> int:
         return window_start_us + self.size_us
