@@ -1,0 +1,4 @@
+"""Policies shared by every adapter that talks to something that can fail.
+
+This package imports nothing else of the project, so any package may use it.
+"""
