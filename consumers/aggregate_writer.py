@@ -28,12 +28,13 @@ from typing import TYPE_CHECKING, Iterator
 import polars as pl
 
 from consumers.object_keys import check_key, encode_name_part
-from streams.events import BatchKind, us_to_datetime
+from streams.batches import BatchKind
+from streams.events import us_to_datetime
 from streams.window_counts import COUNT, FINAL, RESERVED_COLUMNS, WINDOW_START, WindowCounts
 
 if TYPE_CHECKING:
     from consumers.ports import ObjectStore
-    from streams.window_counter import CountedBatch
+    from streams.batches import CountedBatch
 
 DEFAULT_TABLE_TEMPLATE = "aggregates/{rollup}"
 # Buffered rows past which write() writes objects before the next flush;

@@ -6,7 +6,7 @@ import time
 from typing import Callable
 
 from consumers.ports import CountStore
-from streams.window_counter import CountedBatch
+from streams.batches import CountedBatch
 
 
 class CountSink:

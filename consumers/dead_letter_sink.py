@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from consumers.ports import DeadLetterSink
-from streams.window_counter import CountedBatch
+from streams.batches import CountedBatch
 
 
 class DeadLetterOutput:

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 from consumers.ports import Sink
 from consumers.run_summary import RunSummary
 from observability.metrics import SINK_FLUSH_LATENCY, PipelineMetrics, timed_sink
-from streams.window_counter import CountedBatch
+from streams.batches import CountedBatch
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Iterator, Protocol, Sequence
 
+from streams.batches import CountedBatch
 from streams.events import DeadLetter
-from streams.window_counter import CountedBatch
 from streams.window_counts import WindowCounts
 
 

@@ -25,11 +25,10 @@ from typing import Callable, Sequence
 import polars as pl
 
 from consumers.object_keys import encode_name_part
-from streams.event_columns import compact_strings
 from consumers.ports import ObjectStore
-from streams.event_columns import POSITION, TIME, EventColumns
+from streams.batches import CountedBatch
+from streams.event_columns import POSITION, TIME, EventColumns, compact_strings
 from streams.events import SCHEMA_VERSION, Event
-from streams.window_counter import CountedBatch
 
 RAW_EVENTS_ROOT = "events"
 HOUR_US = 3_600_000_000

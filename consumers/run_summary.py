@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from streams.batches import CountedBatch
 from streams.event_columns import KEY_COLUMNS
 from streams.events import Reason
-from streams.window_counter import CountedBatch
 
 if TYPE_CHECKING:
     from consumers.counted_keys import CountedKeys

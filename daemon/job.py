@@ -24,7 +24,7 @@ from consumers.ports import CountStore, DeadLetterSink, ObjectStore, Sink
 from consumers.raw_event_writer import RawEventWriter
 from consumers.retrying_ports import RetryingCountStore, RetryingObjectStore
 from consumers.run_summary import RunSummary
-from producers.file_source import wall_clock_us
+from producers.transport import wall_clock_us
 from streams.parsers import RecordParser, make_parser
 from streams.count_windows import count_windows
 from daemon.hand_off import hand_off

@@ -12,7 +12,8 @@ from config.settings import Settings
 from consumers.dead_letter_file import decode_dead_letter_record
 from daemon.cli import CliError, command
 from producers.transports import open_writer
-from streams.events import Reason, RecordBatch
+from streams.batches import RecordBatch
+from streams.events import Reason
 from streams.parsers import make_parser
 
 

@@ -10,9 +10,10 @@ import reactivex
 from config.settings import Settings
 from consumers.ports import DeadLetterSink
 from producers.transports import open_writer
-from streams.parse_records import parse_records
+from streams.batches import ParsedBatch
 from streams.events import DeadLetter, Reason
-from streams.parsers import ParsedBatch, RecordParser
+from streams.parse_records import parse_records
+from streams.parsers import RecordParser
 
 
 def produce(

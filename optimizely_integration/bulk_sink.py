@@ -80,8 +80,8 @@ from optimizely_integration.payload_record import (
     record_prefix,
 )
 from optimizely_integration.settings import DEFAULT_EVENT_ENDPOINT, EU_EVENT_ENDPOINT, OptimizelySettings
+from streams.batches import CountedBatch
 from streams.events import DeadLetter, Reason
-from streams.window_counter import CountedBatch
 
 log = logging.getLogger(__name__)
 

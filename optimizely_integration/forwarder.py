@@ -21,7 +21,7 @@ from typing import Callable
 
 from optimizely_integration.bulk_sink import OptimizelyBulkSink
 from producers.transport import TransportReader
-from streams.events import BatchKind, RecordBatch
+from streams.batches import BatchKind, RecordBatch
 
 log = logging.getLogger(__name__)
 

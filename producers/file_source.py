@@ -26,7 +26,7 @@ import reactivex
 from reactivex import abc
 
 from producers.transport import wall_clock_us
-from streams.events import RecordBatch
+from streams.batches import RecordBatch
 
 GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"

@@ -101,7 +101,7 @@ from observability.metrics import MILLIS_BEHIND
 from producers import kinesis_metrics as metrics
 from producers.kinesis_leases import Lease, LeaseCoordinator, LeaseTable, ShardInfo, ensure_lease_table
 from producers.transport import wall_clock_us
-from streams.events import BatchKind, RecordBatch
+from streams.batches import BatchKind, RecordBatch
 from streams.windowing import WATERMARK_MIN
 
 SUB_SCALE = 1_000_000  # user records per Kinesis record never reach this (1 MiB / 4 B)

@@ -29,7 +29,7 @@ import reactivex
 from reactivex import abc
 
 from producers.transport import TransportFull, blocking_observable, wall_clock_us
-from streams.events import RecordBatch
+from streams.batches import RecordBatch
 
 END_MARKER = None
 DEFAULT_PARTITION = "mpqueue"

@@ -10,8 +10,9 @@ from typing import Callable
 import reactivex
 from reactivex import abc
 
-from streams.events import RecordBatch, format_utc
-from producers.file_source import wall_clock_us
+from producers.transport import wall_clock_us
+from streams.batches import RecordBatch
+from streams.events import format_utc
 
 EVENT_TYPES = ("INGEST", "click", "page_view", "purchase", "signup", "button_click")
 

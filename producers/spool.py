@@ -47,7 +47,7 @@ import reactivex
 from reactivex import abc
 
 from producers.transport import TransportFull, blocking_observable, wall_clock_us
-from streams.events import RecordBatch
+from streams.batches import RecordBatch
 
 SPOOL_FILE = "spool.sqlite3"
 DEFAULT_MAX_PENDING = 5_000_000

@@ -61,7 +61,7 @@ from producers.aws_clients import (
 )
 from producers.kinesis_writer import RejectedRecord
 from producers.transport import TransportFull, blocking_observable, wall_clock_us
-from streams.events import RecordBatch
+from streams.batches import RecordBatch
 
 MAX_BATCH_ENTRIES = 10
 MAX_BATCH_BYTES = 256 * 1024

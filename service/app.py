@@ -19,8 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from config.settings import Settings
 from consumers.ports import CountStore
-from producers.file_source import wall_clock_us
-from producers.transport import TransportWriter
+from producers.transport import TransportWriter, wall_clock_us
 from service import collector, counts, ops
 from service.auth import BasicAuth, CredentialStore, FailureLimiter
 from service.context import ServiceContext

@@ -7,8 +7,7 @@ from typing import Callable
 import reactivex
 from reactivex import Observable, abc
 
-from streams.events import BatchKind
-from streams.parsers import ParsedBatch
+from streams.batches import BatchKind, ParsedBatch
 from streams.window_counter import PartitionCounter, WindowCounter
 
 

@@ -1,8 +1,8 @@
 """The records that flow through the daemon.
 
-Everything here is a plain, typed value: sources produce `RecordBatch`es, the
-operators in `streams/` turn them into `Event`s, `DeadLetter`s and
-`WindowCount`s, and the consumers in `consumers/` write those out.
+Everything here is a plain, typed value: the operators in `streams/` turn the
+records of a `RecordBatch` (`streams/batches.py`) into `Event`s, `DeadLetter`s
+and `WindowCount`s, and the consumers in `consumers/` write those out.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 SCHEMA_VERSION = 1
 """Written into every record the daemon itself produces (`"v"` field)."""
@@ -56,50 +56,6 @@ def format_utc(us: int) -> str:
 def format_utc_seconds(us: int) -> str:
     """`2021-03-01T04:00:00Z`: the export format."""
     return _second_text(us // US_PER_SECOND) + "Z"
-
-
-class BatchKind(enum.Enum):
-    DATA = "data"
-    IDLE = "idle"  # an empty poll of a caught-up unbounded source
-    EOF = "eof"  # the partition is finished: flush everything
-
-
-@dataclass(frozen=True, slots=True)
-class RecordBatch:
-    """A micro-batch from one source partition, or a control signal for it.
-
-    `records` are undecoded lines; `positions[i]` is the position of
-    `records[i]` in its partition (a line number in a file, a sequence in a
-    spool or shard), increasing. Files pass a `range`: no object per record.
-
-    `idle_seconds` is the wall time that passed since the previous poll, set only
-    on IDLE batches. `arrival_us` is the processing time the batch was read at;
-    processing-time formats (GDELT) stamp their events with it.
-    """
-
-    partition: str
-    kind: BatchKind
-    records: Sequence[bytes] = ()
-    positions: Sequence[int] = ()
-    idle_seconds: float = 0.0
-    arrival_us: int = 0
-    resume_watermark_us: int | None = None  # set on a partition's first batch after a restart
-
-    @classmethod
-    def data(
-        cls, partition: str, records: Sequence[bytes], positions: Sequence[int], arrival_us: int = 0
-    ) -> "RecordBatch":
-        if len(records) != len(positions):
-            raise ValueError("a batch needs one position per record")
-        return cls(partition, BatchKind.DATA, records, positions, arrival_us=arrival_us)
-
-    @classmethod
-    def idle(cls, partition: str, seconds: float) -> "RecordBatch":
-        return cls(partition, BatchKind.IDLE, idle_seconds=seconds)
-
-    @classmethod
-    def eof(cls, partition: str) -> "RecordBatch":
-        return cls(partition, BatchKind.EOF)
 
 
 NO_PROPERTIES: Mapping[str, Any] = MappingProxyType({})

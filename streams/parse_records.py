@@ -7,8 +7,8 @@ from typing import Callable
 import reactivex
 from reactivex import operators as ops
 
-from streams.events import RecordBatch
-from streams.parsers import ParsedBatch, RecordParser
+from streams.batches import ParsedBatch, RecordBatch
+from streams.parsers import RecordParser
 
 
 def parse_records(parser: RecordParser) -> Callable[[reactivex.Observable[RecordBatch]], reactivex.Observable[ParsedBatch]]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from streams.batches import BatchKind, ParsedBatch, RecordBatch
 from streams.event_columns import EventColumns
-from streams.events import BatchKind, DeadLetter, Reason, RecordBatch
-from streams.parsers import ParsedBatch
+from streams.events import DeadLetter, Reason
 
 Columns = tuple[Any, ...]
 

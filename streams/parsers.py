@@ -15,7 +15,7 @@ import hashlib
 import json
 import json.scanner
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import compress, repeat
 from operator import add, eq, is_not, not_
 from datetime import tzinfo
@@ -23,30 +23,13 @@ from typing import Any, Callable, Protocol, Sequence
 
 import polars as pl
 
+from streams.batches import ParsedBatch, RecordBatch
 from streams.event_columns import CORE_FIELDS, SCHEMA, EventColumns
-from streams.events import NO_PROPERTIES, DeadLetter, Event, ParseError, Reason, RecordBatch
+from streams.events import NO_PROPERTIES, DeadLetter, Event, ParseError, Reason
 from streams.timestamps import COMMON_STAMP, parse_timestamp_column, parse_timestamp_us, timestamp_column_us
 
 CSV_HEADER = "customer_id,event_type,transaction_id,timestamp"
 DEFAULT_MAX_RECORD_BYTES = 1 << 20
-
-
-@dataclass(slots=True)
-class ParsedBatch:
-    """A `RecordBatch` after parsing; control batches pass through empty."""
-
-    source: RecordBatch
-    events: EventColumns
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    blank: int = 0
-
-    @classmethod
-    def of(cls, source: RecordBatch) -> "ParsedBatch":
-        return cls(source, EventColumns.empty(source.partition))
-
-    @property
-    def partition(self) -> str:
-        return self.source.partition
 
 
 class RecordParser(Protocol):

@@ -20,61 +20,20 @@ changes a result.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import polars as pl
 
+from streams.batches import BatchKind, CountedBatch, ParsedBatch
 from streams.dedup_keys import DedupKeys
 from streams.event_columns import CORE_FIELDS, KEY_COLUMNS, POSITION, TIME, EventColumns, compact_strings
-from streams.events import BatchKind, DeadLetter, Event, Reason, WindowCount
-from streams.parsers import ParsedBatch
+from streams.events import DeadLetter, Event, Reason
 from streams.rollups import RollupSpec
 from streams.window_counts import COUNT, FINAL, WINDOW_START, WindowCounts
 from streams.windowing import WATERMARK_MAX, WATERMARK_MIN, EventClock
 
 DAY_US = 86_400_000_000
-
-
-@dataclass(slots=True)
-class CountedBatch:
-    """What one input batch produced, for the sinks."""
-
-    partition: str
-    kind: BatchKind
-    events: Sequence[Event] = ()  # accepted: on time and first seen
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    # Counts of windows per rollup, as columns: final ones, and provisional
-    # ones (`final` false) of windows still open.
-    windows: list[WindowCounts] = field(default_factory=list)
-    read: int = 0
-    blank: int = 0
-    malformed: int = 0
-    duplicates: int = 0
-    late: int = 0
-    future: int = 0
-    watermark_us: int = WATERMARK_MIN
-    max_late_by_us: int = 0  # how far the most late event fell behind the watermark
-    # Every record before this position is fully reflected in final outputs, so
-    # a source may checkpoint here once the sinks have written this batch, and
-    # a replay from it must start with this watermark to decide exactly as the
-    # first run did (what was late stays late).
-    safe_position: int = 0
-    safe_watermark_us: int = WATERMARK_MIN
-    # The first batch of a partition that restarted from its checkpoint (a
-    # Kinesis lease taken back): what sinks still buffer for the partition is
-    # about to be delivered again, so they may drop it.
-    restarted: bool = False
-
-    @property
-    def closed(self) -> list[WindowCount]:
-        """`windows` as one `WindowCount` per row: for tests and adapters that
-        send a request per window anyway, not for the hot path."""
-        return [row for counts in self.windows for row in counts.rows()]
-
-    @property
-    def final_windows(self) -> int:
-        return sum(counts.final_count for counts in self.windows)
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,10 @@ from collections import Counter
 from datetime import timedelta
 from typing import Iterable, Sequence
 
-from streams.events import RecordBatch
+from streams.batches import CountedBatch, RecordBatch
 from streams.parsers import EventsCsvParser
 from streams.pipeline import make_counter
 from streams.rollups import default_rollups
-from streams.window_counter import CountedBatch
 
 FAR_FUTURE_CLOCK = 4_102_444_800_000_000  # 2100-01-01: nothing in the tests is "future" unless meant to be
 
@@ -32,7 +31,7 @@ def run_counter(lines: Sequence[str], lateness: timedelta, sizes: Iterable[int] 
     results: list[CountedBatch] = [counter.on_batch(parser.parse_batch(b)) for b in batches_of(lines, sizes)]
     counts: dict[str, Counter] = {r.name: Counter() for r in default_rollups()}
     for result in results:
-        for c in result.closed:
+        for c in result.window_rows:
             assert c.final
             key = (c.window_start_us, c.key[0])
             assert key not in counts[c.rollup], "a window was emitted twice"

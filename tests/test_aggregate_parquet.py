@@ -18,8 +18,8 @@ from config.settings import ConfigError, load_settings
 from consumers.aggregate_writer import AggregateWriter
 from consumers.local_object_store import LocalObjectStore
 from consumers.object_keys import encode_name_part
-from streams.events import BatchKind, WindowCount
-from streams.window_counter import CountedBatch
+from streams.batches import BatchKind, CountedBatch
+from streams.events import WindowCount
 from streams.window_counts import WindowCounts
 from tests.aggregate_support import exported_counts, reader_rule_totals, rollup_rows, sparse_events
 from tests.conftest import run_cli

@@ -16,7 +16,7 @@ from observability.health import PipelineHealth
 from producers.aws_clients import AwsConfig, ensure_table
 from producers.kinesis_leases import HASH_KEY, LeaseTable
 from producers.kinesis_reader import OUTAGE_AFTER_FAILED_POLLS, KinesisReader, _Marks
-from streams.events import BatchKind, RecordBatch
+from streams.batches import BatchKind, RecordBatch
 from tests.aws_fixtures import read_batches, client, unique
 from tests.fault_proxy import GET_RECORDS, FaultProxy
 

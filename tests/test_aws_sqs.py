@@ -11,7 +11,7 @@ import pytest
 
 from producers.aws_clients import AwsConfig
 from producers.sqs_transport import MAX_BATCH_BYTES, MAX_BATCH_ENTRIES, SqsReader, SqsWriter
-from streams.events import BatchKind, RecordBatch
+from streams.batches import BatchKind, RecordBatch
 from tests.aws_fixtures import read_batches, client, unique
 
 pytestmark = pytest.mark.timeout(60)

@@ -5,7 +5,7 @@ exactly as the independent oracle reads each line on its own."""
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.events import RecordBatch
+from streams.batches import RecordBatch
 from streams.parsers import CSV_HEADER, EventsCsvParser
 from tests.oracle import event_of_line
 

@@ -12,7 +12,8 @@ from typing import Any, Iterator, Sequence
 import pytest
 
 from producers.transport import TransportFull
-from streams.events import RecordBatch, format_utc
+from streams.batches import RecordBatch
+from streams.events import format_utc
 from streams.parsers import NdjsonParser
 from streams.timestamps import parse_timestamp_us
 from tests.test_http_support import SEED_DATA, Clock, RecordingWriter, Service, running_service

@@ -26,11 +26,11 @@ from consumers.counted_keys import CountedKeys, keys_frame, keys_of_records
 from consumers.local_object_store import LocalObjectStore
 from consumers.raw_event_writer import RawEventWriter
 from consumers.run_summary import format_lateness, round_up_lateness
+from streams.batches import BatchKind, CountedBatch
 from streams.event_columns import EventColumns
-from streams.events import MIN_US, BatchKind, Event, Reason, format_utc
+from streams.events import MIN_US, Event, Reason, format_utc
 from streams.pipeline import make_counter
 from streams.rollups import RollupSpec, default_rollups
-from streams.window_counter import CountedBatch
 from streams.windowing import TumblingWindower
 from tests.conftest import run_cli
 from tests.oracle import DEFAULT_ROLLUPS, HOUR, MINUTE, event_of_line, file_lines, run_oracle, stamp_to_us
@@ -324,7 +324,7 @@ def test_a_window_that_would_start_before_year_one_starts_at_year_one():
 
     parser = make_parser("ndjson", None, 1 << 20)
     results = [counter.on_batch(parser.parse_batch(b)) for b in batches_of(lines, [4])]
-    weekly = {(c.rollup, c.window_start_us): c.count for r in results for c in r.closed if c.rollup.endswith("weekly")}
+    weekly = {(c.rollup, c.window_start_us): c.count for r in results for c in r.window_rows if c.rollup.endswith("weekly")}
     # 0001-01-01 is a Monday; epoch weeks start on Thursdays: the first one is Mon to Wed.
     first_thursday = MIN_US + 3 * 24 * HOUR
     assert weekly == {("customer_weekly", MIN_US): 3, ("customer_weekly", first_thursday): 1,

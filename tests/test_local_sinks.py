@@ -9,8 +9,8 @@ from consumers.dead_letter_file import DeadLetterFile, decode_dead_letter_record
 from consumers.local_object_store import LocalObjectStore
 from consumers.object_keys import MAX_NAME_CHARS, check_key, encode_name_part
 from consumers.raw_event_writer import RawEventWriter, raw_event_key
-from streams.events import NO_PROPERTIES, BatchKind, DeadLetter, Event, Reason
-from streams.window_counter import CountedBatch
+from streams.batches import BatchKind, CountedBatch
+from streams.events import NO_PROPERTIES, DeadLetter, Event, Reason
 
 
 def letter(record: bytes, reason=Reason.MALFORMED) -> DeadLetter:

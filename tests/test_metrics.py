@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from consumers.fan_out import SinkFanOut
 from consumers.run_summary import RunSummary
 from observability import metrics
-from streams.events import BatchKind, DeadLetter, Event, Reason
-from streams.window_counter import CountedBatch
+from streams.batches import BatchKind, CountedBatch
+from streams.events import DeadLetter, Event, Reason
 from streams.window_counts import WindowCounts
 from tests.conftest import ROOT
 

@@ -7,7 +7,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.events import RecordBatch
+from streams.batches import RecordBatch
 from streams.parsers import NdjsonParser
 from tests.oracle import stamp_to_us
 

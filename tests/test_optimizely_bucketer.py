@@ -17,7 +17,7 @@ from optimizely_integration.datafile import DatafileManager, DatafileSource, sig
 from optimizely_integration.http_routes import build_optimizely_router
 from optimizely_integration.payload_record import decode_payload_record
 from producers.spool import SpoolReader, SpoolWriter
-from streams.events import BatchKind
+from streams.batches import BatchKind
 from tests.optimizely_support import DATAFILE_PATH, RecordingServer, datafile_text, sdk_client, wait_for
 
 pytestmark = pytest.mark.timeout(60)

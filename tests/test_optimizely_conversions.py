@@ -14,8 +14,8 @@ from consumers.run_summary import RunSummary
 from optimizely_integration.bulk_sink import OptimizelyBulkSink
 from optimizely_integration.conversions import ConversionBuilder, conversion_uuid
 from optimizely_integration.datafile import DatafileManager
-from streams.events import BatchKind, Event, Reason
-from streams.window_counter import CountedBatch
+from streams.batches import BatchKind, CountedBatch
+from streams.events import Event, Reason
 from tests.optimizely_support import (
     DATAFILE_PATH,
     CapturingDispatcher,

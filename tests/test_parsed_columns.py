@@ -1,4 +1,4 @@
-from streams.events import RecordBatch
+from streams.batches import RecordBatch
 from streams.parsed_columns import from_columns, to_columns
 from streams.parsers import EventsCsvParser, NdjsonParser
 

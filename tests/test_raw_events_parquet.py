@@ -17,9 +17,9 @@ import pytest
 from config.settings import ConfigError, load_settings
 from consumers.local_object_store import LocalObjectStore
 from consumers.raw_event_writer import RawEventWriter, ndjson_lines, raw_event_key, split_by_hour
+from streams.batches import BatchKind, CountedBatch
 from streams.event_columns import EventColumns
-from streams.events import NO_PROPERTIES, BatchKind, Event
-from streams.window_counter import CountedBatch
+from streams.events import NO_PROPERTIES, Event
 from tests.conftest import ROOT, run_cli
 from tests.oracle import DEFAULT_ROLLUPS, MINUTE, run_oracle
 

@@ -17,7 +17,7 @@ from producers.console import ConsoleWriter
 from producers.spool import SPOOL_FILE, SpoolReader, SpoolWriter
 from producers.transport import TransportFull
 from producers.transports import open_reader, open_writer
-from streams.events import BatchKind, RecordBatch
+from streams.batches import BatchKind, RecordBatch
 
 pytestmark = pytest.mark.timeout(60)
 

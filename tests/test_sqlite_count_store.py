@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from consumers.count_sink import CountSink
 from consumers.sqlite_count_store import SqliteCountStore, encode_key, key_column
-from streams.events import BatchKind, WindowCount
-from streams.window_counter import CountedBatch
+from streams.batches import BatchKind, CountedBatch
+from streams.events import WindowCount
 from streams.window_counts import WindowCounts
 from tests.count_support import as_frames
 
