@@ -40,9 +40,3 @@ class RollupSpec:
         choices = [dict.fromkeys(str(x) for x in v) if isinstance(v, (list, tuple)) else (str(v),) for v in values]
         yield from product(*choices)
 
-
-def default_rollups() -> tuple[RollupSpec, ...]:
-    return (
-        RollupSpec("customer_hourly", ("customer_id",), TumblingWindower(3_600_000_000)),
-        RollupSpec("event_type_minutely", ("event_type",), TumblingWindower(60_000_000)),
-    )

@@ -212,10 +212,6 @@ def parse_timestamp(text: str, naive_zone: tzinfo | None = None) -> datetime:
     return us_to_datetime(parse_timestamp_us(text, naive_zone))
 
 
-def epoch_millis_to_us(value: int) -> int:
-    return value * 1000
-
-
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 MAX_DURATION = timedelta(days=3_660_000)
@@ -234,5 +230,3 @@ def parse_duration(text: str) -> timedelta:
         raise ValueError(f"duration too long (at most {MAX_DURATION.days}d, about 10,000 years): {str(text)[:40]!r}")
     return timedelta(seconds=seconds)
 
-
-UTC = timezone.utc

@@ -255,9 +255,6 @@ class PartitionCounter:
                 counts.append(rollup.as_counts(frame, self.partition, False))
         return counts
 
-    def open_window_count(self) -> int:
-        return sum(len(r.firsts) for r in self.rollups)
-
     def safe_point(self) -> tuple[int, int]:
         """(position, watermark) a replay may start from: the first event of
         the oldest open window and the watermark just before it, or, with no

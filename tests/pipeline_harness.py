@@ -9,9 +9,16 @@ from typing import Iterable, Sequence
 from streams.batches import CountedBatch, RecordBatch
 from streams.parsers import EventsCsvParser
 from streams.pipeline import make_counter
-from streams.rollups import default_rollups
+from streams.rollups import RollupSpec
+from streams.windowing import TumblingWindower
+from tests.oracle import DEFAULT_ROLLUPS
 
 FAR_FUTURE_CLOCK = 4_102_444_800_000_000  # 2100-01-01: nothing in the tests is "future" unless meant to be
+
+
+def default_rollups() -> tuple[RollupSpec, ...]:
+    """The oracle's `DEFAULT_ROLLUPS` (those of the shipped configs) as the counter's specs."""
+    return tuple(RollupSpec(name, (key,), TumblingWindower(size)) for name, (key, size) in DEFAULT_ROLLUPS.items())
 
 
 def batches_of(lines: Sequence[str], sizes: Iterable[int], partition: str = "p") -> list[RecordBatch]:

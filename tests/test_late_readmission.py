@@ -30,11 +30,11 @@ from streams.batches import BatchKind, CountedBatch
 from streams.event_columns import EventColumns
 from streams.events import MIN_US, Event, Reason, format_utc
 from streams.pipeline import make_counter
-from streams.rollups import RollupSpec, default_rollups
+from streams.rollups import RollupSpec
 from streams.windowing import TumblingWindower
 from tests.conftest import run_cli
 from tests.oracle import DEFAULT_ROLLUPS, HOUR, MINUTE, event_of_line, file_lines, run_oracle, stamp_to_us
-from tests.pipeline_harness import FAR_FUTURE_CLOCK, batches_of, run_counter
+from tests.pipeline_harness import FAR_FUTURE_CLOCK, batches_of, default_rollups, run_counter
 
 LATENESS = 10 * MINUTE
 
