@@ -1,12 +1,17 @@
 """Ride out outages: retry idempotent port calls with capped exponential
-backoff and full jitter, report the outage to the health model, and recover by
-themselves when the service returns.
+backoff and full jitter (`resilience.backoff.Backoff`), report the outage to
+the health model, and recover by themselves when the service returns.
 
 Only idempotent calls are retried here (an object put under a fixed key, a
 max-upsert of counts), so a retry can never duplicate data. While a call is
 being retried the pipeline waits: the source is not read further and not
 checkpointed past it. A stop request (SIGTERM) ends the wait with the error,
 and the source replays from its last checkpoint after a restart.
+
+Usage::
+
+    store = RetryingObjectStore(S3ObjectStore(...), StoppableBackoff(base=0.2, cap=30.0))
+    store.put("counts/part-0.parquet", body)   # waits out an outage
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 
 from consumers.ports import CountStore, ObjectStore
 from observability.health import HEALTH, PipelineHealth
+from resilience.backoff import Backoff
 from streams.window_counts import WindowCounts
 
 log = logging.getLogger(__name__)
@@ -27,15 +33,17 @@ STOP_REQUESTED = threading.Event()
 """Set when the process is asked to stop; retries then give up."""
 
 
-class Backoff:
+class StoppableBackoff:
+    """The project's backoff (full jitter), slept on `STOP_REQUESTED` so a stop
+    request ends the wait at once instead of after a whole delay."""
+
     def __init__(self, base: float = 0.2, cap: float = 30.0, rng: random.Random | None = None,
                  sleep: Callable[[float], None] | None = None) -> None:
-        self.base, self.cap = base, cap
-        self.rng = rng or random.Random()
+        self.policy = Backoff(base, cap, jitter=1.0, rng=rng or random.Random())
         self.sleep = sleep or (lambda seconds: STOP_REQUESTED.wait(seconds))
 
     def delay(self, attempt: int) -> float:
-        return self.rng.uniform(0, min(self.cap, self.base * 2 ** attempt))
+        return self.policy.delay(attempt)
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -44,7 +52,7 @@ def is_outage(exc: BaseException) -> bool:
     return not isinstance(exc, (ValueError, TypeError, KeyError))
 
 
-def retry_until_done(call: Callable[[], T], what: str, backoff: Backoff, health: PipelineHealth = HEALTH,
+def retry_until_done(call: Callable[[], T], what: str, backoff: StoppableBackoff, health: PipelineHealth = HEALTH,
                      retryable: Callable[[BaseException], bool] = is_outage) -> T:
     attempt = 0
     while True:
@@ -70,9 +78,9 @@ class RetryingCountStore:
     """A `CountStore` whose writes survive outages (upserts are max-upserts,
     so repeating one is harmless)."""
 
-    def __init__(self, inner: CountStore, backoff: Backoff | None = None) -> None:
+    def __init__(self, inner: CountStore, backoff: StoppableBackoff | None = None) -> None:
         self.inner = inner
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or StoppableBackoff()
 
     def upsert(self, windows: Sequence[WindowCounts]) -> None:
         retry_until_done(lambda: self.inner.upsert(windows), "count store", self.backoff)
@@ -97,9 +105,9 @@ class RetryingObjectStore:
     """An `ObjectStore` whose puts survive outages (a key is written whole or
     not at all, so repeating a put is harmless)."""
 
-    def __init__(self, inner: ObjectStore, backoff: Backoff | None = None) -> None:
+    def __init__(self, inner: ObjectStore, backoff: StoppableBackoff | None = None) -> None:
         self.inner = inner
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or StoppableBackoff()
 
     def put(self, key: str, body: bytes) -> None:
         retry_until_done(lambda: self.inner.put(key, body), "object store", self.backoff)

@@ -31,6 +31,7 @@ from typing import Any, Callable
 from optimizely_integration import metrics
 from optimizely_integration.payload_record import encode_payload_record
 from producers.transport import TransportWriter
+from resilience.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,8 @@ class BulkEventDispatcher:
         self.max_buffer = max_buffer
         self.flush_interval = flush_interval
         self.max_records_per_send = max_records_per_send
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
+        # No jitter: one sender per process, nothing to spread out.
+        self.backoff = Backoff(backoff_base, backoff_cap, jitter=0.0)
         self.close_writer = close_writer
         self.stats = DispatcherStats()
         self._buffer: queue.Queue[Any] = queue.Queue(maxsize=max_buffer)
@@ -170,7 +171,7 @@ class BulkEventDispatcher:
                 if self._give_up_at is not None and time.monotonic() >= self._give_up_at:
                     self._drop(len(batch), f"transport still failing at close: {exc}")
                     return
-                delay = min(self.backoff_cap, self.backoff_base * (2**attempt))
+                delay = self.backoff.delay(attempt)
                 attempt += 1
                 log.warning("optimizely dispatcher: transport send failed (%s); retrying in %.2fs", exc, delay)
                 if self._sleep is not None:

@@ -80,6 +80,7 @@ from optimizely_integration.payload_record import (
     record_prefix,
 )
 from optimizely_integration.settings import DEFAULT_EVENT_ENDPOINT, EU_EVENT_ENDPOINT, OptimizelySettings
+from resilience.backoff import Backoff
 from streams.batches import CountedBatch
 from streams.events import DeadLetter, Reason
 
@@ -208,11 +209,11 @@ class OptimizelyBulkSink:
         self.conversions = conversions
         self.null_variation = null_variation
         self.request_timeout = request_timeout
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
+        # Half jitter: spreads the retries of many senders but never retries
+        # much sooner than the ceiling; a server's Retry-After is a floor.
+        self.backoff = Backoff(backoff_base, backoff_cap, jitter=0.5, rng=rng or random.Random())
         self.headers = {"Content-Type": "application/json", "User-Agent": "rivulet-optimizely/1", **(extra_headers or {})}
         self.stats = SinkStats()
-        self._rng = rng or random.Random()
         self._batcher = EventBatcher(max_visitors, max_body_bytes, flush_interval, clock)
         self._batch_lock = threading.Lock()
         self._acks = threading.Condition()
@@ -405,13 +406,6 @@ class OptimizelyBulkSink:
         finally:
             poster.close()
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        ceiling = min(self.backoff_cap, self.backoff_base * (2**attempt))
-        delay = ceiling * (0.5 + self._rng.random() / 2)  # jitter: spread retries of many senders
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.backoff_cap))
-        return delay
-
     def _deliver(self, poster: HttpPoster, body: RequestBody) -> None:
         data = body.body()
         attempt = 0
@@ -447,7 +441,7 @@ class OptimizelyBulkSink:
                     self._failed("4xx", body, f"HTTP {response.status}")
                     self._rejected(body, response)
                     return
-            delay = self._backoff(attempt, retry_after)
+            delay = self.backoff.delay(attempt, retry_after)
             attempt += 1
             self._abort.wait(delay)
         log.error(

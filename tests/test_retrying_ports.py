@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from consumers.retrying_ports import STOP_REQUESTED, Backoff, RetryingObjectStore, retry_until_done
+from consumers.retrying_ports import STOP_REQUESTED, StoppableBackoff, RetryingObjectStore, retry_until_done
 from observability.health import PipelineHealth
 
 
@@ -22,7 +22,7 @@ class FlakyStore:
 def test_retries_until_the_service_returns_and_reports_health():
     sleeps = []
     health = PipelineHealth()
-    backoff = Backoff(base=0.1, cap=2.0, rng=random.Random(1), sleep=sleeps.append)
+    backoff = StoppableBackoff(base=0.1, cap=2.0, rng=random.Random(1), sleep=sleeps.append)
     store = FlakyStore(failures=12)
     states = []
 
@@ -38,7 +38,7 @@ def test_retries_until_the_service_returns_and_reports_health():
 
 
 def test_a_stop_request_ends_the_wait_with_the_error():
-    store = RetryingObjectStore(FlakyStore(failures=10**9), Backoff(sleep=lambda s: STOP_REQUESTED.set()))
+    store = RetryingObjectStore(FlakyStore(failures=10**9), StoppableBackoff(sleep=lambda s: STOP_REQUESTED.set()))
     try:
         with pytest.raises(ConnectionError):
             store.put("k", b"v")
@@ -47,7 +47,7 @@ def test_a_stop_request_ends_the_wait_with_the_error():
 
 
 def test_backoff_is_jittered_and_capped():
-    backoff = Backoff(base=1, cap=8, rng=random.Random(2))
+    backoff = StoppableBackoff(base=1, cap=8, rng=random.Random(2))
     delays = [backoff.delay(a) for a in range(10) for _ in range(20)]
     assert max(delays) <= 8 and len(set(round(d, 3) for d in delays)) > 100
 
@@ -62,5 +62,5 @@ def test_a_bad_argument_is_not_retried():
 
     inner = Refusing()
     with pytest.raises(ValueError):
-        RetryingObjectStore(inner, Backoff(sleep=lambda s: None)).put("../x", b"")
+        RetryingObjectStore(inner, StoppableBackoff(sleep=lambda s: None)).put("../x", b"")
     assert inner.calls == 1

@@ -295,7 +295,7 @@ def test_frames_of_many_rollups_and_partitions_in_one_call(tmp_path: Path) -> No
 
 
 def test_retrying_count_store_retries_commits_too(tmp_path: Path) -> None:
-    from consumers.retrying_ports import Backoff, RetryingCountStore
+    from consumers.retrying_ports import StoppableBackoff, RetryingCountStore
 
     class FlakyCommits(SqliteCountStore):
         failures = 2
@@ -307,7 +307,7 @@ def test_retrying_count_store_retries_commits_too(tmp_path: Path) -> None:
             super().commit()
 
     inner = FlakyCommits(tmp_path / "counts.sqlite3")
-    store = RetryingCountStore(inner, Backoff(sleep=lambda seconds: None))
+    store = RetryingCountStore(inner, StoppableBackoff(sleep=lambda seconds: None))
     store.upsert(as_frames([WindowCount("r", ("c",), T0, "p", 2, True)]))
     store.commit()
     assert inner.failures == 0 and store.total("r", ("c",)) == 2
