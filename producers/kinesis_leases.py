@@ -20,6 +20,10 @@ together, conditionally::
     parentShardIds                string set: the shard's parents (resharding)
     finished                      1 once the shard was read to SHARD_END and its
                                   final checkpoint written (the lease is retired)
+    tailCheckpoint,               written with `finished`: the last checkpoint with
+    tailSubSequenceNumber,        a known watermark before SHARD_END, where the
+    tailWatermark_us              shard's children replay it from to inherit its
+                                  dedup keys and watermark (absent: from its start)
     updatedAt                     epoch seconds, for people (never for expiry)
 
 Expiry is decided the KCL way: a lease whose `leaseCounter` did not change
@@ -61,6 +65,16 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Tail:
+    """A checkpoint a replay can start from and decide exactly as the first
+    reading did: (sequence number, sub-record) and the watermark with it."""
+
+    sequence: str
+    sub_sequence: int
+    watermark_us: int
+
+
+@dataclass(frozen=True)
 class Lease:
     shard_id: str
     counter: int = 0
@@ -72,6 +86,7 @@ class Lease:
     parents: tuple[str, ...] = ()
     finished: bool = False
     owner_switches: int = 0
+    tail: Tail | None = None  # of a finished lease: where its children replay it from
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> "Lease":
@@ -82,6 +97,10 @@ class Lease:
             return int(item[name]["N"]) if name in item else None
 
         parents = tuple(sorted(item["parentShardIds"]["SS"])) if "parentShardIds" in item else ()
+        tail_sequence, tail_watermark = s("tailCheckpoint"), n("tailWatermark_us")
+        tail = None
+        if tail_sequence is not None and tail_watermark is not None:
+            tail = Tail(tail_sequence, n("tailSubSequenceNumber") or 0, tail_watermark)
         return cls(
             shard_id=s("shardId") or s(HASH_KEY).rsplit(":", 1)[1],  # type: ignore[union-attr]
             counter=n("leaseCounter") or 0,
@@ -93,6 +112,7 @@ class Lease:
             parents=parents,
             finished=bool(n("finished")) or s("checkpoint") == SHARD_END,
             owner_switches=n("ownerSwitchesSinceCheckpoint") or 0,
+            tail=tail,
         )
 
 
@@ -226,9 +246,15 @@ class LeaseTable:
             sets["watermark_us"] = {"N": str(watermark_us)}
         return self._update(lease, sets, removes=() if watermark_us is not None else ("watermark_us",), owner=owner)
 
-    def finish(self, lease: Lease, owner: str) -> Lease | None:
-        """SHARD_END reached and everything before it durable: retire the lease."""
-        return self._update(lease, {"checkpoint": {"S": SHARD_END}, "finished": {"N": "1"}}, removes=("leaseOwner",), owner=owner)
+    def finish(self, lease: Lease, owner: str, tail: Tail | None = None) -> Lease | None:
+        """SHARD_END reached and everything before it durable: retire the
+        lease, keeping `tail` for the children (None: they replay it all)."""
+        sets: dict[str, Any] = {"checkpoint": {"S": SHARD_END}, "finished": {"N": "1"}}
+        if tail is not None:
+            sets["tailCheckpoint"] = {"S": tail.sequence}
+            sets["tailSubSequenceNumber"] = {"N": str(tail.sub_sequence)}
+            sets["tailWatermark_us"] = {"N": str(tail.watermark_us)}
+        return self._update(lease, sets, removes=("leaseOwner",), owner=owner)
 
     def release(self, lease: Lease, owner: str) -> Lease | None:
         """Graceful handoff: no owner, so any worker may take it at once."""
@@ -457,8 +483,8 @@ class LeaseCoordinator:
             metrics.CHECKPOINTS.labels(stream=self.table.stream).inc()
         return done is not None
 
-    def finish(self, shard_id: str) -> bool:
-        done = self._write(shard_id, lambda l: self.table.finish(l, self.worker_id), "finish")
+    def finish(self, shard_id: str, tail: Tail | None = None) -> bool:
+        done = self._write(shard_id, lambda l: self.table.finish(l, self.worker_id, tail), "finish")
         if done is None:
             return False
         with self._held_lock:

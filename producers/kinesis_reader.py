@@ -33,6 +33,14 @@ How it works:
   once when it is lost; batches of a lost lease still in the queue are dropped
   and never committed. Children of a split or merge are read only after every
   parent's lease is finished (read to SHARD_END, final checkpoint written).
+- A child continues its parents' dedup keys and watermark (docs/aws.md,
+  "Resharding"): before its own records, its poller replays every ancestor
+  shard still listed (parents first) from the tail checkpoint kept in its
+  finished lease (the last one with a known watermark; else from its start)
+  to SHARD_END, as INHERITED batches under the child's partition, which the
+  counter decides but never counts. The first, empty, one starts the child's
+  state at the highest ancestor tail watermark. This runs on every take of
+  the child's lease, so it holds across workers and restarts.
 - Start: the lease's checkpoint if there is one (`AT_SEQUENCE_NUMBER`, skipping
   what was already durable; the stored watermark comes back as
   `resume_watermark_us` on the first batch), else `start_after[shard]`
@@ -99,10 +107,10 @@ from producers.aws_clients import (
 from observability.health import HEALTH, PipelineHealth
 from observability.metrics import MILLIS_BEHIND
 from producers import kinesis_metrics as metrics
-from producers.kinesis_leases import Lease, LeaseCoordinator, LeaseTable, ShardInfo, ensure_lease_table
+from producers.kinesis_leases import Lease, LeaseCoordinator, LeaseTable, ShardInfo, Tail, ensure_lease_table
 from producers.transport import wall_clock_us
 from streams.batches import BatchKind, RecordBatch
-from streams.windowing import WATERMARK_MIN
+from streams.windowing import WATERMARK_MAX, WATERMARK_MIN
 
 SUB_SCALE = 1_000_000  # user records per Kinesis record never reach this (1 MiB / 4 B)
 POSITION_MAX = (1 << 63) - 1
@@ -213,6 +221,10 @@ class _Shard:
     eof_taken: bool = False  # the pipeline took the EOF batch
     retired: bool = False
     behind_ms: int | None = None
+    # The last checkpoint with a known watermark (kept in the lease when it
+    # finishes), and the ancestors whose tails are replayed first (a child).
+    tail: Tail | None = None
+    inherits: list[tuple[str, Tail | None]] = field(default_factory=list)
     pending: collections.deque = field(default_factory=collections.deque, repr=False)  # (last position, taken at)
     marks: _Marks = field(default_factory=_Marks, repr=False)
 
@@ -274,6 +286,7 @@ class KinesisReader:
         self._closed = False
         self._ended_at: float | None = None  # when batches() completed
         self._child_shards: set[str] = set()
+        self._parents: dict[str, tuple[str, ...]] = {}  # of every listed shard
         self.coordinator = LeaseCoordinator(
             self.leases,
             self.worker_id,
@@ -380,6 +393,7 @@ class KinesisReader:
                 break
             params = {"NextToken": token}
         self._child_shards = {s.shard_id for s in shards if s.parents}
+        self._parents = {s.shard_id: s.parents for s in shards}
         return shards
 
     def _coordinate(self) -> None:
@@ -452,14 +466,36 @@ class KinesisReader:
         # Every ownership starts its partition afresh in the pipeline, with the
         # watermark stored with the checkpoint (the minimum when none is).
         shard.resume_watermark_us = lease.watermark_us if lease.watermark_us is not None else WATERMARK_MIN
+        if lease.checkpoint is not None and lease.watermark_us is not None and lease.watermark_us < WATERMARK_MAX:
+            shard.tail = Tail(lease.checkpoint, lease.sub_sequence, lease.watermark_us)
+        shard.inherits = self._ancestors(shard_id)
         return shard
+
+    def _ancestors(self, shard_id: str) -> list[tuple[str, Tail | None]]:
+        """The shards a child continues, each before its own children, with
+        the tail their finished leases kept. A parent ListShards no longer
+        returns is past retention: nothing of it can be read, nor matter."""
+        out: list[tuple[str, Tail | None]] = []
+        seen: set[str] = set()
+
+        def visit(child: str) -> None:
+            for parent in sorted(self._parents.get(child, ())):
+                if parent in seen or parent not in self._parents:
+                    continue
+                seen.add(parent)
+                visit(parent)
+                lease = self.leases.get(parent)
+                out.append((parent, lease.tail if lease is not None else None))
+
+        visit(shard_id)
+        return out
 
     def _maybe_finish(self, shard: _Shard) -> None:
         """A shard read to SHARD_END whose every record is durable: retire its lease."""
         if shard.retired or not shard.eof_taken or shard.committed < shard.end_position:
             return
         shard.retired = True
-        self.coordinator.finish(shard.shard_id)
+        self.coordinator.finish(shard.shard_id, shard.tail)
         with self._shards_lock:
             if self._shards.get(shard.partition) is shard:
                 del self._shards[shard.partition]
@@ -508,6 +544,8 @@ class KinesisReader:
             self.health.recovered(f"kinesis {shard.shard_id}")
 
     def _poll_until_done(self, shard: _Shard) -> None:
+        if shard.inherits:
+            self._replay_ancestors(shard)
         iterator: str | None = None
         min_gap = 1.0 / self.config.polls_per_second
         last_poll = self._clock()
@@ -576,6 +614,73 @@ class KinesisReader:
             if not records:
                 next_call = max(next_call, now + self.poll_interval)
 
+    def _replay_ancestors(self, shard: _Shard) -> None:
+        """The ancestors' tails, as INHERITED batches of the child's partition."""
+        start_watermark = max((tail.watermark_us if tail else WATERMARK_MIN) for _, tail in shard.inherits)
+        opening = dataclasses.replace(RecordBatch.inherited(shard.partition, (), ()), resume_watermark_us=start_watermark)
+        self._put(shard, opening)
+        for ancestor, tail in shard.inherits:
+            if self._stopped or not shard.active:
+                return
+            log.info("kinesis %s: replaying ancestor %s from %s to inherit its dedup keys", shard.shard_id, ancestor,
+                     tail.sequence if tail else "its start")
+            self._replay_tail(shard, ancestor, tail)
+
+    def _replay_tail(self, shard: _Shard, ancestor: str, tail: Tail | None) -> None:
+        if tail is not None:
+            start: dict[str, Any] = {"ShardIteratorType": "AT_SEQUENCE_NUMBER", "StartingSequenceNumber": tail.sequence}
+        else:
+            start = {"ShardIteratorType": "TRIM_HORIZON"}
+        skip = tail.sub_sequence if tail is not None else 0  # sub-records of the first record already before it
+        min_gap = 1.0 / self.config.polls_per_second
+        last_sequence: str | None = None
+        iterator: str | None = None
+        failures = 0
+        position = 0
+        next_call = 0.0
+        stopped = lambda: self._stopped or not shard.active  # noqa: E731
+        while not stopped():
+            sleep_unless(stopped, next_call - self._clock())
+            next_call = self._clock() + min_gap
+            try:
+                if iterator is None:
+                    if last_sequence is not None:
+                        start = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "StartingSequenceNumber": last_sequence}
+                    iterator = self.client.get_shard_iterator(StreamName=self.stream, ShardId=ancestor, **start)["ShardIterator"]
+                response = self.client.get_records(ShardIterator=iterator, Limit=self.config.get_records_limit)
+            except botocore.exceptions.ClientError as exc:
+                code = error_code(exc)
+                if code == "ExpiredIteratorException":
+                    iterator = None
+                    continue
+                if code == "ResourceNotFoundException":  # trimmed meanwhile: nothing left to inherit
+                    log.warning("kinesis %s: ancestor %s is gone; not inherited", shard.shard_id, ancestor)
+                    return
+                if code not in RETRYABLE_READ_CODES:
+                    raise
+                failures += 1
+                next_call = self._clock() + self._backoff(failures)
+                continue
+            except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError):
+                failures += 1
+                next_call = self._clock() + self._backoff(failures)
+                continue
+            failures = 0
+            data: list[bytes] = []
+            for record in response.get("Records", []):
+                users = user_records(record)
+                if skip:
+                    users, skip = users[skip:], 0
+                data.extend(users)
+                last_sequence = record["SequenceNumber"]
+            for i in range(0, len(data), self.batch_size):
+                chunk = data[i : i + self.batch_size]
+                self._put(shard, RecordBatch.inherited(shard.partition, chunk, range(position, position + len(chunk))))
+                position += len(chunk)
+            iterator = response.get("NextShardIterator")
+            if iterator is None:  # SHARD_END
+                return
+
     def _after_failed_poll(self, shard: _Shard, failures: int, reason: str) -> float:
         """When to poll again; from the OUTAGE_AFTER_FAILED_POLLS-th failure in
         a row on, readiness and the watchdog hear of it (the health model)."""
@@ -609,7 +714,8 @@ class KinesisReader:
             self._put(shard, RecordBatch.data(shard.partition, data[i : i + self.batch_size], positions[i : i + self.batch_size], arrival))
 
     def _put(self, shard: _Shard | None, item: Any) -> None:
-        if isinstance(item, RecordBatch) and shard is not None and shard.resume_pending:
+        if (isinstance(item, RecordBatch) and item.kind is not BatchKind.INHERITED and shard is not None
+                and shard.resume_pending):
             shard.resume_pending = False
             item = dataclasses.replace(item, resume_watermark_us=shard.resume_watermark_us)
         while not self._stopped and (shard is None or shard.active):
@@ -639,6 +745,8 @@ class KinesisReader:
             sequence, sub = located
             if not self.coordinator.checkpoint(shard.shard_id, sequence, sub, watermark_us, position):
                 return  # lost: the coordinator stopped the poller
+            if watermark_us is not None and watermark_us < WATERMARK_MAX:
+                shard.tail = Tail(sequence, sub, watermark_us)
             shard.committed = position
             while shard.pending and shard.pending[0][0] < position:
                 shard.pending.popleft()

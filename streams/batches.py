@@ -27,6 +27,10 @@ class BatchKind(enum.Enum):
     DATA = "data"
     IDLE = "idle"  # an empty poll of a caught-up unbounded source
     EOF = "eof"  # the partition is finished: flush everything
+    # Records of a parent partition (a resharded Kinesis shard), replayed
+    # ahead of a child's own: they rebuild the state the child continues
+    # (dedup keys, watermark) and are never counted again.
+    INHERITED = "inherited"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +43,9 @@ class RecordBatch:
 
     `idle_seconds` is the wall time that passed since the previous poll, set only
     on IDLE batches. `arrival_us` is the processing time the batch was read at;
-    processing-time formats (GDELT) stamp their events with it.
+    processing-time formats (GDELT) stamp their events with it. An INHERITED
+    batch holds a parent partition's records under the child's name (with the
+    parent's positions).
     """
 
     partition: str
@@ -57,6 +63,12 @@ class RecordBatch:
         if len(records) != len(positions):
             raise ValueError("a batch needs one position per record")
         return cls(partition, BatchKind.DATA, records, positions, arrival_us=arrival_us)
+
+    @classmethod
+    def inherited(cls, partition: str, records: Sequence[bytes], positions: Sequence[int]) -> "RecordBatch":
+        if len(records) != len(positions):
+            raise ValueError("a batch needs one position per record")
+        return cls(partition, BatchKind.INHERITED, records, positions)
 
     @classmethod
     def idle(cls, partition: str, seconds: float) -> "RecordBatch":

@@ -33,10 +33,13 @@ def count_windows(counter: WindowCounter) -> Callable[[Observable[ParsedBatch]],
             def on_next(parsed: ParsedBatch) -> None:
                 name = parsed.partition
                 state = partitions.get(name)
-                if state is None or parsed.source.resume_watermark_us is not None:
+                resume = parsed.source.resume_watermark_us
+                if state is None or (resume is not None and (
+                        parsed.source.kind is BatchKind.INHERITED or not state.inheriting)):
                     # A (re)start of the partition (e.g. a Kinesis lease taken
-                    # back): replay from its checkpoint starts from scratch.
-                    state = partitions[name] = counter.build(name, parsed.source.resume_watermark_us)
+                    # back): replay from its checkpoint starts from scratch;
+                    # after its parents' INHERITED batches, from their state.
+                    state = partitions[name] = counter.build(name, resume)
                 try:
                     counted = state.on_batch(parsed)
                 except Exception as exc:  # a bug, not bad input: parsers never raise

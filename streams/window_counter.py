@@ -15,6 +15,12 @@ Late is checked before duplicates so the result never depends on when the
 dedup state of a closed window was forgotten. The implementation works on
 micro-batches but applies exactly these rules per record, so batching never
 changes a result.
+
+A partition may continue others (a Kinesis shard's children after a split or
+merge): its first batches are then INHERITED ones, its parents' records from
+their last checkpoints on, decided by the same rules but never counted; they
+leave the parents' dedup keys and watermark behind for the child's own
+records, so a duplicate whose original a parent counted is a duplicate here.
 """
 
 from __future__ import annotations
@@ -188,11 +194,21 @@ class PartitionCounter:
         self.next_position = 0
         self._restarted = resume_watermark_us is not None
         self._provisional_at = config.wall_clock_us()
+        # Only INHERITED batches so far: the first own batch starts from
+        # this state (at its resume watermark, if higher) instead of afresh.
+        self.inheriting = False
+        self._own_seen = False
 
     # -- lifecycle -------------------------------------------------------------
 
     def on_batch(self, parsed: ParsedBatch) -> CountedBatch:
         batch = parsed.source
+        if batch.kind is BatchKind.INHERITED:
+            return self._inherit(parsed)
+        if self.inheriting and batch.resume_watermark_us is not None:
+            self.clock.advance_to(batch.resume_watermark_us)
+        self.inheriting = False
+        self._own_seen = True
         if batch.kind is BatchKind.IDLE:
             self.clock.on_idle(batch.idle_seconds)
             out = self._result(batch.kind)
@@ -214,6 +230,15 @@ class PartitionCounter:
         out.watermark_us = self.clock.watermark_us
         self._maybe_provisional(out)
         return out
+
+    def _inherit(self, parsed: ParsedBatch) -> CountedBatch:
+        """A parent's records: decided as counting them did (remembering
+        their keys, advancing the watermark), but counted, dead-lettered and
+        reported by the parent alone."""
+        self.inheriting = not self._own_seen
+        if len(parsed.events):
+            self._count(parsed.events, CountedBatch(self.partition, BatchKind.INHERITED), counting=False)
+        return self._result(BatchKind.INHERITED)
 
     def _maybe_provisional(self, out: CountedBatch) -> None:
         """Every `provisional_interval_us` of wall time, the running counts of
@@ -277,9 +302,10 @@ class PartitionCounter:
             out.watermark_us = self.clock.watermark_us
         return out
 
-    def _count(self, events: EventColumns, out: CountedBatch) -> None:
+    def _count(self, events: EventColumns, out: CountedBatch, counting: bool = True) -> None:
         """Future, then late, then duplicate, then count: the per-record rules,
-        decided for the whole batch at once.
+        decided for the whole batch at once (without `counting`, only the
+        dedup keys and the watermark change).
 
         Why that is exact: the watermark before record i is
         max(watermark at the batch start, newest earlier time − lateness) over
@@ -328,6 +354,9 @@ class PartitionCounter:
             if not len(events):
                 return
             times = events.times_us
+        if not counting:
+            self.clock.on_event(int(times.max()))
+            return
         watermark_before = (times.cum_max().shift(1, fill_value=WATERMARK_MIN + lateness) - lateness).clip(
             lower_bound=start_watermark)
         for rollup in self.rollups:

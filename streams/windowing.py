@@ -87,3 +87,7 @@ class EventClockLogic:
 
     def on_eof(self) -> None:
         self.watermark_us = WATERMARK_MAX
+
+    def advance_to(self, watermark_us: int) -> None:
+        if watermark_us > self.watermark_us:
+            self.watermark_us = watermark_us

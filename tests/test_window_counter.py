@@ -3,6 +3,7 @@ with `reactivex.testing`."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 from datetime import timedelta
@@ -18,6 +19,7 @@ from streams.parse_records import parse_records
 from streams.parsers import EventsCsvParser
 from streams.pipeline import make_counter
 from streams.window_counts import WINDOW_START
+from streams.windowing import WATERMARK_MIN
 from tests.oracle import DEFAULT_ROLLUPS, HOUR, MINUTE, run_oracle
 from tests.pipeline_harness import FAR_FUTURE_CLOCK, default_rollups, run_counter
 
@@ -169,6 +171,58 @@ def test_rx_operator_keeps_partitions_apart():
     assert sum(b.late for b in out) == 0
     assert sorted((c.partition, c.window_start_us) for b in out for c in b.window_rows if c.rollup == "customer_hourly") == [
         ("s1", BASE + 3 * HOUR), ("s2", BASE)]
+
+
+def test_a_child_partition_continues_its_parents_dedup_keys_and_watermark():
+    """A reshard: the parents' records come again as INHERITED batches under
+    the child's name, from their checkpoints on; they are not counted, but a
+    re-send of one of them in the child is a duplicate, and what was late in
+    a parent is late in the child. The child's own resume watermark (from its
+    checkpoint) applies after them when it is higher."""
+    import reactivex
+
+    parser = EventsCsvParser()
+    counter = make_counter(default_rollups(), timedelta(minutes=10), lambda: FAR_FUTURE_CLOCK)
+    first, second = row("a", BASE + 30 * MINUTE), row("b", BASE + 31 * MINUTE)
+    batches = [
+        RecordBatch.data("p1", [first.encode()], [0]),
+        RecordBatch.data("p2", [second.encode()], [0]),
+        RecordBatch.eof("p1"), RecordBatch.eof("p2"),
+        dataclasses.replace(RecordBatch.inherited("c", [first.encode()], [0]), resume_watermark_us=BASE),
+        RecordBatch.inherited("c", [second.encode(), b"garbage"], [0, 1]),
+        dataclasses.replace(RecordBatch.data("c", [first.encode(), second.encode(), row("c", BASE + 20 * MINUTE).encode(),
+                                                   row("d", BASE + 32 * MINUTE).encode()], [0, 1, 2, 3]),
+                            resume_watermark_us=WATERMARK_MIN),
+        RecordBatch.eof("c"),
+    ]
+    out = []
+    reactivex.from_iterable(batches).pipe(parse_records(parser), count_windows(counter)).subscribe(out.append)
+    child = [b for b in out if b.partition == "c"]
+    assert [b.kind for b in child[:2]] == [BatchKind.INHERITED, BatchKind.INHERITED]
+    assert not any(b.read or b.windows or b.dead_letters or len(b.events) for b in child[:2])
+    assert child[2].duplicates == 2 and child[2].late == 1  # 00:20 is behind the inherited 00:21
+    hourly = Counter()
+    for b in out:
+        for c in b.window_rows:
+            if c.rollup == "customer_hourly":
+                hourly[c.key] += c.count
+    assert hourly == {("a",): 1, ("b",): 1, ("d",): 1}
+
+
+def test_a_child_resumed_from_its_checkpoint_takes_the_higher_watermark():
+    import reactivex
+
+    parser = EventsCsvParser()
+    counter = make_counter(default_rollups(), timedelta(minutes=10), lambda: FAR_FUTURE_CLOCK)
+    batches = [
+        dataclasses.replace(RecordBatch.inherited("c", [row("a", BASE + 30 * MINUTE).encode()], [0]),
+                            resume_watermark_us=BASE),
+        dataclasses.replace(RecordBatch.data("c", [row("b", BASE + 25 * MINUTE).encode()], [7]),
+                            resume_watermark_us=BASE + 26 * MINUTE),
+    ]
+    out = []
+    reactivex.from_iterable(batches).pipe(parse_records(parser), count_windows(counter)).subscribe(out.append)
+    assert out[1].late == 1 and out[1].watermark_us == BASE + 26 * MINUTE
 
 
 # -- property: any batching gives the oracle's answer ---------------------------
