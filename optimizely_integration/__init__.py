@@ -11,8 +11,9 @@ Data flow::
      event_type → event key)         dead-letter 4xx, ack on 2xx)
 
 Modules: `payload_record` (the transport record), `event_batcher` (pure
-splitting and merging), `bulk_event_dispatcher`, `bulk_sink`, `forwarder`,
-`conversions`, `datafile` (datafile manager + webhook HMAC), `bucketer`,
+splitting and merging), `bulk_event_dispatcher`, `bulk_sink` (with its parts
+`event_api_delivery`, `http_poster`, `pending_positions`, `delivery_stats`),
+`forwarder`, `conversions`, `datafile` (datafile manager + webhook HMAC), `bucketer`,
 `attributes` (the `k:v` parser), `http_routes` (FastAPI router), `settings`,
 `metrics`. See docs/optimizely.md.
 """

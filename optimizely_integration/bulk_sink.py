@@ -17,7 +17,8 @@ and let `senders` worker threads POST them (keep-alive `http.client`). So
 `write` never waits for the network; only a full queue (a long outage) makes
 it wait, which is backpressure, not loss.
 
-Outcomes of one POST:
+Outcomes of one POST (the retrying is `event_api_delivery`'s, the HTTP
+`http_poster`'s):
 
 - 2xx: every visitor's source position is acknowledged.
 - 5xx, 408, 429, timeout, connection error: retried forever with capped
@@ -28,7 +29,7 @@ Outcomes of one POST:
   error = status and response text; then acknowledged.
 
 `pending_floor(partition)` is the lowest position taken but not yet
-acknowledged: `SinkFanOut` and `PayloadForwarder` never commit past it, so a
+acknowledged (`pending_positions`): `SinkFanOut` and `PayloadForwarder` never commit past it, so a
 crash replays (at least once) what was not acknowledged; re-sent events keep
 their uuid and the Event API de-duplicates them.
 
@@ -46,25 +47,20 @@ Usage::
 
 from __future__ import annotations
 
-import email.utils
-import http.client
 import json
 import logging
 import queue
 import random
-import socket
-import ssl
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
-from urllib.parse import urlsplit
 
 from consumers.ports import DeadLetterSink
-from observability import metrics as pipeline_metrics
 from observability.health import HEALTH, PipelineHealth
 from optimizely_integration import metrics
 from optimizely_integration.conversions import ConversionBuilder
+from optimizely_integration.delivery_stats import SINK_NAME, DeliveryStats
+from optimizely_integration.event_api_delivery import EventApiDelivery, is_success
 from optimizely_integration.event_batcher import (
     EventBatcher,
     Origin,
@@ -73,12 +69,14 @@ from optimizely_integration.event_batcher import (
     RequestBody,
     split_payload,
 )
+from optimizely_integration.http_poster import HttpPoster, HttpResponse
 from optimizely_integration.payload_record import (
     PayloadRecordError,
     decode_payload_record,
     encode_payload_record,
     record_prefix,
 )
+from optimizely_integration.pending_positions import PendingPositions
 from optimizely_integration.settings import DEFAULT_EVENT_ENDPOINT, EU_EVENT_ENDPOINT, OptimizelySettings
 from resilience.backoff import Backoff
 from streams.batches import CountedBatch
@@ -86,94 +84,8 @@ from streams.events import DeadLetter, Reason
 
 log = logging.getLogger(__name__)
 
-RETRYABLE_STATUSES = frozenset({408, 429})  # plus every 5xx
 MAX_ERROR_TEXT = 2000
 _STOP = object()
-SINK_NAME = "optimizely"
-
-
-@dataclass(frozen=True, slots=True)
-class HttpResponse:
-    status: int
-    body: bytes
-    retry_after: float | None
-
-
-class UnsupportedEndpoint(ValueError):
-    """The endpoint URL is not http(s): retrying cannot help."""
-
-
-class HttpPoster:
-    """POSTs over keep-alive connections (one per scheme/host/port). One per thread."""
-
-    def __init__(self, timeout: float, headers: Mapping[str, str]) -> None:
-        self.timeout = timeout
-        self.headers = dict(headers)
-        self._connections: dict[tuple[str, str, int | None], http.client.HTTPConnection] = {}
-        self._ssl = ssl.create_default_context()
-
-    def _connection(self, scheme: str, host: str, port: int | None) -> http.client.HTTPConnection:
-        key = (scheme, host, port)
-        conn = self._connections.get(key)
-        if conn is None:
-            if scheme == "https":
-                conn = http.client.HTTPSConnection(host, port, timeout=self.timeout, context=self._ssl)
-            elif scheme == "http":
-                conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
-            else:
-                raise UnsupportedEndpoint(f"unsupported endpoint scheme {scheme!r}")
-            self._connections[key] = conn
-        return conn
-
-    def post(self, url: str, body: bytes) -> HttpResponse:
-        parts = urlsplit(url)
-        key = (parts.scheme, parts.hostname or "", parts.port)
-        conn = self._connection(*key)
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        try:
-            conn.request("POST", path, body=body, headers={**self.headers, "Content-Length": str(len(body))})
-            response = conn.getresponse()
-            data = response.read()
-        except BaseException:
-            # A half-used connection is useless: the next attempt reconnects.
-            conn.close()
-            self._connections.pop(key, None)
-            raise
-        if response.will_close:
-            conn.close()
-            self._connections.pop(key, None)
-        return HttpResponse(response.status, data, _retry_after(response.getheader("Retry-After")))
-
-    def close(self) -> None:
-        for conn in self._connections.values():
-            conn.close()
-        self._connections.clear()
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-@dataclass
-class SinkStats:
-    visitors_sent: int = 0
-    events_sent: int = 0
-    batches_sent: int = 0
-    bytes_sent: int = 0
-    failures: int = 0  # failed attempts (retried or rejected)
-    batches_rejected: int = 0  # 4xx: dead-lettered
-    visitors_dead_lettered: int = 0
-    visitors_dropped: int = 0  # null_variation="drop"
 
 
 class OptimizelyBulkSink:
@@ -202,26 +114,24 @@ class OptimizelyBulkSink:
         rng: random.Random | None = None,
         health: PipelineHealth = HEALTH,
     ) -> None:
-        self.health = health  # told of outages, so readiness and the watchdog see them
         self.dead_letters = dead_letters
         self.endpoint = endpoint
         self.eu_endpoint = eu_endpoint
         self.conversions = conversions
         self.null_variation = null_variation
         self.request_timeout = request_timeout
-        # Half jitter: spreads the retries of many senders but never retries
-        # much sooner than the ceiling; a server's Retry-After is a floor.
-        self.backoff = Backoff(backoff_base, backoff_cap, jitter=0.5, rng=rng or random.Random())
         self.headers = {"Content-Type": "application/json", "User-Agent": "rivulet-optimizely/1", **(extra_headers or {})}
-        self.stats = SinkStats()
+        self.stats = DeliveryStats()
         self._batcher = EventBatcher(max_visitors, max_body_bytes, flush_interval, clock)
         self._batch_lock = threading.Lock()
-        self._acks = threading.Condition()
-        self._outstanding: dict[str, dict[int, int]] = {}
+        self._pending = PendingPositions()
         self._dl_lock = threading.Lock()
-        self._stats_lock = threading.Lock()
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=send_queue)
         self._abort = threading.Event()  # stop retrying: close() gave up
+        # Half jitter: spreads the retries of many senders but never retries
+        # much sooner than the ceiling; a server's Retry-After is a floor.
+        backoff = Backoff(backoff_base, backoff_cap, jitter=0.5, rng=rng or random.Random())
+        self._delivery = EventApiDelivery(backoff, self._abort, self.stats, health)
         self._closed = False
         self._tick = min(0.5, flush_interval / 4)
         self._threads = [
@@ -307,39 +217,20 @@ class OptimizelyBulkSink:
                     record = record_prefix(endpoint) + split.group.prefix + visitor.data + b"]}}"  # type: ignore[union-attr]
                     oversize.append(DeadLetter(Reason.OVERSIZE, str(exc), visitor.origin.partition, visitor.origin.position, record))
                     continue
-                self._take(visitor.origin)
+                self._pending.take(visitor.origin)
         if split.rejected or oversize:
             self._reject(split.rejected, endpoint, oversize)
         self._enqueue(sealed)
 
     # -- acknowledgement -------------------------------------------------------
 
-    def _take(self, origin: Origin) -> None:
-        with self._acks:
-            positions = self._outstanding.setdefault(origin.partition, {})
-            positions[origin.position] = positions.get(origin.position, 0) + 1
-
-    def _ack(self, origins: Sequence[Origin]) -> None:
-        with self._acks:
-            for origin in origins:
-                positions = self._outstanding[origin.partition]
-                left = positions[origin.position] - 1
-                if left:
-                    positions[origin.position] = left
-                else:
-                    del positions[origin.position]
-            self._acks.notify_all()
-
     def pending_floor(self, partition: str) -> int | None:
-        with self._acks:
-            positions = self._outstanding.get(partition)
-            return min(positions) if positions else None
+        return self._pending.floor(partition)
 
     @property
     def outstanding(self) -> int:
         """Visitors taken but not yet acknowledged."""
-        with self._acks:
-            return sum(sum(p.values()) for p in self._outstanding.values())
+        return self._pending.visitors
 
     # -- dead letters ------------------------------------------------------------
 
@@ -365,9 +256,7 @@ class OptimizelyBulkSink:
             letters.append(DeadLetter(part.reason, part.error, part.origin.partition, part.origin.position, record))
         if letters:
             self._write_dead_letters(letters)
-        with self._stats_lock:
-            self.stats.visitors_dead_lettered += len(letters)
-            self.stats.visitors_dropped += dropped
+        self.stats.visitors_rejected(len(letters), dropped)
         if oversize:
             metrics.SINK_REJECTED.labels(Reason.OVERSIZE.value).inc(len(oversize))
 
@@ -408,69 +297,17 @@ class OptimizelyBulkSink:
 
     def _deliver(self, poster: HttpPoster, body: RequestBody) -> None:
         data = body.body()
-        attempt = 0
-        while not self._abort.is_set():
-            started = time.monotonic()
-            try:
-                response = poster.post(body.endpoint, data)
-            except UnsupportedEndpoint as exc:
-                self._failed("4xx", body, str(exc))
-                self._rejected(body, HttpResponse(0, str(exc).encode(), None))
-                return
-            except (TimeoutError, socket.timeout) as exc:
-                self._failed("timeout", body, f"timeout: {exc}")
-                retry_after = None
-            except (OSError, http.client.HTTPException) as exc:
-                self._failed("connection", body, f"connection error: {exc!r}")
-                retry_after = None
-            except Exception as exc:  # noqa: BLE001 - keep the sender alive; retry
-                log.exception("optimizely sink: unexpected error posting to %s", body.endpoint)
-                self._failed("connection", body, f"unexpected error: {exc!r}")
-                retry_after = None
-            else:
-                elapsed = time.monotonic() - started
-                metrics.SINK_LATENCY.observe(elapsed)
-                pipeline_metrics.SINK_LATENCY.labels(SINK_NAME).observe(elapsed)
-                if 200 <= response.status < 300:
-                    self._sent(body, len(data))
-                    return
-                if response.status >= 500 or response.status in RETRYABLE_STATUSES:
-                    self._failed("5xx" if response.status >= 500 else "4xx-retryable", body, f"HTTP {response.status}")
-                    retry_after = response.retry_after
-                else:
-                    self._failed("4xx", body, f"HTTP {response.status}")
-                    self._rejected(body, response)
-                    return
-            delay = self.backoff.delay(attempt, retry_after)
-            attempt += 1
-            self._abort.wait(delay)
-        log.error(
-            "optimizely sink stopped retrying %d visitors for %s; their positions stay unacknowledged (replayed after restart)",
-            len(body.origins), body.endpoint,
-        )
-
-    def _failed(self, kind: str, body: RequestBody, what: str) -> None:
-        if kind != "4xx":  # a retried outage, not a rejected visitor
-            self.health.failing(SINK_NAME, what)
-        with self._stats_lock:
-            self.stats.failures += 1
-        metrics.SINK_FAILURES.labels(kind).inc()
-        pipeline_metrics.SINK_FAILURES.labels(SINK_NAME).inc()
-        log.warning("optimizely sink: POST of %d visitors to %s failed: %s", len(body.origins), body.endpoint, what)
-
-    def _sent(self, body: RequestBody, size: int) -> None:
-        self.health.recovered(SINK_NAME)
-        with self._stats_lock:
-            self.stats.batches_sent += 1
-            self.stats.visitors_sent += len(body.origins)
-            self.stats.events_sent += body.events
-            self.stats.bytes_sent += size
-        metrics.SINK_BATCHES.labels("sent").inc()
-        metrics.SINK_VISITORS.inc(len(body.origins))
-        metrics.SINK_EVENTS.inc(body.events)
-        metrics.SINK_BYTES.inc(size)
-        pipeline_metrics.SINK_WRITES.labels(SINK_NAME).inc()
-        self._ack(body.origins)
+        response = self._delivery.deliver(poster, body, data)
+        if response is None:
+            log.error(
+                "optimizely sink stopped retrying %d visitors for %s; their positions stay unacknowledged (replayed after restart)",
+                len(body.origins), body.endpoint,
+            )
+        elif is_success(response):
+            self.stats.sent(len(body.origins), body.events, len(data))
+            self._pending.ack(body.origins)
+        else:
+            self._rejected(body, response)
 
     def _rejected(self, body: RequestBody, response: HttpResponse) -> None:
         text = response.body[:MAX_ERROR_TEXT].decode("utf-8", "replace")
@@ -484,13 +321,10 @@ class OptimizelyBulkSink:
             for i, origin in enumerate(body.origins)
         ]
         self._write_dead_letters(letters)
-        with self._stats_lock:
-            self.stats.batches_rejected += 1
-            self.stats.visitors_dead_lettered += len(letters)
-        metrics.SINK_BATCHES.labels("dead_lettered").inc()
+        self.stats.body_rejected(len(letters))
         metrics.SINK_REJECTED.labels(Reason.SINK_REJECTED.value).inc(len(letters))
         log.error("optimizely sink: %d visitors dead-lettered: %s", len(letters), error[:300])
-        self._ack(body.origins)
+        self._pending.ack(body.origins)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -507,13 +341,7 @@ class OptimizelyBulkSink:
             bodies = self._batcher.drain()
         if not self._enqueue(bodies, deadline):
             return False
-        with self._acks:
-            while any(self._outstanding.values()):
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._acks.wait(0.1 if left is None else min(left, 0.1))
-        return True
+        return self._pending.wait_until_empty(deadline)
 
     def close(self, timeout: float = 30.0) -> None:
         """Drain for up to `timeout` seconds, then stop the threads. The
