@@ -193,6 +193,8 @@ class SpoolWriter:
     2
     """
 
+    all_or_nothing = True  # each send is one SQLite transaction
+
     def __init__(
         self,
         directory: str | os.PathLike[str],

@@ -30,6 +30,10 @@ class TransportFull(RuntimeError):
 
 
 class TransportWriter(Protocol):
+    """A writer whose `send` accepts all of its records or none of them says
+    so with a class attribute `all_or_nothing = True` (optional: absent means
+    a send may accept only part); see `sends_all_or_nothing`."""
+
     def send(self, records: Sequence[bytes]) -> int:
         """Durably hand over `records`; returns how many were accepted.
 
@@ -37,6 +41,13 @@ class TransportWriter(Protocol):
         """
 
     def close(self) -> None: ...
+
+
+def sends_all_or_nothing(writer: TransportWriter | None) -> bool:
+    """True when `writer.send` is all-or-nothing, so the records of several
+    callers may share one send: a failure then fails all of them alike, and a
+    success is a success for each."""
+    return bool(getattr(writer, "all_or_nothing", False))
 
 
 class TransportReader(Protocol):

@@ -34,7 +34,7 @@ from typing import Callable
 
 from fastapi.concurrency import run_in_threadpool
 
-from producers.transport import TransportWriter
+from producers.transport import TransportWriter, sends_all_or_nothing
 from service.idempotency import DUPLICATE, RESEND, Claim, IdempotencyLedger
 
 log = logging.getLogger(__name__)
@@ -87,13 +87,6 @@ class Submission:
         return any(self.keys)  # an event_id is never empty
 
 
-def _atomic(writer: TransportWriter | None) -> bool:
-    """True when `writer.send` is all-or-nothing (then requests are coalesced)."""
-    from producers.spool import SpoolWriter
-
-    return isinstance(writer, SpoolWriter)
-
-
 class Committer:
     """Puts submissions on the transport; see the module docstring.
 
@@ -111,7 +104,7 @@ class Committer:
         self.writer = writer
         self.ledger = ledger
         self.floor_us = floor_us
-        self.atomic = _atomic(writer)
+        self.atomic = sends_all_or_nothing(writer)
         self.coalesce = self.atomic if coalesce is None else coalesce
         self.max_group_records = max_group_records
         self._queue: list[Submission] = []
