@@ -13,14 +13,18 @@ from streams.events import format_utc
 from streams.rollups import RollupSpec
 
 
+class BadRange(ValueError):
+    """The asked range is empty, reversed or longer than the maximum."""
+
+
 def query_buckets(store: CountStore, rollup: RollupSpec, max_range: timedelta, customer_id: str, start_us: int,
                   end_us: int) -> dict:
     """Every bucket with events whose start lies in [start floored to the
-    bucket, end), ascending. Raises ValueError on a bad range."""
+    bucket, end), ascending. Raises BadRange on a bad range."""
     if start_us >= end_us:
-        raise ValueError("start must be before end")
+        raise BadRange("start must be before end")
     if end_us - start_us > max_range.total_seconds() * 1_000_000:
-        raise ValueError(f"range is longer than the configured maximum ({max_range})")
+        raise BadRange(f"range is longer than the configured maximum ({max_range})")
     floor = rollup.window.start_of(start_us)
     buckets = store.buckets(rollup.name, (customer_id,), floor, end_us)
     return {

@@ -23,7 +23,7 @@ import inject
 
 from config.settings import Settings
 from consumers.ports import CountStore
-from daemon.cli import CliError, command
+from daemon.commands import CliError, add_common, command
 from observability.health import PipelineHealth
 from daemon.reload import install_sighup_handler, on_reload
 from daemon.service_loop import ServiceLoop
@@ -34,7 +34,7 @@ OPTIMIZELY_ROUTES = "optimizely_integration.http_routes"
 MAX_PASSWORD_INPUT = 64 * 1024
 
 
-def add_commands(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_commands(subparsers: Any) -> None:
     serve = subparsers.add_parser("serve", help="run the HTTP service (collector, counts, buckets, ops) in the foreground")
     add_common(serve)
     serve.add_argument("--host", help="address to listen on (default [http] host, 127.0.0.1)")

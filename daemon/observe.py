@@ -7,7 +7,7 @@ import contextlib
 import sys
 from typing import Iterator
 
-from daemon.cli import CliError
+from daemon.commands import CliError
 
 
 @contextlib.contextmanager

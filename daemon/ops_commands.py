@@ -10,14 +10,14 @@ import inject
 
 from config.settings import Settings
 from consumers.dead_letter_file import decode_dead_letter_record
-from daemon.cli import CliError, command
+from daemon.commands import CliError, add_common, command
 from producers.transports import open_writer
 from streams.batches import RecordBatch
 from streams.events import Reason
 from streams.parsers import make_parser
 
 
-def add_commands(subparsers, add_common) -> None:
+def add_commands(subparsers) -> None:
     replay = subparsers.add_parser(
         "replay-dead-letter", help="re-send dead-lettered records after a fix, skipping those that still fail")
     add_common(replay)
@@ -27,11 +27,6 @@ def add_commands(subparsers, add_common) -> None:
     replay.add_argument("--reason", action="append",
                         help=f"only these reasons (repeatable): {', '.join(r.value for r in Reason)}")
     replay.add_argument("--create-resources", action="store_true")
-
-    from daemon import config_command, status_command
-
-    config_command.add_commands(subparsers, add_common)
-    status_command.add_commands(subparsers, add_common)
 
 
 def check_reasons(given: list[str] | None) -> list[str] | None:

@@ -1,4 +1,4 @@
-"""CLI commands of the Optimizely integration (a `daemon.cli` plugin module).
+"""CLI commands of the Optimizely integration.
 
     bucket --experiment KEY --user ID [--attr 'tier:"platinum"' ...] [--debug] [--datafile PATH|URL] [--activate]
     optimizely-forward [--from spool:DIR] [--group NAME] [--drain SECONDS]
@@ -19,15 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import threading
-from typing import Any, Callable
+from typing import Any
 
-from daemon.cli import stop_on_signals, CliError, command
+from daemon.commands import CliError, add_common, command
+from daemon.stop_signals import stop_on_signals
 from producers.transport import start_drain_watch
 
 DEFAULT_FORWARD_GROUP = "optimizely"
 
 
-def add_commands(subparsers: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_commands(subparsers: Any) -> None:
     bucket = subparsers.add_parser("bucket", help="bucket a user into an Optimizely experiment (prints JSON)")
     add_common(bucket)
     bucket.add_argument("--experiment", required=True, help="experiment key")

@@ -24,11 +24,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from config.settings import Settings
-from daemon.cli import CliError, command
+from daemon.commands import CliError, add_common, command
 from observability.status_file import process_alive, read_status_files
 
 
-def add_commands(subparsers: Any, add_common: Any) -> None:
+def add_commands(subparsers: Any) -> None:
     status = subparsers.add_parser("status", help="partitions, checkpoints, watermarks and lag, read from disk")
     add_common(status)
     status.add_argument("--from", dest="source_uri", help="also read a transport: spool:DIR | kinesis:STREAM")

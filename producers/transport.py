@@ -25,6 +25,11 @@ def wall_clock_us() -> int:
     return time.time_ns() // 1000
 
 
+class BadTransportUri(ValueError):
+    """A transport URI with an unknown scheme, a missing or unexpected
+    target, or a write-only transport asked for reading."""
+
+
 class TransportFull(RuntimeError):
     """The transport cannot take more right now; retry later (HTTP 503)."""
 

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from producers.console import ConsoleWriter
 from producers.mp_queue import MpQueueReader, MpQueueWriter
 from producers.spool import SpoolReader, SpoolWriter
-from producers.transport import TransportReader, TransportWriter
+from producers.transport import BadTransportUri, TransportReader, TransportWriter
 
 EXPECTED = "expected spool:DIR, console, kinesis:STREAM or sqs:QUEUE"
 
@@ -84,13 +84,13 @@ def _open(registry: dict[str, Callable[..., Any]], uri: str, options: dict[str, 
     scheme, _, target = uri.partition(":")
     factory = registry.get(scheme)
     if factory is None and scheme in WRITERS:
-        raise ValueError(f"transport URI {uri!r} is write-only: {EXPECTED}")
+        raise BadTransportUri(f"transport URI {uri!r} is write-only: {EXPECTED}")
     try:
         if factory is None:
             raise _BadTarget
         return factory(target, **options)
     except _BadTarget:
-        raise ValueError(f"unknown transport URI {uri!r}: {EXPECTED}") from None
+        raise BadTransportUri(f"unknown transport URI {uri!r}: {EXPECTED}") from None
 
 
 def open_writer(uri: str, **options: Any) -> TransportWriter:
