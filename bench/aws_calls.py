@@ -198,8 +198,8 @@ def objects_per_table_hour_partition(bucket: str) -> Counter:
 def run_per_event(lines: list[str], counter: RequestCounter, shards: int) -> float:
     """One PutRecord, one UpdateItem ADD and one PutObject per event."""
     from producers.aws_clients import AwsConfig, aws_client, ensure_bucket, ensure_stream, ensure_table
-    from streams.events import format_utc
     from streams.timestamps import parse_timestamp_us
+    from streams.utc import format_utc
 
     config = AwsConfig()
     tag = uuid.uuid4().hex[:8]

@@ -29,8 +29,9 @@ import polars as pl
 
 from consumers.object_keys import check_key, encode_name_part
 from streams.batches import BatchKind
-from streams.events import us_to_datetime
+from streams.utc import date_and_hour, us_to_datetime
 from streams.window_counts import COUNT, FINAL, RESERVED_COLUMNS, WINDOW_START, WindowCounts
+from streams.windowing import HOURLY
 
 if TYPE_CHECKING:
     from consumers.ports import ObjectStore
@@ -40,7 +41,6 @@ DEFAULT_TABLE_TEMPLATE = "aggregates/{rollup}"
 # Buffered rows past which write() writes objects before the next flush;
 # about 100 bytes a row.
 DEFAULT_MAX_BUFFERED_ROWS = 200_000
-HOUR_US = 3_600_000_000
 PARTITION = "partition"
 _HOUR = "_hour"
 
@@ -152,7 +152,7 @@ class AggregateWriter:
 
     def _objects(self, rollup: str, buffer: _RollupBuffer) -> Iterator[tuple[str, bytes, int]]:
         frame = pl.concat(buffer.frames, how="vertical", rechunk=False)
-        frame = frame.with_columns((pl.col(WINDOW_START) // HOUR_US).alias(_HOUR))
+        frame = frame.with_columns(HOURLY.numbers(pl.col(WINDOW_START)).alias(_HOUR))
         for (partition, hour), group in frame.partition_by([PARTITION, _HOUR], as_dict=True).items():
             body = _parquet(group, buffer.key_fields)
             yield self._key(rollup, str(partition), int(hour), group, body), body, group.height
@@ -161,12 +161,12 @@ class AggregateWriter:
         root = self._roots.get(rollup)
         if root is None:
             root = self._roots[rollup] = table_root(self.key_template, rollup)
-        when = us_to_datetime(hour * HOUR_US)
+        day, hour_of_day = date_and_hour(HOURLY.start_of_number(hour))
         first = us_to_datetime(int(group[WINDOW_START].min()))
         flag = "f" if group[FINAL].all() else "p"
         digest = hashlib.blake2b(body, digest_size=8).hexdigest()
         # The year by hand: strftime's %Y writes 999 for 0999, which no date reader takes.
-        return (f"{root}/dt={when.year:04d}-{when:%m-%d}/hour={when.hour}/"
+        return (f"{root}/dt={day}/hour={hour_of_day}/"
                 f"part-{encode_name_part(partition)}-{first.year:04d}{first:%m%dT%H%M%SZ}{flag}-{digest}.parquet")
 
 

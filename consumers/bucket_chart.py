@@ -23,13 +23,15 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 from xml.sax.saxutils import escape
 
-HOUR_US = 3_600_000_000
-DAY_US = 24 * HOUR_US
+from streams.utc import DAY_US, HOUR_US, datetime_to_us, us_to_datetime
+from streams.windowing import HOURLY, TumblingWindower
+
+_DAYS = TumblingWindower(DAY_US)
 MAX_BINS = 400  # slots on the x axis; past this, a coarser unit
 MIN_PLOT_WIDTH, MAX_PLOT_WIDTH = 480, 1600
 MAX_BAR_WIDTH = 48
@@ -89,16 +91,11 @@ def _us(text: str) -> int:
     moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def _utc(us: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=us)
+    return datetime_to_us(moment)
 
 
 def _month_index(us: int) -> int:
-    moment = _utc(us)
+    moment = us_to_datetime(us)
     return moment.year * 12 + moment.month - 1
 
 
@@ -111,19 +108,19 @@ def _bins(lo_us: int, hi_us: int) -> tuple[str, list[int]]:
     hour, day, month, year with at most MAX_BINS slots."""
     if (hi_us - lo_us) // HOUR_US <= MAX_BINS:
         return "hour", list(range(lo_us, hi_us, HOUR_US))
-    first_day = lo_us - lo_us % DAY_US
+    first_day = _DAYS.start_of(lo_us)
     if (hi_us - first_day + DAY_US - 1) // DAY_US <= MAX_BINS:
         return "day", list(range(first_day, hi_us, DAY_US))
     first, last = _month_index(lo_us), _month_index(hi_us - 1)
     if last - first + 1 <= MAX_BINS:
         return "month", [_month_start_us(m) for m in range(first, last + 1)]
-    years = range(_utc(lo_us).year, _utc(hi_us - 1).year + 1)
+    years = range(us_to_datetime(lo_us).year, us_to_datetime(hi_us - 1).year + 1)
     step = max(1, math.ceil(len(years) / MAX_BINS))
     return "year" if step == 1 else f"{step} years", [_month_start_us(y * 12) for y in years[::step]]
 
 
 def _slot_label(unit: str, start_us: int) -> tuple[str, str]:
-    text = _utc(start_us).strftime("%Y-%m-%dT%H:%M")
+    text = us_to_datetime(start_us).strftime("%Y-%m-%dT%H:%M")
     if unit == "hour":
         return text[:10], text[11:16]
     if unit == "day":
@@ -137,7 +134,7 @@ def layout(result: Mapping[str, Any], start_us: int | None = None, end_us: int |
     """The chart of `result` over [start floored to the hour, end) when
     given, else over the hours from the first to the last bucket."""
     points = [(_us(b["ts_start_of_hour"]), int(b["count"])) for b in result.get("buckets", [])]
-    lo = start_us - start_us % HOUR_US if start_us is not None else min((t for t, _ in points), default=None)
+    lo = HOURLY.start_of(start_us) if start_us is not None else min((t for t, _ in points), default=None)
     hi = end_us if end_us is not None else (max(t for t, _ in points) + HOUR_US if points else None)
     if lo is not None and hi is not None and points:  # buckets outside the given range still show
         lo, hi = min(lo, min(t for t, _ in points)), max(hi, max(t for t, _ in points) + 1)
@@ -172,7 +169,7 @@ def layout(result: Mapping[str, Any], start_us: int | None = None, end_us: int |
         for i, (start, count) in enumerate(zip(starts, counts)):
             x = chart.left + i * slot + (slot - bar_width) / 2
             top = chart.bottom - plot_height * count / y_max
-            chart.bars.append(Bar(x, bar_width, top, count, _utc(start).strftime("%Y-%m-%dT%H:%M:%SZ")))
+            chart.bars.append(Bar(x, bar_width, top, count, us_to_datetime(start).strftime("%Y-%m-%dT%H:%M:%SZ")))
         label_every = max(1, math.ceil(n * 74 / plot_width))  # labels are ~60 px wide
         for i in range(0, n, label_every):
             first, second = _slot_label(unit, starts[i])

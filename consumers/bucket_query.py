@@ -9,8 +9,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from consumers.ports import CountStore
-from streams.events import format_utc
 from streams.rollups import RollupSpec
+from streams.utc import format_utc
 
 
 class BadRange(ValueError):

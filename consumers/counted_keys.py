@@ -30,9 +30,10 @@ from typing import Iterable, Sequence
 import polars as pl
 
 from consumers.ports import ObjectStore
-from consumers.raw_event_writer import FORMATS, HOUR_US, raw_event_key
+from consumers.raw_event_writer import FORMATS, raw_event_key
 from streams.event_columns import CORE_FIELDS, KEY_COLUMNS, TIME
 from streams.events import Event
+from streams.windowing import HOURLY
 
 Key = tuple[str, str, str, int]
 KEY_SCHEMA = {**{name: pl.String for name in CORE_FIELDS}, TIME: pl.Int64}
@@ -104,7 +105,7 @@ class CountedKeys:
         if not keys.height:
             return pl.Series(_HIT, [], dtype=pl.Boolean)
         keys = keys.select(KEY_COLUMNS).cast(KEY_SCHEMA)  # type: ignore[arg-type]
-        hours = keys[TIME].drop_nulls() // HOUR_US
+        hours = HOURLY.numbers(keys[TIME].drop_nulls())
         archived = self.archived(partition, sorted(int(h) for h in hours.unique()), keys)
         marked = archived.unique().with_columns(pl.lit(True).alias(_HIT))
         joined = keys.with_row_index(_INDEX).join(marked, on=list(KEY_COLUMNS), how="left")

@@ -18,7 +18,6 @@ import io
 import time
 import zlib
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Callable, Sequence
 
@@ -29,10 +28,10 @@ from consumers.ports import ObjectStore
 from streams.batches import CountedBatch
 from streams.event_columns import POSITION, TIME, EventColumns, compact_strings
 from streams.events import SCHEMA_VERSION, Event
+from streams.utc import date_and_hour
+from streams.windowing import HOURLY
 
 RAW_EVENTS_ROOT = "events"
-HOUR_US = 3_600_000_000
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _HOUR = "_hour"
 
 
@@ -103,9 +102,9 @@ def _partition_name(partition: str) -> str:
 def raw_event_key(partition: str, hour: int, first_position: int, suffix: str) -> str:
     """The key of the object holding `partition`'s rows of UTC hour `hour`
     (hours since the epoch), starting at `first_position`."""
-    start = _EPOCH + timedelta(hours=hour)
+    day, hour_of_day = date_and_hour(HOURLY.start_of_number(hour))
     return (
-        f"{RAW_EVENTS_ROOT}/dt={start.year:04d}-{start.month:02d}-{start.day:02d}/hour={start.hour}/"
+        f"{RAW_EVENTS_ROOT}/dt={day}/hour={hour_of_day}/"
         f"part-{_partition_name(partition)}-{first_position:012d}{suffix}"
     )
 
@@ -141,7 +140,7 @@ def _frame_of(batch: CountedBatch) -> pl.DataFrame:
 
 def split_by_hour(frame: pl.DataFrame) -> list[tuple[int, pl.DataFrame]]:
     """(UTC hour since the epoch, its rows in order) for each hour in `frame`."""
-    hours = frame[TIME] // HOUR_US
+    hours = HOURLY.numbers(frame[TIME])
     first = hours.min()
     if first == hours.max():  # the usual batch: nothing to split
         return [(int(first), frame)]  # type: ignore[arg-type]

@@ -19,8 +19,9 @@ from config.settings import Settings
 from consumers.bucket_query import BadRange, query_buckets
 from consumers.ports import CountStore
 from daemon.commands import CliError, add_common, command
-from streams.events import ParseError, format_utc_seconds
+from streams.events import ParseError
 from streams.timestamps import parse_timestamp_us
+from streams.utc import format_utc_seconds
 
 
 def add_commands(sub: Any) -> None:

@@ -12,7 +12,7 @@ from reactivex import abc
 
 from producers.transport import wall_clock_us
 from streams.batches import RecordBatch
-from streams.events import format_utc
+from streams.utc import format_utc
 
 EVENT_TYPES = ("INGEST", "click", "page_view", "purchase", "signup", "button_click")
 

@@ -57,8 +57,9 @@ from service.context import ServiceContext
 from service.errors import ApiError, error_response, reason, validation_error
 from service.group_commit import LateError, LedgerError, PartialSend, Submission
 from service.metrics import EVENTS_ACCEPTED, EVENTS_DUPLICATE, EVENTS_REJECTED, LATENCY, REQUESTS, TRANSPORT_FULL
-from streams.events import Event, ParseError, format_utc
-from streams.timestamps import parse_timestamp_us
+from streams.events import Event, ParseError
+from streams.timestamps import MAX_EPOCH_MS, MIN_EPOCH_MS, epoch_ms_to_us, future_limit_us, parse_timestamp_us
+from streams.utc import format_utc
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,6 @@ RESERVED = {
     "received_at": "set by the collector",
     "v": "the schema version is set by the collector",
 }
-_MIN_EPOCH_MS, _MAX_EPOCH_MS = -62135596800000, 253402300799999  # years 1..9999
 # Between the acceptance check and the consumer reading the event: a spool
 # commit, a poll. Part of the margin that keeps accepted events from being late.
 LATE_GUARD = timedelta(seconds=30)
@@ -132,7 +132,7 @@ TIMESTAMP_DOC = (
 TIMESTAMP_SCHEMA = {
     "anyOf": [
         {"type": "string", "pattern": ISO_PATTERN},
-        {"type": "integer", "minimum": _MIN_EPOCH_MS, "maximum": _MAX_EPOCH_MS},
+        {"type": "integer", "minimum": MIN_EPOCH_MS, "maximum": MAX_EPOCH_MS},
         {"type": "null"},
     ],
     "description": TIMESTAMP_DOC,
@@ -448,7 +448,7 @@ def _fast_lines(
     keys: list[str | None] = []
     times: list[int] = []
     low = now_us - limits.window_us
-    high = now_us + limits.future_us
+    high = future_limit_us(now_us, limits.future_us)
     naive = limits.naive_timezone
     max_bytes = limits.max_record_bytes
     dumps = orjson.dumps
@@ -498,9 +498,9 @@ def _fast_lines(
                     event_us = parse_timestamp_us(stamp, naive)
                 except (ParseError, ValueError, OverflowError):
                     return None
-            elif type(stamp) is int and _MIN_EPOCH_MS <= stamp <= _MAX_EPOCH_MS:
+            elif type(stamp) is int and MIN_EPOCH_MS <= stamp <= MAX_EPOCH_MS:
                 event_us = stamp * 1000
-            elif type(stamp) is float and stamp.is_integer() and _MIN_EPOCH_MS <= stamp <= _MAX_EPOCH_MS:
+            elif type(stamp) is float and stamp.is_integer() and MIN_EPOCH_MS <= stamp <= MAX_EPOCH_MS:
                 event_us = int(stamp) * 1000
             else:
                 return None
@@ -773,15 +773,16 @@ def _event_time(
             return None
     elif (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer()):
         # JSON has one number type: 1614557405657.0 is the integer the schema allows.
-        if not _MIN_EPOCH_MS <= value <= _MAX_EPOCH_MS:
-            reasons.append(reason(loc, f"epoch milliseconds out of range: {value}", "bad_timestamp"))
+        try:
+            event_us = epoch_ms_to_us(value)
+        except ParseError as exc:
+            reasons.append(reason(loc, str(exc), exc.reason.value.replace(" ", "_")))
             return None
-        event_us = int(value) * 1000
     else:
         reasons.append(reason(loc, f"expected an ISO 8601 string or epoch milliseconds, got {_json_type(value)}", "bad_timestamp"))
         return None
     limits: Limits = ctx.limits
-    if event_us > now_us + limits.future_us:
+    if event_us > future_limit_us(now_us, limits.future_us):
         # The daemon would dead-letter it as `future`, or it would make every
         # other user's events late: say so while the client listens.
         reasons.append(reason(loc, f"timestamp is more than {limits.future_text} in the future of the collector's clock", "future"))

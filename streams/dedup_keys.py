@@ -26,9 +26,10 @@ from typing import Callable
 import polars as pl
 
 from streams.event_columns import TIME, compact_strings
-from streams.windowing import WATERMARK_MAX, WATERMARK_MIN
+from streams.utc import MINUTE_US
+from streams.windowing import WATERMARK_MAX, WATERMARK_MIN, TumblingWindower
 
-MINUTE_US = 60_000_000
+_MINUTES = TumblingWindower(MINUTE_US)
 
 
 class _Generation:
@@ -154,4 +155,6 @@ def _first_distinct(keys: pl.DataFrame, hashes: pl.Series) -> pl.Series:
 
 
 def _end_of_minute(time_us: int) -> int:
-    return time_us - time_us % MINUTE_US + MINUTE_US
+    if time_us == WATERMARK_MIN:  # an empty generation: over at once
+        return WATERMARK_MIN
+    return _MINUTES.end_of(_MINUTES.start_of(time_us))

@@ -10,53 +10,14 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from functools import lru_cache
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from streams.utc import format_utc, us_to_datetime
+
 SCHEMA_VERSION = 1
 """Written into every record the daemon itself produces (`"v"` field)."""
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-US_PER_SECOND = 1_000_000
-MIN_US = -62_135_596_800_000_000
-"""0001-01-01T00:00:00Z: the first instant an event may have."""
-MAX_US = 253_402_300_799_999_999
-"""9999-12-31T23:59:59.999999Z: the last one."""
-
-
-def us_to_datetime(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
-
-
-def datetime_to_us(dt: datetime) -> int:
-    # Integer arithmetic: float timestamps lose microseconds far from 1970.
-    delta = dt - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * US_PER_SECOND + delta.microseconds
-
-
-@lru_cache(maxsize=8192)
-def _second_text(second: int) -> str:
-    # Not strftime: its %Y writes the year 999 as `999`, which no ISO reader takes.
-    t = us_to_datetime(second * US_PER_SECOND)
-    return f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
-
-
-def format_utc(us: int) -> str:
-    """`2021-03-01T04:00:00.000000Z`: the seed API's bucket format.
-
-    Formatting is on the hot path of every written event; events arrive roughly
-    in time order, so the second's text is cached.
-    """
-    second, micro = divmod(us, US_PER_SECOND)
-    return f"{_second_text(second)}.{micro:06d}Z"
-
-
-def format_utc_seconds(us: int) -> str:
-    """`2021-03-01T04:00:00Z`: the export format."""
-    return _second_text(us // US_PER_SECOND) + "Z"
-
 
 NO_PROPERTIES: Mapping[str, Any] = MappingProxyType({})
 

@@ -26,7 +26,8 @@ import polars as pl
 from streams.batches import ParsedBatch, RecordBatch
 from streams.event_columns import CORE_FIELDS, SCHEMA, EventColumns
 from streams.events import NO_PROPERTIES, DeadLetter, Event, ParseError, Reason
-from streams.timestamps import COMMON_STAMP, parse_timestamp_column, parse_timestamp_us, timestamp_column_us
+from streams.timestamps import (COMMON_STAMP, epoch_ms_to_us, parse_timestamp_column, parse_timestamp_us,
+                                timestamp_column_us)
 
 CSV_HEADER = "customer_id,event_type,transaction_id,timestamp"
 DEFAULT_MAX_RECORD_BYTES = 1 << 20
@@ -421,9 +422,7 @@ class NdjsonParser:
         if isinstance(timestamp, str):
             event_time_us = parse_timestamp_us(timestamp, self.naive_zone)
         elif isinstance(timestamp, int) and not isinstance(timestamp, bool):
-            if not -62135596800000 <= timestamp <= 253402300799999:
-                raise ParseError(Reason.BAD_TIMESTAMP, f"epoch milliseconds out of range: {timestamp}")
-            event_time_us = timestamp * 1000
+            event_time_us = epoch_ms_to_us(timestamp)
         elif timestamp is None:
             raise ParseError(Reason.MISSING_FIELD, "field 'timestamp' is missing")
         else:

@@ -10,7 +10,7 @@ a regex states the contract first.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from functools import partial
 from itertools import compress, repeat
 from operator import floordiv, is_not, not_, sub
@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Sequence
 if TYPE_CHECKING:
     import polars as pl
 
-from streams.events import MAX_US, MIN_US, ParseError, Reason, datetime_to_us
+from streams.events import ParseError, Reason
+from streams.utc import EPOCH, MAX_US, MIN_US, MINUTE_US, datetime_to_us, us_to_datetime
+from streams.windowing import TumblingWindower
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _OUT_OF_RANGE = "out of range: the instant must lie in years 0001 to 9999 in UTC"
 
 _DATE_TIME = r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2})?"
@@ -66,7 +67,7 @@ def parse_timestamp_us(text: str, naive_zone: tzinfo | None = None) -> int:
             return _parse_general(text, naive_zone)
         if len(_minute_cache) >= 4096:  # events come roughly in time order: a small cache hits
             _minute_cache.clear()
-        minute_us = (parsed.replace(second=0, microsecond=0) - _EPOCH) // _ONE_US
+        minute_us = (parsed.replace(second=0, microsecond=0) - EPOCH) // _ONE_US
         if not MIN_US <= minute_us <= _LAST_MINUTE_US:  # 0001-01-01T00:00+01:00 is in year 0 in UTC
             return _parse_general(text, naive_zone)
         _minute_cache[key] = minute_us
@@ -74,7 +75,7 @@ def parse_timestamp_us(text: str, naive_zone: tzinfo | None = None) -> int:
 
 
 _minute_cache: dict[str, int] = {}
-_LAST_MINUTE_US = MAX_US - MAX_US % 60_000_000
+_LAST_MINUTE_US = TumblingWindower(MINUTE_US).start_of(MAX_US)
 _SEPARATORS = ("T", " ")
 _ONE_US = timedelta(microseconds=1)
 
@@ -140,7 +141,7 @@ def parse_timestamp_column(texts: Sequence[str]) -> list[int | None]:
     while len(out) < n:
         try:
             # Items appended before an exception stay: the failing text is next.
-            out.extend(map(floordiv, map(sub, map(_fromisoformat, texts[len(out):]), repeat(_EPOCH)), repeat(_ONE_US)))
+            out.extend(map(floordiv, map(sub, map(_fromisoformat, texts[len(out):]), repeat(EPOCH)), repeat(_ONE_US)))
         except ValueError:
             out.append(None)
     given = list(filter(partial(is_not, None), out))
@@ -207,9 +208,31 @@ def _parse_general(text: str, naive_zone: tzinfo | None) -> int:
 
 
 def parse_timestamp(text: str, naive_zone: tzinfo | None = None) -> datetime:
-    from streams.events import us_to_datetime
-
     return us_to_datetime(parse_timestamp_us(text, naive_zone))
+
+
+MIN_EPOCH_MS = MIN_US // 1000
+MAX_EPOCH_MS = MAX_US // 1000
+"""Epoch milliseconds of years 1 to 9999, the range `epoch_ms_to_us` takes."""
+
+
+def epoch_ms_to_us(value: int | float) -> int:
+    """UTC epoch microseconds of integer epoch milliseconds (a float only when
+    it is integral: JSON has one number type). Raises `ParseError` (bad
+    timestamp) outside years 1 to 9999.
+
+    >>> epoch_ms_to_us(1614557405657)
+    1614557405657000
+    """
+    if not MIN_EPOCH_MS <= value <= MAX_EPOCH_MS:
+        raise ParseError(Reason.BAD_TIMESTAMP, f"epoch milliseconds out of range: {value}")
+    return int(value) * 1000
+
+
+def future_limit_us(now_us: int, future_tolerance_us: int) -> int:
+    """The newest event time that is not `future` at wall time `now_us`: the
+    counter dead-letters later events, and the HTTP collector refuses them."""
+    return now_us + future_tolerance_us
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")

@@ -36,10 +36,10 @@ from streams.dedup_keys import DedupKeys
 from streams.event_columns import CORE_FIELDS, KEY_COLUMNS, POSITION, TIME, EventColumns, compact_strings
 from streams.events import DeadLetter, Event, Reason
 from streams.rollups import RollupSpec
+from streams.timestamps import future_limit_us
+from streams.utc import DAY_US
 from streams.window_counts import COUNT, FINAL, WINDOW_START, WindowCounts
 from streams.windowing import WATERMARK_MAX, WATERMARK_MIN, EventClock
-
-DAY_US = 86_400_000_000
 
 
 @dataclass(frozen=True)
@@ -69,10 +69,11 @@ class _RollupWindows:
     windows once per `_MAX_CHUNKS` batches.
     """
 
-    __slots__ = ("spec", "size", "key_fields", "core", "chunks", "firsts", "next_close_us", "sent")
+    __slots__ = ("spec", "window", "size", "key_fields", "core", "chunks", "firsts", "next_close_us", "sent")
 
     def __init__(self, spec: RollupSpec) -> None:
         self.spec = spec
+        self.window = spec.window
         self.size = spec.window.size_us
         self.key_fields = spec.key_fields
         # Rollups on core fields count straight from the columns; others need
@@ -100,15 +101,16 @@ class _RollupWindows:
         for start, position, watermark in firsts.iter_rows():
             if start not in known:
                 known[start] = (position, watermark)
-                if start + self.size < self.next_close_us:
-                    self.next_close_us = start + self.size
+                end = self.window.end_of(start)
+                if end < self.next_close_us:
+                    self.next_close_us = end
 
     def _keyed_rows(self, accepted: EventColumns, watermark_before: pl.Series) -> pl.DataFrame | None:
         """One row per (event, key): window start, key fields, position and
         the watermark before the event."""
         if self.core:
             return accepted.frame.select(
-                self.spec.window.start_expr(pl.col(TIME)).alias(WINDOW_START), *self.key_fields, POSITION,
+                self.window.starts(pl.col(TIME)).alias(WINDOW_START), *self.key_fields, POSITION,
                 watermark_before.alias(_WATERMARK))
         if accepted.properties is None:  # no event has the property: nothing to count
             return None
@@ -118,7 +120,7 @@ class _RollupWindows:
         key_rows: list[tuple[str, ...]] = []
         for event, watermark in zip(accepted, watermark_before.to_list()):
             for key in self.spec.keys_of(event):
-                starts.append(self.spec.window.start_of(event.event_time_us))
+                starts.append(self.window.start_of(event.event_time_us))
                 positions.append(event.position)
                 watermarks.append(watermark)
                 key_rows.append(key)
@@ -145,7 +147,7 @@ class _RollupWindows:
         self.chunks = remaining
         for start in [s for s in self.firsts if s <= last_start]:
             del self.firsts[start]
-        self.next_close_us = min(self.firsts, default=WATERMARK_MAX - self.size) + self.size
+        self.next_close_us = self.window.end_of(min(self.firsts, default=WATERMARK_MAX - self.size))
         if not closed:
             return None
         return self.as_counts(_merge(closed, [WINDOW_START, *self.key_fields]), partition, True)
@@ -320,7 +322,7 @@ class PartitionCounter:
         lateness = self.clock.lateness_us
         start_watermark = self.clock.watermark_us
         times = events.times_us
-        future_limit = self.config.wall_clock_us() + self.config.future_tolerance_us
+        future_limit = future_limit_us(self.config.wall_clock_us(), self.config.future_tolerance_us)
         if times.max() > future_limit:
             in_time = times <= future_limit
             out.future += len(in_time) - int(in_time.sum())

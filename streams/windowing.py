@@ -8,15 +8,17 @@ epoch microseconds, so window arithmetic is integer arithmetic.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     import polars as pl
 
-from streams.events import MIN_US
+from streams.utc import HOUR_US, MIN_US
 
 WATERMARK_MIN = -(1 << 62)
 WATERMARK_MAX = 1 << 62
+
+Column = TypeVar("Column", "pl.Expr", "pl.Series")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,9 @@ class TumblingWindower:
 
     >>> TumblingWindower(60_000_000).start_of(61_500_000)
     60000000
+    >>> import polars as pl
+    >>> TumblingWindower(60_000_000).starts(pl.Series([61_500_000, 59_000_000])).to_list()
+    [60000000, 0]
     >>> TumblingWindower(7 * 86_400_000_000).start_of(MIN_US) == MIN_US
     True
     """
@@ -44,12 +49,26 @@ class TumblingWindower:
     def start_of(self, event_time_us: int) -> int:
         return max(event_time_us - event_time_us % self.size_us, MIN_US)
 
-    def start_expr(self, event_time_us: "pl.Expr") -> "pl.Expr":
-        """`start_of` as a column expression, for a whole batch at once."""
-        return ((event_time_us // self.size_us) * self.size_us).clip(lower_bound=MIN_US)
-
     def end_of(self, window_start_us: int) -> int:
         return window_start_us + self.size_us
+
+    def starts(self, event_times_us: Column) -> Column:
+        """`start_of` over a whole column (a polars expression or Series of
+        event times), in one native kernel."""
+        return ((event_times_us // self.size_us) * self.size_us).clip(lower_bound=MIN_US)
+
+    def numbers(self, event_times_us: Column) -> Column:
+        """The windows' numbers since the epoch over a whole column: hours
+        since the epoch for `HOURLY`, which objects are partitioned by."""
+        return event_times_us // self.size_us
+
+    def start_of_number(self, number: int) -> int:
+        """The start of the window numbered `number` since the epoch."""
+        return max(number * self.size_us, MIN_US)
+
+
+HOURLY = TumblingWindower(HOUR_US)
+"""UTC hours: the partitions of objects (`dt=…/hour=…`) and of bucket queries."""
 
 
 @dataclass(frozen=True, slots=True)

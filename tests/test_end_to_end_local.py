@@ -186,7 +186,7 @@ def test_gdelt_sample_counts_each_country_once_per_event(tmp_path):
     from config.settings import load_settings
     from daemon.job import parser_for, run_job
     from producers.file_source import FileSource
-    from streams.events import format_utc
+    from streams.utc import format_utc
 
     path = FIXTURES / "GDELT-MINI.TSV"
     settings = load_settings().with_overrides(data_dir=tmp_path, format="gdelt-tsv")

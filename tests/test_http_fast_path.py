@@ -17,7 +17,7 @@ from service.collector import Limits, _fast_lines, _slow_lines, prepare
 from service.context import ServiceContext
 from service.errors import ApiError
 from service.settings import HttpSettings
-from streams.events import format_utc
+from streams.utc import format_utc
 from tests.test_http_support import make_settings
 
 NOW_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z

@@ -28,9 +28,10 @@ from consumers.raw_event_writer import RawEventWriter
 from consumers.run_summary import format_lateness, round_up_lateness
 from streams.batches import BatchKind, CountedBatch
 from streams.event_columns import EventColumns
-from streams.events import MIN_US, Event, Reason, format_utc
+from streams.events import Event, Reason
 from streams.pipeline import make_counter
 from streams.rollups import RollupSpec
+from streams.utc import MIN_US, format_utc
 from streams.windowing import TumblingWindower
 from tests.conftest import run_cli
 from tests.oracle import DEFAULT_ROLLUPS, HOUR, MINUTE, event_of_line, file_lines, run_oracle, stamp_to_us

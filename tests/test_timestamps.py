@@ -7,8 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.events import ParseError, Reason, format_utc
+from streams.events import ParseError, Reason
+
 from streams.timestamps import parse_duration, parse_timestamp_column, parse_timestamp_us
+from streams.utc import format_utc
 from tests.oracle import stamp_to_us
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -14,10 +14,11 @@ from reactivex.testing import ReactiveTest, TestScheduler
 
 from streams.batches import BatchKind, RecordBatch
 from streams.count_windows import count_windows
-from streams.events import Reason, format_utc
+from streams.events import Reason
 from streams.parse_records import parse_records
 from streams.parsers import EventsCsvParser
 from streams.pipeline import make_counter
+from streams.utc import format_utc
 from streams.window_counts import WINDOW_START
 from streams.windowing import WATERMARK_MIN
 from tests.oracle import DEFAULT_ROLLUPS, HOUR, MINUTE, run_oracle
