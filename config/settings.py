@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from consumers.aggregate_writer import check_key_fields, table_root
 from consumers.raw_event_writer import FORMATS as RAW_EVENT_FORMATS
-from streams.parsers import PARSERS
+from streams.formats import PARSERS
 from streams.rollups import RollupSpec
 from streams.timestamps import parse_duration
 from streams.windowing import TumblingWindower

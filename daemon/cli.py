@@ -36,7 +36,7 @@ from daemon import (
 from daemon.commands import COMMANDS, EXIT_USAGE, CliError
 from daemon.reload import on_reload
 from producers.transport import BadTransportUri
-from streams.parsers import PARSERS
+from streams.formats import PARSERS
 from streams.timestamps import parse_duration
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -25,7 +25,7 @@ from consumers.raw_event_writer import RawEventWriter
 from consumers.retrying_ports import RetryingCountStore, RetryingObjectStore
 from consumers.run_summary import RunSummary
 from producers.transport import wall_clock_us
-from streams.parsers import RecordParser, make_parser
+from streams.formats import RecordParser, make_parser
 from streams.count_windows import count_windows
 from daemon.hand_off import hand_off
 from streams.pipeline import build_pipeline, make_counter

@@ -14,7 +14,7 @@ from daemon.commands import CliError, add_common, command
 from producers.transports import open_writer
 from streams.batches import RecordBatch
 from streams.events import Reason
-from streams.parsers import make_parser
+from streams.formats import make_parser
 
 
 def add_commands(subparsers) -> None:

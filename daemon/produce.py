@@ -12,8 +12,8 @@ from consumers.ports import DeadLetterSink
 from producers.transports import open_writer
 from streams.batches import ParsedBatch
 from streams.events import DeadLetter, Reason
+from streams.formats import RecordParser
 from streams.parse_records import parse_records
-from streams.parsers import RecordParser
 
 
 def produce(

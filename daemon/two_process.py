@@ -19,8 +19,8 @@ from reactivex import abc
 from config.settings import Settings
 from consumers.run_summary import RunSummary
 from daemon.job import run_job
+from streams.formats import RecordParser
 from streams.parsed_columns import from_columns, to_columns
-from streams.parsers import RecordParser
 
 _END = None
 

@@ -8,7 +8,7 @@ import reactivex
 from reactivex import operators as ops
 
 from streams.batches import ParsedBatch, RecordBatch
-from streams.parsers import RecordParser
+from streams.formats import RecordParser
 
 
 def parse_records(parser: RecordParser) -> Callable[[reactivex.Observable[RecordBatch]], reactivex.Observable[ParsedBatch]]:

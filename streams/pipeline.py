@@ -12,8 +12,8 @@ from typing import Callable, Sequence
 import reactivex
 
 from streams.count_windows import count_windows
+from streams.formats import RecordParser
 from streams.parse_records import parse_records
-from streams.parsers import RecordParser
 from streams.rollups import RollupSpec
 from streams.window_counter import WindowCounter
 from streams.windowing import EventClock

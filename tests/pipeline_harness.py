@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Iterable, Sequence
 
 from streams.batches import CountedBatch, RecordBatch
-from streams.parsers import EventsCsvParser
+from streams.csv_parser import EventsCsvParser
 from streams.pipeline import make_counter
 from streams.rollups import RollupSpec
 from streams.windowing import TumblingWindower

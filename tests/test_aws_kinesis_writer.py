@@ -200,7 +200,7 @@ def test_produce_dead_letters_what_kinesis_rejects(aws_env: str, tmp_path: Path)
     from consumers.dead_letter_file import DeadLetterFile
     from daemon.produce import produce
     from producers.file_source import FileSource
-    from streams.parsers import make_parser
+    from streams.formats import make_parser
 
     stream = make_stream(aws_env)
     prop = "p" * (MAX_RECORD_BYTES - 100)

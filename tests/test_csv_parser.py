@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.batches import RecordBatch
-from streams.parsers import CSV_HEADER, EventsCsvParser
+from streams.csv_parser import CSV_HEADER, EventsCsvParser
 from tests.oracle import event_of_line
 
 ids = st.text(alphabet="abcxyz0129_-", min_size=1, max_size=6)

@@ -13,7 +13,7 @@ import pytest
 
 from producers.transport import TransportFull
 from streams.batches import RecordBatch
-from streams.parsers import NdjsonParser
+from streams.ndjson_parser import NdjsonParser
 from streams.timestamps import parse_timestamp_us
 from streams.utc import format_utc
 from tests.test_http_support import SEED_DATA, Clock, RecordingWriter, Service, running_service

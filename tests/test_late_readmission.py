@@ -321,7 +321,7 @@ def test_a_window_that_would_start_before_year_one_starts_at_year_one():
                            lambda: FAR_FUTURE_CLOCK).build("p")
     lines = [f'{{"customer_id":"a","event_type":"x","transaction_id":"t{i}","timestamp":"{format_utc(MIN_US + t)}",'
              f'"plan":"p"}}' for i, t in enumerate([0, 2 * 24 * HOUR, 3 * 24 * HOUR - 1, 9 * 24 * HOUR])]
-    from streams.parsers import make_parser
+    from streams.formats import make_parser
 
     parser = make_parser("ndjson", None, 1 << 20)
     results = [counter.on_batch(parser.parse_batch(b)) for b in batches_of(lines, [4])]

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.batches import RecordBatch
-from streams.parsers import NdjsonParser
+from streams.ndjson_parser import NdjsonParser
 from tests.oracle import stamp_to_us
 
 ids = st.text(alphabet="abcxyz0129_-é", min_size=1, max_size=6)

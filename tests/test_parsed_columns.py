@@ -1,6 +1,7 @@
 from streams.batches import RecordBatch
+from streams.csv_parser import EventsCsvParser
+from streams.ndjson_parser import NdjsonParser
 from streams.parsed_columns import from_columns, to_columns
-from streams.parsers import EventsCsvParser, NdjsonParser
 
 
 def test_round_trip_keeps_events_dead_letters_and_counts():

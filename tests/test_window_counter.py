@@ -14,9 +14,9 @@ from reactivex.testing import ReactiveTest, TestScheduler
 
 from streams.batches import BatchKind, RecordBatch
 from streams.count_windows import count_windows
+from streams.csv_parser import EventsCsvParser
 from streams.events import Reason
 from streams.parse_records import parse_records
-from streams.parsers import EventsCsvParser
 from streams.pipeline import make_counter
 from streams.utc import format_utc
 from streams.window_counts import WINDOW_START
