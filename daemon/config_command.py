@@ -121,11 +121,11 @@ def _adapters(settings: Settings) -> dict[str, Any]:
     else:
         adapters["http"] = HttpSettings.from_settings(settings)
     try:
-        from optimizely_integration.settings import OptimizelySettings
+        from config.optimizely_settings import optimizely_settings
     except ImportError:
         pass
     else:
-        adapters["optimizely"] = OptimizelySettings.from_settings(settings)
+        adapters["optimizely"] = optimizely_settings(settings)
     if settings.backend == "aws" or settings.section("aws"):  # boto3 only when AWS is in play
         from producers.aws_clients import AwsConfig
 

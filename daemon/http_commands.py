@@ -30,7 +30,7 @@ from daemon.service_loop import ServiceLoop
 
 log = logging.getLogger(__name__)
 
-OPTIMIZELY_ROUTES = "optimizely_integration.http_routes"
+OPTIMIZELY_ROUTES = "config.optimizely_routes"
 MAX_PASSWORD_INPUT = 64 * 1024
 
 
@@ -169,10 +169,11 @@ def optimizely_parts(settings: Settings, bucketer_public: bool = False) -> tuple
     """(router factory, readiness) of the Optimizely bucketer and datafile webhook.
 
     Mounted only when `[optimizely]` names a datafile or an SDK key (or
-    `OPTIMIZELY_DATAFILE` is set) and `optimizely_integration.http_routes`
-    exists. Its `build_router(settings, auth_dependency=...)` guards the
-    bucketer routes with our Basic auth and leaves the webhook to its
-    signature; `readiness()` reports the datafile. The factory is called by
+    `OPTIMIZELY_DATAFILE` is set) and the Optimizely integration is installed.
+    `config.optimizely_routes.build_router(settings, auth_dependency=...,
+    register_reload=...)` guards the bucketer routes with our Basic auth,
+    leaves the webhook to its signature and registers the datafile's refetch
+    for SIGHUP; `readiness()` reports the datafile. The factory is called by
     `build_app`, which turns a failure (no datafile, say) into a failed
     `optimizely` component on /readyz instead of stopping the server.
     """
@@ -195,11 +196,13 @@ def optimizely_parts(settings: Settings, bucketer_public: bool = False) -> tuple
     ready = _module_readiness(check) if callable(check) else None
     if not callable(build):
         return router, ready  # a ready-made router: build_app guards all of it
-    takes_auth = "auth_dependency" in inspect.signature(build).parameters
+    parameters = inspect.signature(build).parameters
+    takes_auth = "auth_dependency" in parameters
+    reload_hook = {"register_reload": on_reload} if "register_reload" in parameters else {}
 
     def factory(auth: Any) -> Any:
         if takes_auth:
-            return build(settings, auth_dependency=None if bucketer_public else auth)
+            return build(settings, auth_dependency=None if bucketer_public else auth, **reload_hook)
         from fastapi import APIRouter, Depends
 
         # A router that knows nothing of our auth: guard all of it.

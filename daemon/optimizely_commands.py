@@ -83,10 +83,10 @@ def cmd_forward(args: argparse.Namespace, settings: Any) -> int:
     from consumers.ports import DeadLetterSink
     from optimizely_integration.bulk_sink import OptimizelyBulkSink
     from optimizely_integration.forwarder import PayloadForwarder
-    from optimizely_integration.settings import OptimizelySettings
+    from config.optimizely_settings import optimizely_settings
     from producers.transports import open_reader
 
-    opt = OptimizelySettings.from_settings(settings)
+    opt = optimizely_settings(settings)
     reader = open_reader(
         args.source_uri or opt.dispatch_uri(settings), group=args.group, batch_size=settings.batch_size,
         poll_interval=settings.idle_poll_interval, settings=settings, create_resources=args.create_resources,

@@ -3,7 +3,7 @@ entry points (CLI commands, the HTTP server, the pipeline's sink list).
 
 Usage::
 
-    opt = OptimizelySettings.from_settings(settings)
+    opt = optimizely_settings(settings)
     parts = build_bucketer(settings)                  # BucketerParts
     router = build_optimizely_router(parts.bucketer, parts.datafile_manager, auth, opt.webhook_secret(), opt.bucketer_public)
     ...
@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from config.optimizely_settings import optimizely_settings
 from consumers.ports import DeadLetterSink
 from optimizely_integration.bucketer import Bucketer
 from optimizely_integration.bulk_event_dispatcher import BulkEventDispatcher
@@ -30,7 +31,7 @@ def open_dispatcher(settings: Any, opt: OptimizelySettings | None = None, create
     """A `BulkEventDispatcher` onto `optimizely.dispatch_to`."""
     from producers.transports import open_writer
 
-    opt = opt or OptimizelySettings.from_settings(settings)
+    opt = opt or optimizely_settings(settings)
     writer = open_writer(opt.dispatch_uri(settings), settings=settings, create_resources=create_resources)
     return BulkEventDispatcher(writer, max_buffer=opt.dispatcher_buffer)
 
@@ -55,7 +56,7 @@ def build_bucketer(
 ) -> BucketerParts:
     """Load the datafile (raises `DatafileError` if it cannot) and build a
     bucketer; with activation, impressions go out through a dispatcher."""
-    opt = OptimizelySettings.from_settings(settings)
+    opt = optimizely_settings(settings)
     activate = opt.bucketer_activate if activate is None else activate
     dispatcher = open_dispatcher(settings, opt) if activate else None
     manager = DatafileManager(
@@ -80,7 +81,7 @@ def build_conversion_sink(
 ) -> OptimizelyBulkSink | None:
     """The bulk sink for stream conversions, or None when none are mapped.
     Without a `datafile_manager` one is loaded (and refreshed) from settings."""
-    opt = OptimizelySettings.from_settings(settings)
+    opt = optimizely_settings(settings)
     if not opt.conversions:
         return None
     if datafile_manager is None:

@@ -65,11 +65,11 @@ def test_readyz_is_503_when_a_component_is_not_ready(tmp_path: Path) -> None:
 
 
 def _fake_routes(monkeypatch: pytest.MonkeyPatch, **attributes) -> types.ModuleType:
-    module = types.ModuleType("optimizely_integration.http_routes")
+    module = types.ModuleType("config.optimizely_routes")
     for name, value in attributes.items():
         setattr(module, name, value)
     monkeypatch.setitem(sys.modules, "optimizely_integration", types.ModuleType("optimizely_integration"))
-    monkeypatch.setitem(sys.modules, "optimizely_integration.http_routes", module)
+    monkeypatch.setitem(sys.modules, "config.optimizely_routes", module)
     return module
 
 
@@ -124,12 +124,12 @@ def test_optimizely_mounting_is_optional_and_robust(tmp_path: Path, monkeypatch:
 
     # The module absent: nothing mounted, nothing reported.
     monkeypatch.setitem(sys.modules, "optimizely_integration", None)
-    monkeypatch.delitem(sys.modules, "optimizely_integration.http_routes")
+    monkeypatch.setitem(sys.modules, "config.optimizely_routes", None)
     assert optimizely_parts(settings) == (None, None)
 
 
 def test_real_optimizely_routes_bucketer_guarded_webhook_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("optimizely_integration.http_routes")
+    pytest.importorskip("config.optimizely_routes")
     datafile = PROJECT / "tests" / "fixtures" / "optimizely" / "datafile_rev7.json"
     if not datafile.exists():
         pytest.skip("no Optimizely datafile fixture")

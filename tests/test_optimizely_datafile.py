@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from config.optimizely_settings import optimizely_settings, parse_optimizely_section
 from config.settings import ConfigError, load_settings
 from optimizely_integration.datafile import (
     DatafileError,
@@ -154,14 +155,14 @@ def test_verify_webhook_against_an_independent_hmac() -> None:
 
 def test_settings_section_and_environment() -> None:
     settings = load_settings()  # config/local.toml carries the [optimizely] section
-    opt = OptimizelySettings.from_settings(settings, environ={})
+    opt = optimizely_settings(settings, environ={})
     assert opt.endpoint == "https://logx.optimizely.com/v1/events" and opt.max_visitors == 1000
     assert opt.max_body_bytes == 3_000_000 and opt.flush_interval == 10.0 and opt.bucketer_public is False
     assert opt.conversions == {} and opt.null_variation == "dead_letter"
     env = {"OPTIMIZELY_EVENT_ENDPOINT": "http://127.0.0.1:8/e", "OPTIMIZELY_DATAFILE": "/d.json", "HOOK": "abc"}
-    opt = OptimizelySettings.from_table({"conversions": {"purchase": "purchase"}, "webhook_secret_env": "HOOK"}, env)
+    opt = parse_optimizely_section({"conversions": {"purchase": "purchase"}, "webhook_secret_env": "HOOK"}, env)
     assert (opt.endpoint, opt.datafile, opt.webhook_secret(env)) == ("http://127.0.0.1:8/e", "/d.json", "abc")
     assert opt.conversions == {"purchase": "purchase"} and OptimizelySettings().webhook_secret({}) == ""
     for bad in ({"max_visitors": 0}, {"null_variation": "maybe"}, {"conversions": {"a": 1}}, {"flush_interval": "10s"}):
         with pytest.raises(ConfigError, match="optimizely"):
-            OptimizelySettings.from_table(bad, {})
+            parse_optimizely_section(bad, {})
