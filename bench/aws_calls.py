@@ -152,7 +152,7 @@ class Phase:
 
 def run_rivulet(input_path: Path, work: Path, counter: RequestCounter, shards: int, drain: float, moto_pid: int) -> dict:
     from daemon.cli import main as cli
-    from producers.aws_clients import observe_new_clients
+    from aws.clients import observe_new_clients
 
     tag = uuid.uuid4().hex[:8]
     bucket = f"bench-{tag}"
@@ -178,7 +178,8 @@ def run_rivulet(input_path: Path, work: Path, counter: RequestCounter, shards: i
 
 def objects_per_table_hour_partition(bucket: str) -> Counter:
     """Objects per (table, dt, hour, partition) in the bucket."""
-    from producers.aws_clients import AwsConfig, aws_client
+    from aws.clients import aws_client
+    from aws.settings import AwsConfig
 
     s3 = aws_client("s3", AwsConfig())
     shape = re.compile(r"^(?P<table>.+)/dt=(?P<dt>[^/]+)/hour=(?P<hour>\d+)/part-(?P<rest>.+)$")
@@ -197,7 +198,9 @@ def objects_per_table_hour_partition(bucket: str) -> Counter:
 
 def run_per_event(lines: list[str], counter: RequestCounter, shards: int) -> float:
     """One PutRecord, one UpdateItem ADD and one PutObject per event."""
-    from producers.aws_clients import AwsConfig, aws_client, ensure_bucket, ensure_stream, ensure_table
+    from aws.clients import aws_client
+    from aws.resources import ensure_bucket, ensure_stream, ensure_table
+    from aws.settings import AwsConfig
     from streams.timestamps import parse_timestamp_us
     from streams.utc import format_utc
 

@@ -11,7 +11,7 @@ so local mode never imports boto3. Ports and their adapters:
 
 Each adapter is built on first use and checks that its table or bucket exists
 (a missing one is a one-line error; `--create-resources` on produce, consume
-or serve creates them through the transports).
+or serve creates them first: `config/aws_resources.py`).
 
 Usage::
 
@@ -24,10 +24,12 @@ from typing import Callable
 
 import inject
 
+from aws.clients import aws_client
+from aws.resources import ensure_bucket, ensure_table
+from aws.settings import AwsConfig
 from config.settings import Settings
 from consumers.dead_letter_file import DeadLetterFile
 from consumers.ports import CountStore, DeadLetterSink, ObjectStore
-from producers.aws_clients import AwsConfig, aws_client, ensure_bucket, ensure_table
 
 
 def count_store(aws: AwsConfig) -> CountStore:
@@ -59,7 +61,7 @@ def object_store(aws: AwsConfig) -> ObjectStore:
 
 
 def bindings(settings: Settings) -> Callable[[inject.Binder], None]:
-    aws = AwsConfig.from_settings(settings)  # a bad [aws] key fails here, before any work
+    aws = settings.aws  # a bad [aws] key fails here, before any work
 
     def bind(binder: inject.Binder) -> None:
         binder.bind(Settings, settings)

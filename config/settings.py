@@ -1,8 +1,9 @@
 """Typed settings, loaded from a TOML profile with environment overrides.
 
 This is the only module that reads configuration files. Sections that belong
-to one adapter (`[aws]`, `[http]`, `[optimizely]`) are parsed by that
-adapter's own config dataclass from `Settings.section(name)`.
+to one adapter (`[http]`, `[optimizely]`) are parsed by that adapter's own
+config dataclass from `Settings.section(name)`; `[aws]`, shared by every AWS
+adapter, is parsed here into `aws.settings.AwsConfig` (`Settings.aws`).
 
 Environment overrides: `RIVULET__<SECTION>__<KEY>=value` (value parsed as a
 TOML value when it is one, e.g. `10`, `true`, `["a"]`, else a string), plus the
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from aws.settings import AwsConfig, AwsConfigError
 from consumers.aggregate_writer import check_key_fields, table_root
 from consumers.raw_event_writer import FORMATS as RAW_EVENT_FORMATS
 from streams.formats import PARSERS
@@ -108,6 +110,13 @@ class Settings:
 
     def section(self, name: str) -> Mapping[str, Any]:
         return self.sections.get(name, {})
+
+    @property
+    def aws(self) -> AwsConfig:
+        """The `[aws]` section, parsed and checked when asked for: only where AWS
+        is used (the aws backend, a kinesis: or sqs: transport), so a local
+        profile is never held to it."""
+        return aws_config(self.sections.get("aws", {}))
 
     @property
     def store_dir(self) -> Path:
@@ -201,7 +210,7 @@ def _apply_environment(raw: dict[str, Any], environ: Mapping[str, str], sources:
 
 # The keys of each section this module parses. Adapter sections are parsed by
 # their own dataclass (one field per key), imported only when the section is
-# set. `[aws]` is checked by `AwsConfig.from_settings` itself, wherever AWS is
+# set. `[aws]` is checked by `Settings.aws` (`aws_config`), wherever AWS is
 # used (the aws backend, a kinesis: or sqs: transport), so a local profile
 # never imports boto3.
 SECTION_KEYS: dict[str, frozenset[str]] = {
@@ -220,7 +229,7 @@ ROLLUP_KEYS = frozenset({"key", "window"})
 ADAPTER_SECTIONS: dict[str, str] = {
     "http": "service.settings:HttpSettings",
     "optimizely": "optimizely_integration.settings:OptimizelySettings",
-    "aws": "producers.aws_clients:AwsConfig",
+    "aws": "aws.settings:AwsConfig",
 }
 SELF_CHECKED_SECTIONS = frozenset({"aws"})
 
@@ -236,6 +245,30 @@ def adapter_keys(section: str) -> frozenset[str] | None:
             return None
         raise
     return frozenset(f.name for f in fields(getattr(module, class_name)))
+
+
+def aws_config(table: Mapping[str, Any]) -> AwsConfig:
+    """The `[aws]` table as an `AwsConfig`; unknown keys, wrong types and values
+    out of range are `ConfigError`s that name the key."""
+    if not isinstance(table, Mapping):
+        raise ConfigError("config key aws: expected a table")
+    known = {f.name: f for f in fields(AwsConfig)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"config key aws.{key}: unknown key (known: {', '.join(sorted(known))})")
+        default = known[key].default
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not type(default):
+            raise ConfigError(f"config key aws.{key}: expected {type(default).__name__}, got {value!r}")
+        values[key] = value
+    config = AwsConfig(**values)
+    try:
+        config.validate()
+    except AwsConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    return config
 
 
 def _unknown(kind: str, name: str, known: frozenset[str] | set[str], sources: Mapping[str, str]) -> ConfigError:

@@ -88,7 +88,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     refusal. AWS errors count only once AWS is loaded: local mode never
     imports boto3."""
     errors: list[type[BaseException]] = [CliError, ConfigError, BadTransportUri, OSError]
-    aws = sys.modules.get("producers.aws_clients")
+    aws = sys.modules.get("aws.errors")
     if aws is not None:
         errors.append(aws.AwsError)
     return tuple(errors)

@@ -126,10 +126,8 @@ def _adapters(settings: Settings) -> dict[str, Any]:
         pass
     else:
         adapters["optimizely"] = optimizely_settings(settings)
-    if settings.backend == "aws" or settings.section("aws"):  # boto3 only when AWS is in play
-        from producers.aws_clients import AwsConfig
-
-        adapters["aws"] = AwsConfig.from_settings(settings)
+    if settings.backend == "aws" or settings.section("aws"):  # [aws] is held to its rules only where AWS is in play
+        adapters["aws"] = settings.aws
     return adapters
 
 

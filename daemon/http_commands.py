@@ -154,9 +154,12 @@ def _open_writer(settings: Settings, uri: str, create_resources: bool) -> tuple[
     """The collector's transport writer, or (None, why): a transport that is down
     at start makes the collector answer 503 and /readyz fail, while queries
     keep working. A malformed URI is a configuration error and stops here."""
+    from config.aws_resources import create_profile_resources
     from producers.transports import open_writer
 
     try:
+        if create_resources:
+            create_profile_resources(settings, uri)
         return open_writer(uri, settings=settings, create_resources=create_resources), ""
     except ValueError as exc:
         raise CliError(f"config key http.transport: {exc}") from None

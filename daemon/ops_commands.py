@@ -8,6 +8,7 @@ from pathlib import Path
 
 import inject
 
+from config.aws_resources import create_profile_resources
 from config.settings import Settings
 from consumers.dead_letter_file import decode_dead_letter_record
 from daemon.commands import CliError, add_common, command
@@ -75,6 +76,8 @@ def cmd_replay_dead_letter(args: argparse.Namespace, settings: Settings) -> int:
         raise CliError(f"{path} holds late dead letters, and raw events are not archived ([raw_events] enabled = "
                        f"false): without the archive a re-sent duplicate cannot be told from a new event, so "
                        f"replaying them could count events twice; leave them out with --reason")
+    if args.create_resources:
+        create_profile_resources(settings, args.to)
     writer = open_writer(args.to, settings=settings, create_resources=args.create_resources)
     counts = {"replayed": 0, "still failing": 0, "skipped": 0, "already counted": 0}
     sent: set[tuple] = set()  # (source, key) of every event sent by this command

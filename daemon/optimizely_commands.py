@@ -83,12 +83,16 @@ def cmd_forward(args: argparse.Namespace, settings: Any) -> int:
     from consumers.ports import DeadLetterSink
     from optimizely_integration.bulk_sink import OptimizelyBulkSink
     from optimizely_integration.forwarder import PayloadForwarder
+    from config.aws_resources import create_profile_resources
     from config.optimizely_settings import optimizely_settings
     from producers.transports import open_reader
 
     opt = optimizely_settings(settings)
+    source_uri = args.source_uri or opt.dispatch_uri(settings)
+    if args.create_resources:
+        create_profile_resources(settings, source_uri, args.group)
     reader = open_reader(
-        args.source_uri or opt.dispatch_uri(settings), group=args.group, batch_size=settings.batch_size,
+        source_uri, group=args.group, batch_size=settings.batch_size,
         poll_interval=settings.idle_poll_interval, settings=settings, create_resources=args.create_resources,
     )
     dead_letters = inject.instance(DeadLetterSink)

@@ -154,8 +154,11 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
 
 @command("consume")
 def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
+    from config.aws_resources import create_profile_resources
     from producers.transports import open_reader
 
+    if args.create_resources:
+        create_profile_resources(settings, args.source_uri, args.group)
     reader = open_reader(
         args.source_uri, group=args.group, batch_size=settings.batch_size, poll_interval=settings.idle_poll_interval,
         settings=settings, create_resources=args.create_resources,

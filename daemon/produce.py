@@ -7,6 +7,7 @@ import threading
 
 import reactivex
 
+from config.aws_resources import create_profile_resources
 from config.settings import Settings
 from consumers.ports import DeadLetterSink
 from producers.transports import open_writer
@@ -24,6 +25,8 @@ def produce(
     settings: Settings,
     create_resources: bool = False,
 ) -> tuple[int, int]:
+    if create_resources:
+        create_profile_resources(settings, uri)
     writer = open_writer(uri, settings=settings, create_resources=create_resources)
     # Writers that can refuse a record outright (Kinesis: over 1 MiB) hand it back
     # through `take_rejected()`; it is dead-lettered like a bad input record.

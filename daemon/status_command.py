@@ -96,10 +96,9 @@ def spool_status(directory: str, group: str | None) -> dict[str, Any]:
 
 
 def kinesis_status(stream: str, group: str, settings: Settings) -> dict[str, Any]:
-    from producers.aws_clients import AwsConfig
     from producers.kinesis_leases import LeaseTable, ensure_lease_table
 
-    config = AwsConfig.from_settings(settings)
+    config = settings.aws
     try:
         client, table = ensure_lease_table(config, group, create=False)
         leases = LeaseTable(client, table, stream).scan()

@@ -47,9 +47,18 @@ from typing import Any, Callable, Iterable
 import botocore.exceptions
 
 from producers import kinesis_metrics as metrics
-from producers.aws_clients import AwsConfig, aws_client, checkpoint_table_name, ensure_table, error_code
+from aws.clients import aws_client
+from aws.errors import error_code
+from aws.resources import ensure_table
+from aws.settings import AwsConfig
 
 HASH_KEY = "leaseKey"
+
+
+def checkpoint_table_name(config: AwsConfig, group: str) -> str:
+    """One checkpoint table per consumer group, as the KCL has one per application."""
+    base = config.lease_table or config.checkpoint_table
+    return base if group == "default" else f"{base}-{group}"
 
 
 def ensure_lease_table(config: AwsConfig, group: str, create: bool) -> tuple[Any, str]:

@@ -2,7 +2,7 @@
 
 Usage::
 
-    reader = KinesisReader("events", settings=settings, group="default")
+    reader = KinesisReader("events", settings.aws, group="default")
     def on_batch(batch):
         ...                                      # make it durable downstream, then
         reader.commit(batch.partition, batch.positions[-1] + 1)
@@ -94,21 +94,16 @@ import six  # noqa: F401  - aws_kinesis_agg imports it without declaring it
 from aws_kinesis_agg import MAGIC
 from aws_kinesis_agg.deaggregator import iter_deaggregate_records
 
-from producers.aws_clients import (
-    AwsConfig,
-    aws_client,
-    backoff_delay,
-    ensure_profile_resources,
-    ensure_stream,
-    error_code,
-    sleep_unless,
-    startup_call,
-)
+from aws.clients import aws_client
+from aws.errors import error_code, startup_call
+from aws.resources import ensure_stream
+from aws.settings import AwsConfig
 from observability.health import HEALTH, PipelineHealth
 from observability.metrics import MILLIS_BEHIND
 from producers import kinesis_metrics as metrics
 from producers.kinesis_leases import Lease, LeaseCoordinator, LeaseTable, ShardInfo, Tail, ensure_lease_table
 from producers.transport import wall_clock_us
+from resilience.backoff import Backoff, sleep_unless
 from streams.batches import BatchKind, RecordBatch
 from streams.windowing import WATERMARK_MAX, WATERMARK_MIN
 
@@ -237,13 +232,12 @@ class KinesisReader:
     def __init__(
         self,
         stream: str,
-        settings: Any = None,
+        config: AwsConfig,
         create_resources: bool = False,
         group: str = "default",
         batch_size: int = 5000,
         poll_interval: float = 0.2,
         client: Any = None,
-        config: AwsConfig | None = None,
         leases: LeaseTable | None = None,
         iterator_type: str | None = None,
         start_timestamp: datetime | None = None,
@@ -254,7 +248,7 @@ class KinesisReader:
         health: PipelineHealth = HEALTH,
         **_ignored: Any,
     ) -> None:
-        self.config = config or AwsConfig.from_settings(settings)
+        self.config = config
         self.health = health
         self.stream = stream
         self.batch_size = max(1, batch_size)
@@ -271,7 +265,6 @@ class KinesisReader:
             ensure_stream(self.client, stream, create_resources, self.config.shard_count)
         if leases is None:
             leases = LeaseTable(*ensure_lease_table(self.config, group, create_resources), stream)
-        ensure_profile_resources(settings, self.config, create_resources)
         self.leases = leases  # the lease items also hold the checkpoints
         self.worker_id = worker_id or self.config.worker_id or f"{socket.gethostname()}-{os.getpid()}"
         self._clock = clock
@@ -689,7 +682,7 @@ class KinesisReader:
         return self._clock() + self._backoff(failures)
 
     def _backoff(self, failures: int) -> float:
-        return max(1.0 / self.config.polls_per_second, backoff_delay(failures, 0.2, 10.0, self._rng.uniform))
+        return max(1.0 / self.config.polls_per_second, Backoff(0.2, 10.0, rng=self._rng).delay(failures))
 
     def _emit_records(self, shard: _Shard, records: list[dict[str, Any]]) -> None:
         data: list[bytes] = []

@@ -2,7 +2,7 @@
 
 Usage::
 
-    writer = KinesisWriter("events", settings=settings, create_resources=True)
+    writer = KinesisWriter("events", settings.aws, create_resources=True)   # creates the stream
     accepted = writer.send(lines)          # NDJSON lines, without newline
     for rejected in writer.take_rejected():
         ...                                # dead-letter them (reason: oversize)
@@ -41,9 +41,12 @@ from typing import Any, Callable, Sequence
 
 import botocore.exceptions
 
-from producers.aws_clients import AwsConfig, aws_client, backoff_delay, ensure_profile_resources, ensure_stream, error_code
-from producers.kinesis_leases import ensure_lease_table
+from aws.clients import aws_client
+from aws.errors import error_code
+from aws.resources import ensure_stream
+from aws.settings import AwsConfig
 from producers.transport import TransportFull
+from resilience.backoff import Backoff
 
 MAX_BATCH_RECORDS = 500
 MAX_BATCH_BYTES = 5 << 20
@@ -94,26 +97,21 @@ class KinesisWriter:
     def __init__(
         self,
         stream: str,
-        settings: Any = None,
+        config: AwsConfig,
         create_resources: bool = False,
         client: Any = None,
-        config: AwsConfig | None = None,
         partition_key: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
-        **_ignored: Any,
     ) -> None:
-        self.config = config or AwsConfig.from_settings(settings)
+        self.config = config
         self.stream = stream
-        self.partition_key = partition_key or self.config.partition_key
-        self.client = client or aws_client("kinesis", self.config)
+        self.partition_key = partition_key or config.partition_key
+        self.client = client or aws_client("kinesis", config)
         self._sleep = sleep
-        self._rng = rng or random.Random()
+        self._backoff = Backoff(config.backoff_base, config.backoff_cap, rng=rng or random.Random())
         if client is None or create_resources:
-            ensure_stream(self.client, stream, create_resources, self.config.shard_count)
-            ensure_profile_resources(settings, self.config, create_resources)
-            if create_resources:  # so that a later `consume` finds its lease table
-                ensure_lease_table(self.config, "default", True)
+            ensure_stream(self.client, stream, create_resources, config.shard_count)
         self._rejected: list[RejectedRecord] = []
         # Statistics, for the bench and the tests.
         self.calls = 0
@@ -179,7 +177,7 @@ class KinesisWriter:
                     f"kinesis stream {self.stream!r}: {len(pending)} records not accepted after "
                     f"{self.config.send_timeout:g}s ({reason})"
                 )
-            delay = backoff_delay(attempt, self.config.backoff_base, self.config.backoff_cap, self._rng.uniform)
+            delay = self._backoff.delay(attempt)
             log.debug("kinesis %s: %s; retrying in %.3fs", self.stream, reason, delay)
             self._sleep(delay)
             attempt += 1

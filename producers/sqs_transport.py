@@ -2,11 +2,11 @@
 
 Usage::
 
-    writer = SqsWriter("events", settings=settings, create_resources=True)
+    writer = SqsWriter("events", settings.aws, create_resources=True)   # creates the queue
     writer.send(lines)                    # NDJSON lines, without newline
     writer.take_rejected()                # records SQS can never carry
 
-    reader = SqsReader("events", settings=settings)
+    reader = SqsReader("events", settings.aws)
     reader.batches().subscribe(on_batch)  # blocks until reader.stop()
     reader.commit("sqs:events", position) # deletes the messages before position
 
@@ -50,17 +50,13 @@ import botocore.exceptions
 import reactivex
 from reactivex import abc
 
-from producers.aws_clients import (
-    AwsConfig,
-    aws_client,
-    backoff_delay,
-    ensure_queue,
-    ensure_profile_resources,
-    error_code,
-    sleep_unless,
-)
+from aws.clients import aws_client
+from aws.errors import error_code
+from aws.resources import ensure_queue
+from aws.settings import AwsConfig
 from producers.kinesis_writer import RejectedRecord
 from producers.transport import TransportFull, blocking_observable, wall_clock_us
+from resilience.backoff import Backoff, sleep_unless
 from streams.batches import RecordBatch
 
 MAX_BATCH_ENTRIES = 10
@@ -117,33 +113,28 @@ def pack_bodies(records: Sequence[bytes], max_bytes: int) -> tuple[list[str], li
     return bodies, rejected
 
 
-def _open_queue(queue: str, settings: Any, create_resources: bool, client: Any,
-                config: AwsConfig | None) -> tuple[AwsConfig, Any, str]:
-    """The config, client and URL of a queue both ends share (created, with
-    the rest of the profile's resources, under `--create-resources`)."""
-    config = config or AwsConfig.from_settings(settings)
+def _open_queue(queue: str, config: AwsConfig, create_resources: bool, client: Any) -> tuple[Any, str]:
+    """The client and URL of a queue both ends share (the queue created
+    under `--create-resources`)."""
     client = client or aws_client("sqs", config)
-    queue_url = ensure_queue(client, queue, create_resources, config.sqs_visibility_timeout)
-    ensure_profile_resources(settings, config, create_resources)
-    return config, client, queue_url
+    return client, ensure_queue(client, queue, create_resources, config.sqs_visibility_timeout)
 
 
 class SqsWriter:
     def __init__(
         self,
         queue: str,
-        settings: Any = None,
+        config: AwsConfig,
         create_resources: bool = False,
         client: Any = None,
-        config: AwsConfig | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
-        **_ignored: Any,
     ) -> None:
-        self.config, self.client, self.queue_url = _open_queue(queue, settings, create_resources, client, config)
+        self.config = config
+        self.client, self.queue_url = _open_queue(queue, config, create_resources, client)
         self.queue = queue
         self._sleep = sleep
-        self._rng = rng or random.Random()
+        self._backoff = Backoff(config.backoff_base, config.backoff_cap, rng=rng or random.Random())
         self._rejected: list[RejectedRecord] = []
         self.calls = 0
         self.messages_sent = 0
@@ -198,7 +189,7 @@ class SqsWriter:
                 reason = ", ".join(sorted({str(f.get("Code")) for f in failed})) or "entries missing from the response"
             if time.monotonic() >= deadline:
                 raise TransportFull(f"sqs queue {self.queue!r}: {len(pending)} messages not accepted ({reason})")
-            self._sleep(backoff_delay(attempt, self.config.backoff_base, self.config.backoff_cap, self._rng.uniform))
+            self._sleep(self._backoff.delay(attempt))
             attempt += 1
 
     def close(self) -> None:
@@ -216,22 +207,20 @@ class SqsReader:
     def __init__(
         self,
         queue: str,
-        settings: Any = None,
+        config: AwsConfig,
         create_resources: bool = False,
-        batch_size: int = 5000,
         poll_interval: float = 0.2,
         client: Any = None,
-        config: AwsConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
-        **_ignored: Any,
     ) -> None:
-        self.config, self.client, self.queue_url = _open_queue(queue, settings, create_resources, client, config)
+        self.config = config
+        self.client, self.queue_url = _open_queue(queue, config, create_resources, client)
         self.queue = queue
         self.partition = f"sqs:{queue}"
         self.poll_interval = poll_interval
         self.visibility = self.config.sqs_visibility_timeout
         self._clock = clock
-        self._rng = random.Random()
+        self._backoff = Backoff(0.2, 10.0)  # between failed receives
         self._held: dict[str, _Held] = {}  # by receipt handle
         self._lock = threading.Lock()
         self._next_position = 1
@@ -273,7 +262,7 @@ class SqsReader:
                 # An outage: held messages stay held (and extended); try again.
                 failures += 1
                 log.warning("sqs %s: receive failed (%s); retrying", self.queue, type(exc).__name__)
-                sleep_unless(lambda: self._stopped, backoff_delay(failures, 0.2, 10.0, self._rng.uniform))
+                sleep_unless(lambda: self._stopped, self._backoff.delay(failures))
                 continue
             now = self._clock()
             messages = response.get("Messages", [])

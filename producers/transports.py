@@ -6,18 +6,21 @@ Usage::
     reader = open_reader("spool:data/spool", group="default")
 
 To add a transport, add one line per side to `WRITERS` / `READERS`, e.g.
-`"kinesis": _needs_target(kinesis_writer)`. A factory gets the part after the
+`"kinesis": _needs_target(_kinesis_writer)`. A factory gets the part after the
 first `:` (possibly empty) and the options; the CLI always passes `settings`
-(the loaded `config.settings.Settings`) and `create_resources`, which a
-factory may use or ignore.
+(the loaded `config.settings.Settings`) and `create_resources`. Local
+transports ignore both; the AWS ones take the typed `[aws]` settings
+(`settings.aws`) and create their own stream or queue on `create_resources`
+(the rest of the profile's resources are created by the composition root
+first: `config/aws_resources.py`).
 `mpqueue` needs the queue itself: `open_writer("mpqueue", queue=q)`.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable
 
+from aws.settings import AwsConfig
 from producers.console import ConsoleWriter
 from producers.mp_queue import MpQueueReader, MpQueueWriter
 from producers.spool import SpoolReader, SpoolWriter
@@ -59,24 +62,56 @@ def _local(factory: Callable[..., Any]) -> Callable[..., Any]:
     return make
 
 
-def _lazy(module: str, name: str) -> Callable[..., Any]:
-    """A factory imported on first use, so local mode never imports boto3."""
-    return lambda *args, **options: getattr(importlib.import_module(module), name)(*args, **options)
+# The AWS transports are imported on first use, so local mode never imports boto3.
+
+
+def _aws_config(settings: Any) -> AwsConfig:
+    """The typed `[aws]` settings (`Settings.aws` checks them); the defaults
+    when no settings are given."""
+    return settings.aws if settings is not None else AwsConfig()
+
+
+def _kinesis_writer(stream: str, settings: Any = None, create_resources: bool = False) -> TransportWriter:
+    from producers.kinesis_writer import KinesisWriter
+
+    return KinesisWriter(stream, _aws_config(settings), create_resources=create_resources)
+
+
+def _sqs_writer(queue: str, settings: Any = None, create_resources: bool = False) -> TransportWriter:
+    from producers.sqs_transport import SqsWriter
+
+    return SqsWriter(queue, _aws_config(settings), create_resources=create_resources)
+
+
+def _kinesis_reader(stream: str, settings: Any = None, create_resources: bool = False, **options: Any) -> TransportReader:
+    from producers.kinesis_reader import KinesisReader
+
+    return KinesisReader(stream, _aws_config(settings), create_resources=create_resources, **options)
+
+
+def _sqs_reader(queue: str, settings: Any = None, create_resources: bool = False, group: str = "default",
+                batch_size: int = 0, poll_interval: float = 0.2) -> TransportReader:
+    """A queue is one partition that every reader shares: there are no consumer
+    groups, and a receive takes at most 10 messages, so `group` and
+    `batch_size` do not apply."""
+    from producers.sqs_transport import SqsReader
+
+    return SqsReader(queue, _aws_config(settings), create_resources=create_resources, poll_interval=poll_interval)
 
 
 WRITERS: dict[str, Callable[..., TransportWriter]] = {
     "spool": _needs_target(_local(SpoolWriter)),
     "console": _no_target(_local(ConsoleWriter)),
     "mpqueue": _no_target(_local(MpQueueWriter)),
-    "kinesis": _needs_target(_lazy("producers.kinesis_writer", "KinesisWriter")),
-    "sqs": _needs_target(_lazy("producers.sqs_transport", "SqsWriter")),
+    "kinesis": _needs_target(_kinesis_writer),
+    "sqs": _needs_target(_sqs_writer),
 }
 
 READERS: dict[str, Callable[..., TransportReader]] = {
     "spool": _needs_target(_local(SpoolReader)),
     "mpqueue": _no_target(_local(MpQueueReader)),
-    "kinesis": _needs_target(_lazy("producers.kinesis_reader", "KinesisReader")),
-    "sqs": _needs_target(_lazy("producers.sqs_transport", "SqsReader")),
+    "kinesis": _needs_target(_kinesis_reader),
+    "sqs": _needs_target(_sqs_reader),
 }
 
 

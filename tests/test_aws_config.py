@@ -14,16 +14,10 @@ from config.settings import ConfigError, load_settings
 from consumers.dynamodb_count_store import DynamoDbCountStore
 from consumers.ports import CountStore, DeadLetterSink, ObjectStore
 from consumers.s3_object_store import S3ObjectStore
-from producers.aws_clients import (
-    AwsConfig,
-    MissingResource,
-    aws_client,
-    ensure_bucket,
-    ensure_queue,
-    ensure_stream,
-    ensure_table,
-    resolve_region,
-)
+from aws.clients import aws_client, resolve_region
+from aws.errors import MissingResource
+from aws.resources import ensure_bucket, ensure_queue, ensure_stream, ensure_table
+from aws.settings import AwsConfig
 from tests.aws_fixtures import client, unique
 from tests.conftest import ROOT, run_cli
 
@@ -38,7 +32,7 @@ def test_aws_profile_loads_with_the_local_rollups() -> None:
     assert aws.backend == "aws"
     assert [(r.name, r.key_fields, r.window) for r in aws.rollups] == [(r.name, r.key_fields, r.window) for r in local.rollups]
     assert aws.raw_events == local.raw_events
-    config = AwsConfig.from_settings(aws)
+    config = aws.aws
     assert config == AwsConfig()  # the profile spells out the defaults
 
 
@@ -53,8 +47,8 @@ def test_bad_aws_keys_name_the_key() -> None:
     ]:
         settings = load_settings(AWS_TOML, environ=env)
         with pytest.raises(ConfigError, match=message):
-            AwsConfig.from_settings(settings)
-    assert AwsConfig.from_settings(base).partition_key == "customer_id"
+            _ = settings.aws
+    assert base.aws.partition_key == "customer_id"
 
 
 def test_region_comes_from_config_then_environment_then_us_east_1(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> None:

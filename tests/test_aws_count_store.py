@@ -19,7 +19,7 @@ import botocore.exceptions
 from consumers.dynamodb_count_store import HASH_KEY, RANGE_KEY, SK_OFFSET, DynamoDbCountStore, item_pk, item_sk, parse_sk
 from consumers.ports import CountStore
 from consumers.sqlite_count_store import SqliteCountStore
-from producers.aws_clients import ensure_table
+from aws.resources import ensure_table
 from streams.events import WindowCount
 from tests.aws_fixtures import client, unique
 from tests.count_support import as_frames, upsert
@@ -276,7 +276,7 @@ def test_export_keeps_a_rollup_apart_from_one_whose_name_extends_it(aws_env: str
 
 
 def test_items_carry_expires_at_when_ttl_is_configured(aws_env: str) -> None:
-    from producers.aws_clients import enable_ttl
+    from aws.resources import enable_ttl
 
     store = dynamodb_store(aws_env)
     store.ttl_seconds = 30 * 86_400

@@ -13,7 +13,8 @@ import pytest
 from aws_kinesis_agg.aggregator import RecordAggregator
 
 from observability.health import PipelineHealth
-from producers.aws_clients import AwsConfig, ensure_table
+from aws.resources import ensure_table
+from aws.settings import AwsConfig
 from producers.kinesis_leases import HASH_KEY, LeaseTable
 from producers.kinesis_reader import OUTAGE_AFTER_FAILED_POLLS, KinesisReader, _Marks
 from streams.batches import BatchKind, RecordBatch

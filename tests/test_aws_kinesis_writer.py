@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from producers.aws_clients import AwsConfig
+from aws.settings import AwsConfig
 from producers.kinesis_writer import MAX_BATCH_BYTES, MAX_RECORD_BYTES, KinesisWriter
 from producers.transport import TransportFull
 from tests.aws_fixtures import client, unique

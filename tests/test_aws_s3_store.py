@@ -14,7 +14,7 @@ import pytest
 
 from consumers.raw_event_writer import raw_event_key
 from consumers.s3_object_store import S3ObjectStore
-from producers.aws_clients import ensure_bucket
+from aws.resources import ensure_bucket
 from tests.aws_fixtures import client, unique
 from tests.fault_proxy import FaultProxy
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from producers.aws_clients import AwsConfig
+from aws.settings import AwsConfig
 from producers.sqs_transport import MAX_BATCH_BYTES, MAX_BATCH_ENTRIES, SqsReader, SqsWriter
 from streams.batches import BatchKind, RecordBatch
 from tests.aws_fixtures import read_batches, client, unique

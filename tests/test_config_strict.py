@@ -166,7 +166,7 @@ def test_version():
 
 
 def test_status_reads_a_kinesis_lease_table(aws_env, tmp_path):
-    from producers.aws_clients import AwsConfig
+    from aws.settings import AwsConfig
     from producers.kinesis_leases import LeaseTable, ensure_lease_table
     from tests.aws_fixtures import unique
 

@@ -351,7 +351,7 @@ def test_a_weekly_rollup_over_year_one_runs_and_exports(tmp_path):
 @pytest.mark.timeout(60)
 def test_counted_keys_over_s3(aws_env):
     from consumers.s3_object_store import S3ObjectStore
-    from producers.aws_clients import ensure_bucket
+    from aws.resources import ensure_bucket
     from tests.aws_fixtures import client, unique
 
     s3, name = client("s3", aws_env), unique("bkt")
