@@ -203,6 +203,7 @@ def run_per_event(lines: list[str], counter: RequestCounter, shards: int) -> flo
     from aws.settings import AwsConfig
     from streams.timestamps import parse_timestamp_us
     from streams.utc import format_utc
+    from streams.windowing import HOURLY
 
     config = AwsConfig()
     tag = uuid.uuid4().hex[:8]
@@ -226,7 +227,7 @@ def run_per_event(lines: list[str], counter: RequestCounter, shards: int) -> flo
         kinesis.put_record(StreamName=stream, PartitionKey=customer, Data=line.encode())
         dynamodb.update_item(
             TableName=table,
-            Key={"pk": {"S": customer}, "sk": {"S": format_utc(t - t % 3_600_000_000)}},
+            Key={"pk": {"S": customer}, "sk": {"S": format_utc(HOURLY.start_of(t))}},
             UpdateExpression="ADD #c :one",
             ExpressionAttributeNames={"#c": "count"},
             ExpressionAttributeValues={":one": {"N": "1"}},

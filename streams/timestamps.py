@@ -5,6 +5,15 @@ Accepted: `YYYY-MM-DD[T| ]HH:MM[:SS[.f{0,9}]]` followed by `Z`, `+HH`, `+HHMM` o
 (truncated, not rounded, so the instant never moves into the next second).
 `datetime.fromisoformat` alone accepts far more (week dates, compact forms), so
 a regex states the contract first.
+
+Epoch milliseconds (`epoch_ms_to_us`) are checked against the same range,
+years 1 to 9999, and `future_limit_us` is the one rule for a timestamp too far
+ahead of the wall clock. Durations (`10m`, `3h`) are parsed here too.
+
+>>> parse_timestamp_us("2021-03-01T04:00:00+01:00")
+1614567600000000
+>>> epoch_ms_to_us(1614567600000) == parse_timestamp_us("2021-03-01T03:00:00Z")
+True
 """
 
 from __future__ import annotations
