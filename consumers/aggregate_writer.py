@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Iterator
 import polars as pl
 
 from consumers.object_keys import check_key, encode_name_part
+from consumers.ports import ObjectStore, Sink
 from streams.batches import BatchKind
 from streams.utc import date_and_hour, us_to_datetime
 from streams.window_counts import COUNT, FINAL, RESERVED_COLUMNS, WINDOW_START, WindowCounts
 from streams.windowing import HOURLY
 
 if TYPE_CHECKING:
-    from consumers.ports import ObjectStore
     from streams.batches import CountedBatch
 
 DEFAULT_TABLE_TEMPLATE = "aggregates/{rollup}"
@@ -76,7 +76,7 @@ class _RollupBuffer:
     rows: int = 0
 
 
-class AggregateWriter:
+class AggregateWriter(Sink):
     """Buffers the windows it takes and writes them as Parquet at every flush
     (each checkpoint), or earlier once `max_buffered_rows` are buffered.
 
@@ -130,10 +130,6 @@ class AggregateWriter:
     def flush(self) -> None:
         self._write_buffers()
         self.store.sync()
-
-    def pending_floor(self, partition: str) -> int | None:
-        # flush() writes every buffer before the checkpoint is committed.
-        return None
 
     def close(self) -> None:
         self.flush()

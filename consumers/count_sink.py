@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from consumers.ports import CountStore
+from consumers.ports import CountStore, Sink
 from streams.batches import CountedBatch
 
 
-class CountSink:
+class CountSink(Sink):
     """Upserts every batch's window counts, frames as they come, and commits
     the store at every checkpoint (`flush`, called before the source commits).
 
@@ -54,9 +54,6 @@ class CountSink:
 
     def flush(self) -> None:
         self._commit()
-
-    def pending_floor(self, partition: str) -> int | None:
-        return None  # `flush` leaves nothing pending
 
     def close(self) -> None:
         self._commit()

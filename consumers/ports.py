@@ -71,17 +71,24 @@ class DeadLetterSink(Protocol):
 
 
 class Sink(Protocol):
-    """A consumer of counted batches (raw events, aggregates, counts, ...)."""
+    """A consumer of counted batches (raw events, aggregates, counts, ...).
+
+    A sink may subclass `Sink` to inherit the defaults of what it does not
+    need: `flush` and `close` do nothing, `pending_floor` is None (nothing
+    is left pending once `flush` returned)."""
 
     name: str
 
     def write(self, batch: CountedBatch) -> None:
         """Take the batch; it may buffer, but must not lose it."""
+        raise NotImplementedError
 
     def flush(self) -> None:
         """Make everything taken so far durable."""
 
     def pending_floor(self, partition: str) -> int | None:
         """The lowest source position taken but not yet durable, if any."""
+        return None
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Flush, and release what the sink holds."""

@@ -18,7 +18,7 @@ from observability.metrics import QUEUE_DEPTH, PipelineMetrics
 from observability.status_file import StatusFile
 from consumers.aggregate_writer import AggregateWriter
 from consumers.count_sink import CountSink
-from consumers.dead_letter_sink import DeadLetterOutput
+from consumers.dead_letter_output import DeadLetterOutput
 from consumers.fan_out import Commit, SinkFanOut
 from consumers.ports import CountStore, DeadLetterSink, ObjectStore, Sink
 from consumers.raw_event_writer import RawEventWriter
