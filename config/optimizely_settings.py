@@ -21,7 +21,7 @@ import os
 from typing import Any, Mapping
 
 from config.settings import ConfigError, Settings
-from optimizely_integration.event_batcher import NULL_VARIATION_MODES
+from optimizely_integration.payload_splitter import NULL_VARIATION_MODES
 from optimizely_integration.settings import OptimizelySettings
 
 

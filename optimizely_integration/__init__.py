@@ -10,10 +10,11 @@ Data flow::
     (conversions.py maps            (merge visitors, POST, retry,
      event_type → event key)         dead-letter 4xx, ack on 2xx)
 
-Modules: `payload_record` (the transport record), `event_batcher` (pure
-splitting and merging), `bulk_event_dispatcher`, `bulk_sink` (with its parts
-`event_api_delivery`, `http_poster`, `pending_positions`, `delivery_stats`),
-`forwarder`, `conversions`, `datafile` (datafile manager + webhook HMAC), `bucketer`,
-`attributes` (the `k:v` parser), `http_routes` (FastAPI router), `settings`,
-`metrics`. See docs/optimizely.md.
+Modules: `payload_record` (the transport record), `payload_splitter` and
+`event_batcher` (pure splitting and merging), `bulk_event_dispatcher`,
+`bulk_sink` (with its parts `event_api_delivery`, `http_poster`,
+`pending_positions`, `delivery_stats`), `forwarder`, `conversions`,
+`datafile` (datafile manager + webhook HMAC), `bucketer`, `attributes` (the
+`k:v` parser), `http_routes` (FastAPI router), `settings` (the dataclass;
+`config/optimizely_settings.py` parses it), `metrics`. See docs/optimizely.md.
 """

@@ -10,7 +10,7 @@ Inputs (both end in `submit`):
   records from a transport (what `BulkEventDispatcher` produced); driven by
   `forwarder.PayloadForwarder`.
 
-Flow: split each payload into visitors (`event_batcher.split_payload`), merge
+Flow: split each payload into visitors (`payload_splitter.split_payload`), merge
 compatible visitors in an `EventBatcher` (sealed at `max_visitors`,
 `max_body_bytes` or `flush_interval`), hand sealed bodies to a bounded queue,
 and let `senders` worker threads POST them (keep-alive `http.client`). So
@@ -61,14 +61,7 @@ from optimizely_integration import metrics
 from optimizely_integration.conversions import ConversionBuilder
 from optimizely_integration.delivery_stats import SINK_NAME, DeliveryStats
 from optimizely_integration.event_api_delivery import EventApiDelivery, is_success
-from optimizely_integration.event_batcher import (
-    EventBatcher,
-    Origin,
-    OversizeVisitor,
-    Rejected,
-    RequestBody,
-    split_payload,
-)
+from optimizely_integration.event_batcher import EventBatcher, OversizeVisitor, RequestBody
 from optimizely_integration.http_poster import HttpPoster, HttpResponse
 from optimizely_integration.payload_record import (
     PayloadRecordError,
@@ -76,6 +69,7 @@ from optimizely_integration.payload_record import (
     encode_payload_record,
     record_prefix,
 )
+from optimizely_integration.payload_splitter import Origin, Rejected, split_payload
 from optimizely_integration.pending_positions import PendingPositions
 from optimizely_integration.settings import DEFAULT_EVENT_ENDPOINT, EU_EVENT_ENDPOINT, OptimizelySettings
 from resilience.backoff import Backoff

@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Sequence
 
-from optimizely_integration.event_batcher import Origin
+from optimizely_integration.payload_splitter import Origin
 
 
 class PendingPositions:

@@ -1,4 +1,4 @@
-"""The pure splitting and merging of Event API payloads (event_batcher.py)."""
+"""The pure splitting and merging of Event API payloads (payload_splitter.py, event_batcher.py)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,8 @@ from typing import Any
 
 import pytest
 
-from optimizely_integration.event_batcher import (
-    EventBatcher,
-    Origin,
-    OversizeVisitor,
-    split_payload,
-)
+from optimizely_integration.event_batcher import EventBatcher, OversizeVisitor
+from optimizely_integration.payload_splitter import Origin, split_payload
 from streams.events import Reason
 from tests.optimizely_support import FIXTURES, schema_errors
 

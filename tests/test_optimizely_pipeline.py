@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from observability.health import PipelineHealth
 from optimizely_integration.bulk_event_dispatcher import BulkEventDispatcher
 from optimizely_integration.bulk_sink import OptimizelyBulkSink
-from optimizely_integration.event_batcher import Origin
+from optimizely_integration.payload_splitter import Origin
 from optimizely_integration.forwarder import PayloadForwarder
 from optimizely_integration.payload_record import decode_payload_record, encode_payload_record
 from producers.spool import SpoolReader, SpoolWriter
