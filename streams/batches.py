@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from streams.event_columns import EventColumns
-from streams.events import DeadLetter, Event, WindowCount
+from streams.events import DeadLetter, Event
 from streams.window_counts import WindowCounts
 from streams.windowing import WATERMARK_MIN
 
@@ -126,13 +126,6 @@ class CountedBatch:
     # Kinesis lease taken back): what sinks still buffer for the partition is
     # about to be delivered again, so they may drop it.
     restarted: bool = False
-
-    @property
-    def window_rows(self) -> list[WindowCount]:
-        """Every row of `windows`, final and provisional, as one `WindowCount`:
-        for tests and adapters that send a request per window anyway, not for
-        the hot path."""
-        return [row for counts in self.windows for row in counts.rows()]
 
     @property
     def final_windows(self) -> int:

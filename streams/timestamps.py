@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import polars as pl
 
 from streams.events import ParseError, Reason
-from streams.utc import EPOCH, MAX_US, MIN_US, MINUTE_US, datetime_to_us, us_to_datetime
+from streams.utc import EPOCH, MAX_US, MIN_US, MINUTE_US, datetime_to_us
 from streams.windowing import TumblingWindower
 
 _OUT_OF_RANGE = "out of range: the instant must lie in years 0001 to 9999 in UTC"
@@ -214,10 +214,6 @@ def _parse_general(text: str, naive_zone: tzinfo | None) -> int:
     if not MIN_US <= us <= MAX_US:
         raise ParseError(Reason.BAD_TIMESTAMP, f"{_OUT_OF_RANGE}: {text[:64]!r}")
     return us
-
-
-def parse_timestamp(text: str, naive_zone: tzinfo | None = None) -> datetime:
-    return us_to_datetime(parse_timestamp_us(text, naive_zone))
 
 
 MIN_EPOCH_MS = MIN_US // 1000

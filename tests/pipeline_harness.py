@@ -8,12 +8,18 @@ from typing import Iterable, Sequence
 
 from streams.batches import CountedBatch, RecordBatch
 from streams.csv_parser import EventsCsvParser
+from streams.events import WindowCount
 from streams.pipeline import make_counter
 from streams.rollups import RollupSpec
 from streams.windowing import TumblingWindower
 from tests.oracle import DEFAULT_ROLLUPS
 
 FAR_FUTURE_CLOCK = 4_102_444_800_000_000  # 2100-01-01: nothing in the tests is "future" unless meant to be
+
+
+def window_rows(batch: CountedBatch) -> list[WindowCount]:
+    """Every row of `batch.windows`, final and provisional, as one `WindowCount`."""
+    return [row for counts in batch.windows for row in counts.rows()]
 
 
 def default_rollups() -> tuple[RollupSpec, ...]:
@@ -38,7 +44,7 @@ def run_counter(lines: Sequence[str], lateness: timedelta, sizes: Iterable[int] 
     results: list[CountedBatch] = [counter.on_batch(parser.parse_batch(b)) for b in batches_of(lines, sizes)]
     counts: dict[str, Counter] = {r.name: Counter() for r in default_rollups()}
     for result in results:
-        for c in result.window_rows:
+        for c in window_rows(result):
             assert c.final
             key = (c.window_start_us, c.key[0])
             assert key not in counts[c.rollup], "a window was emitted twice"

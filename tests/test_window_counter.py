@@ -22,7 +22,7 @@ from streams.utc import format_utc
 from streams.window_counts import WINDOW_START
 from streams.windowing import WATERMARK_MIN
 from tests.oracle import DEFAULT_ROLLUPS, HOUR, MINUTE, run_oracle
-from tests.pipeline_harness import FAR_FUTURE_CLOCK, default_rollups, run_counter
+from tests.pipeline_harness import FAR_FUTURE_CLOCK, default_rollups, run_counter, window_rows
 
 BASE = 1_614_556_800_000_000  # 2021-03-01T00:00:00Z
 
@@ -58,7 +58,7 @@ def test_a_window_closes_once_the_watermark_passes_its_end():
     counts, results = run_counter(lines, timedelta(minutes=10), sizes=[1, 1, 1])
     # The hour [00:00, 01:00) closes when the watermark (newest - 10m) reaches 01:00,
     # i.e. not at 01:10 (event 2 makes the watermark exactly 01:00)...
-    closed_after = [sorted((c.rollup, c.window_start_us) for c in r.window_rows if c.rollup == "customer_hourly") for r in results]
+    closed_after = [sorted((c.rollup, c.window_start_us) for c in window_rows(r) if c.rollup == "customer_hourly") for r in results]
     assert closed_after[0] == []
     assert closed_after[1] == [("customer_hourly", BASE)]
     assert counts["customer_hourly"][(BASE + HOUR, "a")] == 1  # flushed at EOF
@@ -91,11 +91,11 @@ def test_idle_ticks_advance_the_watermark_by_wall_time_and_close_windows():
     parser = EventsCsvParser()
     counter = make_counter(default_rollups(), timedelta(minutes=10), lambda: FAR_FUTURE_CLOCK).build("s")
     first = counter.on_batch(parser.parse_batch(RecordBatch.data("s", [row("a", BASE + 59 * MINUTE).encode()], [1])))
-    assert first.window_rows == []
-    assert counter.on_batch(parser.parse_batch(RecordBatch.idle("s", 60))).window_rows == []
+    assert window_rows(first) == []
+    assert window_rows(counter.on_batch(parser.parse_batch(RecordBatch.idle("s", 60)))) == []
     # The newest event is 00:59, the watermark 00:49; 11 more idle minutes pass 01:00.
     out = counter.on_batch(parser.parse_batch(RecordBatch.idle("s", 10 * 60)))
-    assert {(c.rollup, c.window_start_us) for c in out.window_rows} == {
+    assert {(c.rollup, c.window_start_us) for c in window_rows(out)} == {
         ("customer_hourly", BASE), ("event_type_minutely", BASE + 59 * MINUTE)}
     assert out.safe_position == 2  # nothing open: every record is reflected
 
@@ -120,7 +120,7 @@ def test_stop_flushes_open_windows_as_provisional():
     counter = make_counter(default_rollups(), timedelta(minutes=10), lambda: FAR_FUTURE_CLOCK).build("s")
     counter.on_batch(parser.parse_batch(RecordBatch.data("s", [row("a", BASE).encode()], [7])))
     out = counter.on_stop()
-    assert {(c.rollup, c.count, c.final) for c in out.window_rows} == {("customer_hourly", 1, False), ("event_type_minutely", 1, False)}
+    assert {(c.rollup, c.count, c.final) for c in window_rows(out)} == {("customer_hourly", 1, False), ("event_type_minutely", 1, False)}
     assert out.safe_position == 7
 
 
@@ -151,8 +151,8 @@ def test_rx_operator_with_test_scheduler():
     results = scheduler.start(lambda: source.pipe(parse_records(parser), count_windows(counter)))
     values = [m.value.value for m in results.messages if m.value.kind == "N"]
     assert [v.malformed for v in values] == [1, 0, 0]
-    assert {(c.rollup, c.window_start_us) for c in values[1].window_rows} >= {("customer_hourly", BASE)}
-    final_hours = sorted(c.window_start_us for v in values for c in v.window_rows if c.rollup == "customer_hourly")
+    assert {(c.rollup, c.window_start_us) for c in window_rows(values[1])} >= {("customer_hourly", BASE)}
+    final_hours = sorted(c.window_start_us for v in values for c in window_rows(v) if c.rollup == "customer_hourly")
     assert final_hours == [BASE, BASE + 2 * HOUR]
     assert results.messages[-1].value.kind == "C"
 
@@ -170,7 +170,7 @@ def test_rx_operator_keeps_partitions_apart():
     out = []
     reactivex.from_iterable(batches).pipe(parse_records(parser), count_windows(counter)).subscribe(out.append)
     assert sum(b.late for b in out) == 0
-    assert sorted((c.partition, c.window_start_us) for b in out for c in b.window_rows if c.rollup == "customer_hourly") == [
+    assert sorted((c.partition, c.window_start_us) for b in out for c in window_rows(b) if c.rollup == "customer_hourly") == [
         ("s1", BASE + 3 * HOUR), ("s2", BASE)]
 
 
@@ -204,7 +204,7 @@ def test_a_child_partition_continues_its_parents_dedup_keys_and_watermark():
     assert child[2].duplicates == 2 and child[2].late == 1  # 00:20 is behind the inherited 00:21
     hourly = Counter()
     for b in out:
-        for c in b.window_rows:
+        for c in window_rows(b):
             if c.rollup == "customer_hourly":
                 hourly[c.key] += c.count
     assert hourly == {("a",): 1, ("b",): 1, ("d",): 1}
@@ -301,15 +301,15 @@ def test_a_crash_and_replay_from_the_safe_point_gives_the_oracle(items, size, cr
     safe = (1, None)
     for batch in batches[:crash_after]:
         out = first.on_batch(parser.parse_batch(batch))
-        _max_upsert(store, out.window_rows)
+        _max_upsert(store, window_rows(out))
         safe = (out.safe_position, out.safe_watermark_us)
     replay = counter.build("p", resume_watermark_us=safe[1])
     for batch in batches:
         keep = [(r, p) for r, p in zip(batch.records, batch.positions) if p >= safe[0]]
         if keep:
             records, positions = zip(*keep)
-            _max_upsert(store, replay.on_batch(parser.parse_batch(RecordBatch.data("p", records, positions))).window_rows)
-    _max_upsert(store, replay.on_eof().window_rows)
+            _max_upsert(store, window_rows(replay.on_batch(parser.parse_batch(RecordBatch.data("p", records, positions)))))
+    _max_upsert(store, window_rows(replay.on_eof()))
     expected = run_oracle(lines, lateness_s * 1_000_000, DEFAULT_ROLLUPS)
     want = {(name, start, key): n for name in DEFAULT_ROLLUPS for (start, key), n in expected.counts[name].items()}
     assert {k: v for k, v in store.items() if v} == want
@@ -330,16 +330,16 @@ def test_running_counts_of_open_windows_are_emitted_when_they_change():
         position[0] += len(records)
         return counter.on_batch(parser.parse_batch(RecordBatch.data("s", records, positions)))
 
-    assert feed(row("a", BASE), row("b", BASE)).window_rows == []  # not yet 5 s of wall time
+    assert window_rows(feed(row("a", BASE), row("b", BASE))) == []  # not yet 5 s of wall time
     now[0] = BASE + 5_000_000
     out = feed(row("a", BASE + 1))
-    assert sorted((c.rollup, c.key, c.count, c.final) for c in out.window_rows) == [
+    assert sorted((c.rollup, c.key, c.count, c.final) for c in window_rows(out)) == [
         ("customer_hourly", ("a",), 2, False), ("customer_hourly", ("b",), 1, False),
         ("event_type_minutely", ("click",), 3, False)]
     now[0] = BASE + 10_000_000
     out = counter.on_batch(parser.parse_batch(RecordBatch.idle("s", 5)))
-    assert out.window_rows == []  # nothing changed
+    assert window_rows(out) == []  # nothing changed
     now[0] = BASE + 15_000_000
     out = feed(row("b", BASE + 2))
-    assert sorted((c.key, c.count) for c in out.window_rows if c.rollup == "customer_hourly") == [(("b",), 2)]
+    assert sorted((c.key, c.count) for c in window_rows(out) if c.rollup == "customer_hourly") == [(("b",), 2)]
     assert out.safe_position == 1  # provisional counts never move the safe point
