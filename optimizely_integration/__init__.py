@@ -14,7 +14,8 @@ Modules: `payload_record` (the transport record), `payload_splitter` and
 `event_batcher` (pure splitting and merging), `bulk_event_dispatcher`,
 `bulk_sink` (with its parts `event_api_delivery`, `http_poster`,
 `pending_positions`, `delivery_stats`), `forwarder`, `conversions`,
-`datafile` (datafile manager + webhook HMAC), `bucketer`, `attributes` (the
-`k:v` parser), `http_routes` (FastAPI router), `settings` (the dataclass;
-`config/optimizely_settings.py` parses it), `metrics`. See docs/optimizely.md.
+`datafile` (the datafile manager), `webhook_signature` (its webhook's HMAC),
+`bucketer`, `attributes` (the `k:v` parser), `http_routes` (FastAPI router),
+`settings` (the dataclass; `config/optimizely_settings.py` parses it),
+`metrics`. See docs/optimizely.md.
 """

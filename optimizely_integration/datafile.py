@@ -1,5 +1,5 @@
-"""Datafile management: load, refresh, and rebuild the SDK client on change;
-plus Optimizely's webhook signature check.
+"""Datafile management: load, refresh, and rebuild the SDK client on change
+(the webhook that asks for a refresh is checked by `webhook_signature`).
 
 Sources: a file path, an http(s) URL, or an SDK key (fetched from
 `https://cdn.optimizely.com/datafiles/{sdk_key}.json`). `OPTIMIZELY_DATAFILE`
@@ -33,8 +33,6 @@ Usage::
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -109,23 +107,6 @@ def resolve_source(
 
 def source_from_settings(opt: OptimizelySettings, environ: Mapping[str, str] | None = None) -> DatafileSource:
     return resolve_source(opt.datafile, opt.sdk_key, opt.datafile_url_template, environ)
-
-
-def verify_webhook(body: bytes, signature_header: str | None, secret: str | None) -> bool:
-    """Optimizely's webhook signature: `X-Hub-Signature: sha1=<hex HMAC-SHA1 of
-    the raw body keyed by the secret>`. False without a secret or header."""
-    if not secret or not signature_header:
-        return False
-    scheme, _, received = signature_header.strip().partition("=")
-    if scheme.lower() != "sha1" or not received:
-        return False
-    expected = hmac.new(secret.encode("utf-8"), body, hashlib.sha1).hexdigest()
-    return hmac.compare_digest(expected, received.strip().lower())
-
-
-def sign_webhook(body: bytes, secret: str) -> str:
-    """The header value Optimizely would send (for tests and tools)."""
-    return "sha1=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha1).hexdigest()
 
 
 @dataclass(frozen=True)

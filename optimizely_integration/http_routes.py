@@ -34,7 +34,8 @@ from fastapi.responses import JSONResponse
 from optimizely_integration import metrics
 from optimizely_integration.attributes import AttributeParseError, parse_attributes
 from optimizely_integration.bucketer import Bucketer, BucketerError
-from optimizely_integration.datafile import DatafileManager, verify_webhook
+from optimizely_integration.datafile import DatafileManager
+from optimizely_integration.webhook_signature import verify_webhook
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,10 @@ from fastapi.testclient import TestClient
 
 from optimizely_integration.bucketer import Bucketer, BucketerError
 from optimizely_integration.bulk_event_dispatcher import BulkEventDispatcher
-from optimizely_integration.datafile import DatafileManager, DatafileSource, sign_webhook
+from optimizely_integration.datafile import DatafileManager, DatafileSource
 from optimizely_integration.http_routes import build_optimizely_router
 from optimizely_integration.payload_record import decode_payload_record
+from optimizely_integration.webhook_signature import sign_webhook
 from producers.spool import SpoolReader, SpoolWriter
 from streams.batches import BatchKind
 from tests.optimizely_support import DATAFILE_PATH, RecordingServer, datafile_text, sdk_client, wait_for

@@ -19,9 +19,9 @@ from optimizely_integration.datafile import (
     DatafileManager,
     DatafileSource,
     resolve_source,
-    verify_webhook,
 )
 from optimizely_integration.settings import OptimizelySettings
+from optimizely_integration.webhook_signature import verify_webhook
 from tests.optimizely_support import RecordingServer, datafile_text, wait_for
 
 pytestmark = pytest.mark.timeout(60)
