@@ -9,10 +9,12 @@ that covers it. So for an event of partition P at time t, "was its dedup key
 of P in t's UTC hour, and nothing else: an event's hour is part of its key,
 and partitions count apart (a different partition adds).
 
-This is what re-admitting late events checks (the run summary and
-`replay-dead-letter --reason late`): a late event whose key is in its
-partition's archive is a re-sent duplicate, and counting it again anywhere
-would count it twice. It is as complete as the archive: objects removed by a
+This is what re-admitting late events checks. The run summary asks the
+run's own partition: a late event whose key is in its partition's archive is
+a re-sent duplicate. `replay-dead-letter --reason late` asks every partition
+(`partition=None`): a letter replayed once and consumed is archived under the
+partition that consumed it, so a second replay of the same file must find it
+there, or it would count twice. It is as complete as the archive: objects removed by a
 retention rule no longer answer.
 
 Only the key columns are read, only of the hours asked about, through the
@@ -77,31 +79,37 @@ def events_frame(events: Sequence[Event]) -> pl.DataFrame:
     return keys_frame(event.dedup_key for event in events)
 
 
-def _matches(name: str, encoded_prefix: str) -> str | None:
+def _matches(name: str, encoded_prefix: str | None) -> str | None:
     """The format suffix when `name` is an archive object of the partition
-    whose file names start with `encoded_prefix` (`part-<encoded>-`)."""
+    whose file names start with `encoded_prefix` (`part-<encoded>-`), or of
+    any partition for None."""
     for suffix in _SUFFIXES:
         if name.endswith(suffix):
             stem = name[: -len(suffix)]
             head, _, position = stem.rpartition("-")
             # The whole encoded name must match: the listing prefix of
             # partition "a" also lists the objects of partition "a-1".
-            if head + "-" == encoded_prefix and position.isdigit():
+            if encoded_prefix is None:
+                if head.startswith("part-") and position.isdigit():
+                    return suffix
+            elif head + "-" == encoded_prefix and position.isdigit():
                 return suffix
     return None
 
 
 class CountedKeys:
-    """Answers "already counted?" for keys of one source partition at a time."""
+    """Answers "already counted?" for keys of one source partition at a time,
+    or of any partition (`partition=None`)."""
 
     def __init__(self, store: ObjectStore, threads: int = 8) -> None:
         self.store = store
         self.threads = threads
         self.objects_read = 0
 
-    def counted(self, partition: str, keys: pl.DataFrame) -> pl.Series:
+    def counted(self, partition: str | None, keys: pl.DataFrame) -> pl.Series:
         """One boolean per row of `keys` (columns `KEY_COLUMNS`): whether the
-        partition's archive holds that key. A row with a null is False."""
+        partition's archive (any partition's, for None) holds that key. A row
+        with a null is False."""
         if not keys.height:
             return pl.Series(_HIT, [], dtype=pl.Boolean)
         keys = keys.select(KEY_COLUMNS).cast(KEY_SCHEMA)  # type: ignore[arg-type]
@@ -111,10 +119,10 @@ class CountedKeys:
         joined = keys.with_row_index(_INDEX).join(marked, on=list(KEY_COLUMNS), how="left")
         return joined.sort(_INDEX)[_HIT].fill_null(False)
 
-    def counted_events(self, partition: str, events: Sequence[Event]) -> list[bool]:
+    def counted_events(self, partition: str | None, events: Sequence[Event]) -> list[bool]:
         return self.counted(partition, events_frame(events)).to_list()
 
-    def archived(self, partition: str, hours: Sequence[int], wanted: pl.DataFrame | None = None) -> pl.DataFrame:
+    def archived(self, partition: str | None, hours: Sequence[int], wanted: pl.DataFrame | None = None) -> pl.DataFrame:
         """The keys the archive holds for `partition` in the given UTC hours
         (hours since the epoch); duplicates of at-least-once delivery kept.
         With `wanted`, only those of its keys: each object is matched as it
@@ -135,23 +143,26 @@ class CountedKeys:
         self.objects_read += len(objects)
         return pl.concat(found) if found else pl.DataFrame(schema=KEY_SCHEMA)
 
-    def _objects(self, partition: str, hour: int) -> list[tuple[str, str]]:
-        """(key, suffix) of the partition's archive objects of one hour."""
-        first = raw_event_key(partition, hour, 0, "")  # …/hour=H/part-<encoded>-000000000000
-        prefix = first[: first.rfind("-") + 1]
+    def _objects(self, partition: str | None, hour: int) -> list[tuple[str, str]]:
+        """(key, suffix) of the partition's (every partition's, for None)
+        archive objects of one hour."""
+        first = raw_event_key(partition or "", hour, 0, "")  # …/hour=H/part-<encoded>-000000000000
+        prefix = first[: first.rfind("-") + 1] if partition is not None else first[: first.rfind("/") + 1]
         directory, _, name_prefix = prefix.rpartition("/")
         found = []
         for key in self.store.list(prefix):
-            suffix = _matches(key[len(directory) + 1:], name_prefix)
+            suffix = _matches(key[len(directory) + 1:], name_prefix or None)
             if suffix is not None:
                 found.append((key, suffix))
         return found
 
-    def _read(self, partition: str, key: str, suffix: str) -> pl.DataFrame:
+    def _read(self, partition: str | None, key: str, suffix: str) -> pl.DataFrame:
         body = self.store.get(key)
         if suffix == FORMATS["parquet"].suffix:
             frame = pl.read_parquet(io.BytesIO(body), columns=[*CORE_FIELDS, "timestamp", "partition"])
-            return frame.filter(pl.col("partition") == partition).select(
+            if partition is not None:
+                frame = frame.filter(pl.col("partition") == partition)
+            return frame.select(
                 *CORE_FIELDS, pl.col("timestamp").cast(pl.Int64).alias(TIME))
         lines = gzip.decompress(body)
         if not lines.strip():

@@ -143,18 +143,13 @@ def _replayable(line: str, number: int, reasons: list[str] | None, parsers, coun
 def _send_chunk(chunk: list, counted, sent: set, writer, counts: dict[str, int]) -> None:
     if not chunk:
         return
-    already: dict[int, bool] = {}
-    if counted is not None:
-        by_source: dict[str, list[int]] = {}
-        for index, (source, _) in enumerate(chunk):
-            by_source.setdefault(source, []).append(index)
-        for source, indexes in by_source.items():
-            hits = counted.counted_events(source, [chunk[i][1] for i in indexes])
-            already.update(zip(indexes, hits))
+    # Counted by any partition, not only the letter's source: a letter
+    # replayed before is archived under the partition that consumed it.
+    already = counted.counted_events(None, [event for _, event in chunk]) if counted is not None else [False] * len(chunk)
     pending: list[bytes] = []
     for index, (source, event) in enumerate(chunk):
         key = (source, event.dedup_key)
-        if already.get(index) or key in sent:
+        if already[index] or key in sent:
             counts["already counted"] += 1
             continue
         sent.add(key)

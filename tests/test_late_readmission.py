@@ -211,6 +211,12 @@ def test_new_late_events_name_the_lateness_that_counts_them(with_new_late, tmp_p
     assert counts["replayed"] == NEW_LATE and counts["already counted"] == expected.late - NEW_LATE
     assert_counts_equal_oracle(tmp_path, at_named)
 
+    # Replaying the same file again sends nothing: the first replay's events
+    # are archived under the spool partition that consumed them.
+    again = replay_and_consume(tmp_path)
+    assert again["replayed"] == 0 and again["already counted"] == expected.late
+    assert_counts_equal_oracle(tmp_path, at_named)
+
 
 # -- the parts ------------------------------------------------------------------------------------
 
