@@ -82,7 +82,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 import time
 from collections import defaultdict
@@ -94,6 +93,7 @@ import botocore.exceptions
 import polars as pl
 
 from consumers.sqlite_count_store import key_column
+from resilience.backoff import Backoff
 from streams.window_counts import COUNT, FINAL, WINDOW_START, WindowCounts
 
 HASH_KEY = "pk"
@@ -219,10 +219,8 @@ class DynamoDbCountStore:
         self.scan_segments = scan_segments
         self.threads = max(1, threads)
         self.max_attempts = max(1, max_attempts)
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
+        self._backoff = Backoff(backoff_base, backoff_cap)
         self._sleep = sleep
-        self._rng = random.Random()
         # Items per Query/Scan page (`Limit`); None: DynamoDB's 1 MB pages.
         self._paging = {"PaginationConfig": {"PageSize": page_size}} if page_size else {}
         self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="ddb-write")
@@ -332,7 +330,7 @@ class DynamoDbCountStore:
                                        f"after {attempt} attempts")
                 with self._lock:
                     self.retries += 1
-                self._sleep(self._rng.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** attempt)))
+                self._sleep(self._backoff.delay(attempt))
 
     def _request_items(self, request: _Request) -> list[dict]:
         items: dict[tuple[str, str], dict] = {}  # DynamoDB refuses one key twice in a request

@@ -36,7 +36,6 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import botocore.exceptions
@@ -45,7 +44,7 @@ from aws.clients import aws_client
 from aws.errors import error_code
 from aws.resources import ensure_stream
 from aws.settings import AwsConfig
-from producers.transport import TransportFull
+from producers.transport import RejectedRecord, TransportFull
 from resilience.backoff import Backoff
 
 MAX_BATCH_RECORDS = 500
@@ -68,16 +67,6 @@ RETRYABLE_CODES = frozenset({
 })
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class RejectedRecord:
-    """A record the transport can never take; `index` is its place in `send`'s list."""
-
-    index: int
-    record: bytes
-    error: str
-    reason: str = "oversize"  # a `streams.events.Reason` value: "oversize" or "sink rejected"
 
 
 def partition_key_of(record: bytes, field: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
 import reactivex
@@ -34,10 +35,23 @@ class TransportFull(RuntimeError):
     """The transport cannot take more right now; retry later (HTTP 503)."""
 
 
+@dataclass(frozen=True, slots=True)
+class RejectedRecord:
+    """A record the transport can never take; `index` is its place in `send`'s list."""
+
+    index: int
+    record: bytes
+    error: str
+    reason: str = "oversize"  # a `streams.events.Reason` value: "oversize" or "sink rejected"
+
+
 class TransportWriter(Protocol):
     """A writer whose `send` accepts all of its records or none of them says
     so with a class attribute `all_or_nothing = True` (optional: absent means
-    a send may accept only part); see `sends_all_or_nothing`."""
+    a send may accept only part); see `sends_all_or_nothing`. A writer that
+    can refuse a record outright (too large for the transport) does not count
+    it and hands it back from `take_rejected() -> list[RejectedRecord]`
+    (optional too), for the caller to dead-letter."""
 
     def send(self, records: Sequence[bytes]) -> int:
         """Durably hand over `records`; returns how many were accepted.

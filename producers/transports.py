@@ -78,7 +78,7 @@ def _kinesis_writer(stream: str, settings: Any = None, create_resources: bool = 
 
 
 def _sqs_writer(queue: str, settings: Any = None, create_resources: bool = False) -> TransportWriter:
-    from producers.sqs_transport import SqsWriter
+    from producers.sqs_writer import SqsWriter
 
     return SqsWriter(queue, _aws_config(settings), create_resources=create_resources)
 
@@ -94,7 +94,7 @@ def _sqs_reader(queue: str, settings: Any = None, create_resources: bool = False
     """A queue is one partition that every reader shares: there are no consumer
     groups, and a receive takes at most 10 messages, so `group` and
     `batch_size` do not apply."""
-    from producers.sqs_transport import SqsReader
+    from producers.sqs_reader import SqsReader
 
     return SqsReader(queue, _aws_config(settings), create_resources=create_resources, poll_interval=poll_interval)
 

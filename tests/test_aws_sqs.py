@@ -10,7 +10,9 @@ import time
 import pytest
 
 from aws.settings import AwsConfig
-from producers.sqs_transport import MAX_BATCH_BYTES, MAX_BATCH_ENTRIES, SqsReader, SqsWriter
+from producers.sqs_queue import MAX_BATCH_ENTRIES
+from producers.sqs_reader import SqsReader
+from producers.sqs_writer import MAX_BATCH_BYTES, SqsWriter
 from streams.batches import BatchKind, RecordBatch
 from tests.aws_fixtures import read_batches, client, unique
 
