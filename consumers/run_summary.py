@@ -20,6 +20,7 @@ import polars as pl
 from streams.batches import CountedBatch
 from streams.event_columns import KEY_COLUMNS
 from streams.events import Reason
+from streams.utc import HOUR_US, MINUTE_US, US_PER_SECOND
 
 if TYPE_CHECKING:
     from consumers.counted_keys import CountedKeys
@@ -178,16 +179,12 @@ class RunSummary:
         return f"{head}: {split}; --lateness {format_lateness(self.lateness_needed)} would have counted them"
 
 
-MINUTE_US = 60_000_000
-HOUR_US = 60 * MINUTE_US
-
-
 def round_up_lateness(us: int) -> timedelta:
     """A lateness of at least `us` microseconds, rounded up to a value people
     write: whole seconds under a minute, whole minutes under two days, whole
     hours beyond. A larger lateness admits every event a smaller one does."""
     if us <= MINUTE_US:
-        step = 1_000_000
+        step = US_PER_SECOND
     elif us <= 48 * HOUR_US:
         step = MINUTE_US
     else:
