@@ -40,7 +40,7 @@ def create_profile_resources(settings: Settings, uri: str, group: str = "default
 
     aws = settings.aws
     if scheme == "kinesis":
-        from producers.kinesis_leases import ensure_lease_table
+        from producers.kinesis_lease_table import ensure_lease_table
 
         ensure_lease_table(aws, group, True)
     if settings.backend == "aws":

@@ -174,6 +174,7 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
                               source_name=args.source_uri, queue_depth=_queue_depth(reader))
         finally:
             stop.set()
+            reader.close()  # after the final commit: Kinesis leases are handed back
     _print_summary(summary, settings, args.json)
     return 0
 

@@ -96,7 +96,7 @@ def spool_status(directory: str, group: str | None) -> dict[str, Any]:
 
 
 def kinesis_status(stream: str, group: str, settings: Settings) -> dict[str, Any]:
-    from producers.kinesis_leases import LeaseTable, ensure_lease_table
+    from producers.kinesis_lease_table import LeaseTable, ensure_lease_table
 
     config = settings.aws
     try:

@@ -163,3 +163,7 @@ class MpQueueReader:
 
     def caught_up_seconds(self) -> float:
         return self._caught_up
+
+    def close(self) -> None:
+        """Nothing is held: the same as `stop()`."""
+        self.stop()

@@ -88,6 +88,10 @@ class TransportReader(Protocol):
     def caught_up_seconds(self) -> float:
         """How long every partition has been caught up (for `--drain`)."""
 
+    def close(self) -> None:
+        """Stop, and release what the reader holds (a spool group's lock,
+        Kinesis leases: a graceful handoff). Call it after the final commit."""
+
 
 def blocking_observable(loop: Callable[[abc.ObserverBase], None], cleanup: Callable[[], None] | None = None) -> reactivex.Observable:
     """An observable that runs a reader's blocking `loop(observer)` on the

@@ -83,10 +83,12 @@ def _sqs_writer(queue: str, settings: Any = None, create_resources: bool = False
     return SqsWriter(queue, _aws_config(settings), create_resources=create_resources)
 
 
-def _kinesis_reader(stream: str, settings: Any = None, create_resources: bool = False, **options: Any) -> TransportReader:
-    from producers.kinesis_reader import KinesisReader
+def _kinesis_reader(stream: str, settings: Any = None, create_resources: bool = False, group: str = "default",
+                    batch_size: int = 5000, poll_interval: float = 0.2) -> TransportReader:
+    from producers.kinesis_reader import open_kinesis_reader
 
-    return KinesisReader(stream, _aws_config(settings), create_resources=create_resources, **options)
+    return open_kinesis_reader(stream, _aws_config(settings), group=group, batch_size=batch_size,
+                               poll_interval=poll_interval, create_resources=create_resources)
 
 
 def _sqs_reader(queue: str, settings: Any = None, create_resources: bool = False, group: str = "default",

@@ -4,6 +4,7 @@ and expired iterators (through the fault proxy)."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import defaultdict
@@ -15,8 +16,11 @@ from aws_kinesis_agg.aggregator import RecordAggregator
 from observability.health import PipelineHealth
 from aws.resources import ensure_table
 from aws.settings import AwsConfig
-from producers.kinesis_leases import HASH_KEY, LeaseTable
-from producers.kinesis_reader import OUTAGE_AFTER_FAILED_POLLS, KinesisReader, _Marks
+from producers.kinesis_lease_table import HASH_KEY, LeaseTable
+from producers.kinesis_positions import SequenceMarks
+from producers.kinesis_reader import KinesisReader
+from producers.kinesis_settings import KinesisReaderSettings
+from producers.kinesis_shard_poller import OUTAGE_AFTER_FAILED_POLLS
 from streams.batches import BatchKind, RecordBatch
 from tests.aws_fixtures import read_batches, client, unique
 from tests.fault_proxy import GET_RECORDS, FaultProxy
@@ -55,14 +59,16 @@ def checkpoints(endpoint: str, stream: str) -> LeaseTable:
     return LeaseTable(dynamodb, table, stream)
 
 
-def reader_for(endpoint: str, stream: str, store: LeaseTable | None = None, **options) -> KinesisReader:
+def reader_for(endpoint: str, stream: str, store: LeaseTable | None = None, config: AwsConfig = FAST,
+               health: PipelineHealth | None = None, **settings) -> KinesisReader:
+    """A reader of `stream` through `endpoint`; `settings` replace fields of
+    its `KinesisReaderSettings` (poll_interval 0.05 unless given)."""
+    reader_settings = dataclasses.replace(KinesisReaderSettings.from_aws(stream, config, poll_interval=0.05), **settings)
     return KinesisReader(
-        stream,
-        client=client("kinesis", endpoint, max_pool_connections=20),
-        leases=store or checkpoints(endpoint, stream),
-        config=options.pop("config", FAST),
-        poll_interval=options.pop("poll_interval", 0.05),
-        **options,
+        reader_settings,
+        client("kinesis", endpoint, max_pool_connections=20),
+        store or checkpoints(endpoint, stream),
+        **({"health": health} if health is not None else {}),
     )
 
 
@@ -261,7 +267,7 @@ def test_at_most_five_get_records_per_second_per_shard(aws_env: str) -> None:
         "provide-client-params.kinesis.GetRecords",
         lambda **_: calls[threading.current_thread().name].append(time.monotonic()),
     )
-    reader = KinesisReader(stream, client=kinesis, leases=checkpoints(aws_env, stream), config=FAST, poll_interval=0.0)
+    reader = KinesisReader(KinesisReaderSettings.from_aws(stream, FAST, poll_interval=0.0), kinesis, checkpoints(aws_env, stream))
     started = time.monotonic()
     read(reader, lambda batches: time.monotonic() - started > 2.0)
 
@@ -305,7 +311,7 @@ def test_records_waiting_in_the_queue_are_not_caught_up(aws_env: str) -> None:
     def until(batches: list[RecordBatch]) -> bool:
         if batches[-1].kind is BatchKind.DATA:
             time.sleep(0.03)  # a slow pipeline: the queue stays full
-            shard = reader._shards[partition]
+            shard = reader.shards.by_partition[partition]
             during_data.append((reader.caught_up_seconds(), shard.caught_up_since is not None))
             return False
         return reader.caught_up_seconds() > 0.3
@@ -382,7 +388,7 @@ def test_positions_of_aws_sized_sequence_numbers_map_back_for_commits() -> None:
     positions stay 64-bit, and a committed position turns back into its record's
     sequence number and sub-record."""
     first = 49590338271490256608559692538361571095921575989136588898
-    marks = _Marks()
+    marks = SequenceMarks()
     position = 0
     for i, subs in enumerate([1, 5, 1, 1]):  # the second record is a KPL aggregate of 5
         marks.add(position, str(first + i * 2_564_131_663_402_632_534_000_926_720))

@@ -167,7 +167,7 @@ def test_version():
 
 def test_status_reads_a_kinesis_lease_table(aws_env, tmp_path):
     from aws.settings import AwsConfig
-    from producers.kinesis_leases import LeaseTable, ensure_lease_table
+    from producers.kinesis_lease_table import LeaseTable, ensure_lease_table
     from tests.aws_fixtures import unique
 
     table_name = unique("leases")
