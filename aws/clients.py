@@ -31,9 +31,9 @@ from aws.settings import AwsConfig
 DEFAULT_REGION = "us-east-1"
 
 
-def resolve_region(config: AwsConfig) -> str:
+def resolve_region(config: AwsConfig, session: boto3.session.Session | None = None) -> str:
     """`[aws] region`, else boto3's standard configuration, else us-east-1."""
-    return config.region or boto3.session.Session().region_name or DEFAULT_REGION
+    return config.region or (session or boto3.session.Session()).region_name or DEFAULT_REGION
 
 
 def _quiet_botocore() -> None:
@@ -76,7 +76,7 @@ def aws_client(service: str, config: AwsConfig, max_attempts: int | None = None,
         s3=s3_options,
     )
     session = boto3.session.Session()
-    client = session.client(service, region_name=config.region or session.region_name or DEFAULT_REGION, config=client_config)
+    client = session.client(service, region_name=resolve_region(config, session), config=client_config)
     for observe in list(_CLIENT_OBSERVERS):
         observe(client)
     return client
