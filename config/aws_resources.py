@@ -1,7 +1,7 @@
 """`--create-resources`: the composition root creates what a command's AWS
 transport and the profile need, before any adapter is built.
 
-On `produce`, `consume`, `serve`, `replay` and `optimizely forward`, the flag
+On `produce`, `consume`, `serve`, `replay-dead-letter` and `optimizely-forward`, the flag
 with a `kinesis:` or `sqs:` transport creates every table, stream, bucket and
 queue a later command needs:
 
