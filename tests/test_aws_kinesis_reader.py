@@ -398,3 +398,16 @@ def test_positions_of_aws_sized_sequence_numbers_map_back_for_commits() -> None:
     assert marks.locate(8) == (str(first + 3 * 2_564_131_663_402_632_534_000_926_720), 1)  # after the last record
     assert marks.locate(2) is None  # before what a later commit already passed
     assert len(marks) == 1
+
+
+def test_the_constructor_makes_no_aws_call() -> None:
+    """Checking or creating the stream and lease table is open_kinesis_reader's
+    job; the first call is made when batches() is subscribed."""
+
+    class NoCalls:
+        def __getattr__(self, name: str):
+            raise AssertionError(f"an AWS call ({name}) from the constructor")
+
+    reader = KinesisReader(KinesisReaderSettings("events", worker_id="w"), NoCalls(), LeaseTable(NoCalls(), "leases", "events"))
+    assert reader.partition_of("shardId-000000000000") == "kinesis:events/shardId-000000000000"
+    reader.close()  # nothing held: nothing to hand back
