@@ -1,13 +1,13 @@
-"""`inject` bindings of the aws backend (`[pipeline] backend = "aws"`).
+"""The stores of the aws backend (`[pipeline] backend = "aws"`).
 
-`config/bindings.py` imports this module only when the aws backend is chosen,
-so local mode never imports boto3. Ports and their adapters:
+The composition root (config/root.py) imports this module only when the aws
+backend is chosen, so local mode never imports boto3. Ports and their adapters:
 
-- `CountStore`     -> `DynamoDbCountStore` on `[aws] count_table`;
-- `ObjectStore`    -> `S3ObjectStore` on `[aws] bucket` under `object_prefix`;
-- `DeadLetterSink` -> the local `DeadLetterFile` under `data_dir`: dead letters
-  are for an operator to read and replay, and writing them locally keeps a
-  cloud outage from also losing the record of what was rejected.
+- `CountStore`  -> `DynamoDbCountStore` on `[aws] count_table`;
+- `ObjectStore` -> `S3ObjectStore` on `[aws] bucket` under `object_prefix`.
+
+(Dead letters stay in the local file on every backend: see
+`Components.dead_letters`.)
 
 Each adapter is built on first use and checks that its table or bucket exists
 (a missing one is a one-line error; `--create-resources` on produce, consume
@@ -15,21 +15,17 @@ or serve creates them first: `config/aws_resources.py`).
 
 Usage::
 
-    inject.clear_and_configure(bindings(settings))
+    aws = backend_config(settings)   # ConfigError on a bad [aws] key
+    store = count_store(aws)
 """
 
 from __future__ import annotations
-
-from typing import Callable
-
-import inject
 
 from aws.clients import aws_client
 from aws.resources import ensure_bucket, ensure_table
 from aws.settings import AwsConfig
 from config.settings import Settings
-from consumers.dead_letter_file import DeadLetterFile
-from consumers.ports import CountStore, DeadLetterSink, ObjectStore
+from consumers.ports import CountStore, ObjectStore
 
 
 def count_store(aws: AwsConfig) -> CountStore:
@@ -60,16 +56,5 @@ def object_store(aws: AwsConfig) -> ObjectStore:
     )
 
 
-def bindings(settings: Settings) -> Callable[[inject.Binder], None]:
-    aws = settings.aws  # a bad [aws] key fails here, before any work
-
-    def bind(binder: inject.Binder) -> None:
-        binder.bind(Settings, settings)
-        binder.bind(AwsConfig, aws)
-        binder.bind_to_constructor(CountStore, lambda: count_store(aws))
-        binder.bind_to_constructor(ObjectStore, lambda: object_store(aws))
-        binder.bind_to_constructor(
-            DeadLetterSink, lambda: DeadLetterFile(settings.dead_letter_path, settings.dead_letter_max_record_bytes)
-        )
-
-    return bind
+def backend_config(settings: Settings) -> AwsConfig:
+    return settings.aws  # a bad [aws] key is a ConfigError here

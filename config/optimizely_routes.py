@@ -3,7 +3,7 @@ for (`build_router`, `readiness`) when `[optimizely]` names a datafile.
 
 Usage::
 
-    router = build_router(settings, auth_dependency=basic_auth, register_reload=on_reload)
+    router = build_router(settings, auth_dependency=basic_auth, register_reload=on_reload, open_writer=root.writer)
     app.include_router(router)
     readiness()          # {"ok": True, "detail": "revision 7 from file:..."}
 """
@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 from fastapi import APIRouter
 
+from config.optimizely_parts import BucketerParts, OpenWriter, build_bucketer
 from config.optimizely_settings import optimizely_settings
 from optimizely_integration.http_routes import build_optimizely_router
-from optimizely_integration.wiring import BucketerParts, build_bucketer
 
 _parts: BucketerParts | None = None  # of the router built from settings
 
@@ -26,6 +26,7 @@ def build_router(
     settings: Any,
     auth_dependency: Callable[..., Any] | None = None,
     register_reload: Callable[[str, Callable[[], None]], None] | None = None,
+    open_writer: OpenWriter | None = None,
 ) -> APIRouter:
     """The router from settings: loads the datafile (raises if it cannot),
     starts its refresh, and opens the impression dispatcher (closed at exit).
@@ -33,10 +34,11 @@ def build_router(
     Without `auth_dependency` the routes carry no guard of their own: the
     server that mounts them is expected to guard the bucketer routes.
     `register_reload(name, callback)` (the daemon's SIGHUP registry) is given
-    the datafile's immediate refetch."""
+    the datafile's immediate refetch; `open_writer(uri)` (the composition
+    root's `Components.writer`) opens the impressions' transport."""
     global _parts
     opt = optimizely_settings(settings)
-    parts = build_bucketer(settings)
+    parts = build_bucketer(settings, open_writer)
     atexit.register(parts.close)  # flush buffered impressions to the transport
     _parts = parts
     if register_reload is not None:

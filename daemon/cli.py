@@ -1,5 +1,6 @@
 """The command line entry: builds the parser from the command modules, loads
-the settings, and runs one command.
+the settings, builds the composition root (`config.bindings.configure`: the
+root, bound in `inject`) and runs one command with it.
 
 Every command reports a bad argument, config or input file in one line on
 stderr and exits 2; bad records never stop a command (they are
@@ -23,7 +24,8 @@ from pathlib import Path
 from typing import Sequence
 
 from config.bindings import configure
-from config.settings import ConfigError, Settings, check_log_level, load_settings
+from config.root import Components
+from config.settings import ConfigError, check_log_level, load_settings
 from daemon import (
     config_command,
     http_commands,
@@ -63,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_for(args: argparse.Namespace) -> Settings:
+def load_for(args: argparse.Namespace) -> Components:
+    """The settings of the command line (profile, environment, flags), and the root built on them."""
     settings = load_settings(getattr(args, "config", None))
     changes: dict[str, object] = {}
     if getattr(args, "data_dir", None):
@@ -77,9 +80,7 @@ def load_for(args: argparse.Namespace) -> Settings:
         if args.format not in PARSERS:
             raise CliError(f"--format: unknown format {args.format!r}, expected one of {', '.join(PARSERS)}")
         changes["format"] = args.format
-    settings = settings.with_overrides(**changes)
-    configure(settings)
-    return settings
+    return configure(settings.with_overrides(**changes))
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -119,12 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        settings = load_for(args)
-        configured_level = settings.logging.level
+        root = load_for(args)
+        configured_level = root.settings.logging.level
         if configured_level and args.log_level == "WARNING":
             logging.getLogger().setLevel(configured_level)
         on_reload("log level", lambda: _reload_log_level(args))
-        return COMMANDS[args.command](args, settings)
+        return COMMANDS[args.command](args, root)
     except BrokenPipeError:  # `... | head`: the reader has all it wanted (an OSError: caught first)
         _quiet_stdout()
         return 0

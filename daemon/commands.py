@@ -11,8 +11,9 @@ raising `CliError` (one line on stderr, exit 2).
 Usage::
 
     @command("export")
-    def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
-        ...
+    def cmd_export(args: argparse.Namespace, root: Components) -> int:
+        for start, key, count in root.count_store().export(args.rollup):
+            ...
         raise CliError("no count store at ...")
 """
 

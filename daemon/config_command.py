@@ -19,6 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Mapping
 
+from config.root import Components
 from config.settings import Settings
 from daemon.commands import add_common, command
 from daemon.progress import format_duration
@@ -158,7 +159,8 @@ def render(settings: Settings, table: Mapping[str, Mapping[str, tuple[Any, str]]
 
 
 @command("config")
-def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_config(args: argparse.Namespace, root: Components) -> int:
+    settings = root.settings
     overrides = {}
     if getattr(args, "data_dir", None):
         overrides["pipeline.data_dir"] = "command line --data-dir"

@@ -19,10 +19,8 @@ import os
 import sys
 from typing import Any, Callable, Iterator, Mapping, TextIO
 
-import inject
-
+from config.root import Components
 from config.settings import Settings
-from consumers.ports import CountStore
 from daemon.commands import CliError, add_common, command
 from observability.health import PipelineHealth
 from daemon.reload import install_sighup_handler, on_reload
@@ -59,10 +57,11 @@ def add_commands(subparsers: Any) -> None:
 
 
 @command("serve")
-def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_serve(args: argparse.Namespace, root: Components) -> int:
     from service.runner import ServerStartError, serve_forever
     from service.settings import HttpSettings
 
+    settings = root.settings
     http = HttpSettings.from_settings(settings)
     host = args.host or http.host
     port = http.port if args.port is None else args.port
@@ -76,7 +75,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     log.info("serve: starting: profile %s (backend %s), %s:%s, collector -> %s, credentials %s, access log %s",
              settings.profile, settings.backend, host, port, http.transport, http.credentials_file,
              "on" if settings.logging.access_log else "off")
-    app, close = build_service(settings, http, create_resources=args.create_resources)
+    app, close = build_service(root, http, create_resources=args.create_resources)
     scheme = "https" if args.ssl_certfile else "http"
 
     def announce(bound_host: str, bound_port: int) -> None:
@@ -105,18 +104,19 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_service(
-    settings: Settings,
+    root: Components,
     http: Any,
     create_resources: bool = False,
     readiness: Callable[[], Mapping[str, Any]] | None = None,
 ) -> tuple[Any, Callable[[], None]]:
-    """(app, close): the app over the configured transport and the bound
+    """(app, close): the app over the configured transport and the root's
     count store; `close` releases the transport writer."""
     from service.app import build_app
     from service.auth import CredentialStore
 
-    writer, writer_error = _open_writer(settings, http.transport, create_resources)
-    router, optimizely_ready = optimizely_parts(settings, http.bucketer_public)
+    settings = root.settings
+    writer, writer_error = _open_writer(root, http.transport, create_resources)
+    router, optimizely_ready = optimizely_parts(settings, http.bucketer_public, open_writer=root.writer)
 
     def combined() -> dict[str, Any]:
         components: dict[str, Any] = {}
@@ -130,7 +130,7 @@ def build_service(
     app = build_app(
         settings,
         writer,
-        inject.instance(CountStore),
+        root.count_store(),
         credentials,
         router,
         readiness=combined,
@@ -150,17 +150,12 @@ def build_service(
     return app, close
 
 
-def _open_writer(settings: Settings, uri: str, create_resources: bool) -> tuple[Any, str]:
+def _open_writer(root: Components, uri: str, create_resources: bool) -> tuple[Any, str]:
     """The collector's transport writer, or (None, why): a transport that is down
     at start makes the collector answer 503 and /readyz fail, while queries
     keep working. A malformed URI is a configuration error and stops here."""
-    from config.aws_resources import create_profile_resources
-    from producers.transports import open_writer
-
     try:
-        if create_resources:
-            create_profile_resources(settings, uri)
-        return open_writer(uri, settings=settings, create_resources=create_resources), ""
+        return root.writer(uri, create_resources=create_resources), ""
     except ValueError as exc:
         raise CliError(f"config key http.transport: {exc}") from None
     except Exception as exc:
@@ -168,15 +163,19 @@ def _open_writer(settings: Settings, uri: str, create_resources: bool) -> tuple[
         return None, f"cannot open {uri}: {type(exc).__name__}: {exc}"[:300]
 
 
-def optimizely_parts(settings: Settings, bucketer_public: bool = False) -> tuple[Any, Callable[[], Mapping[str, Any]] | None]:
+def optimizely_parts(
+    settings: Settings, bucketer_public: bool = False, open_writer: Callable[[str], Any] | None = None,
+) -> tuple[Any, Callable[[], Mapping[str, Any]] | None]:
     """(router factory, readiness) of the Optimizely bucketer and datafile webhook.
 
     Mounted only when `[optimizely]` names a datafile or an SDK key (or
     `OPTIMIZELY_DATAFILE` is set) and the Optimizely integration is installed.
     `config.optimizely_routes.build_router(settings, auth_dependency=...,
-    register_reload=...)` guards the bucketer routes with our Basic auth,
-    leaves the webhook to its signature and registers the datafile's refetch
-    for SIGHUP; `readiness()` reports the datafile. The factory is called by
+    register_reload=..., open_writer=...)` guards the bucketer routes with our
+    Basic auth, leaves the webhook to its signature, registers the datafile's
+    refetch for SIGHUP and opens the impressions' transport with `open_writer`
+    (the composition root's `Components.writer`); `readiness()` reports the
+    datafile. The factory is called by
     `build_app`, which turns a failure (no datafile, say) into a failed
     `optimizely` component on /readyz instead of stopping the server.
     """
@@ -201,16 +200,17 @@ def optimizely_parts(settings: Settings, bucketer_public: bool = False) -> tuple
         return router, ready  # a ready-made router: build_app guards all of it
     parameters = inspect.signature(build).parameters
     takes_auth = "auth_dependency" in parameters
-    reload_hook = {"register_reload": on_reload} if "register_reload" in parameters else {}
+    hooks = {name: hook for name, hook in (("register_reload", on_reload), ("open_writer", open_writer))
+             if name in parameters}
 
     def factory(auth: Any) -> Any:
         if takes_auth:
-            return build(settings, auth_dependency=None if bucketer_public else auth, **reload_hook)
+            return build(settings, auth_dependency=None if bucketer_public else auth, **hooks)
         from fastapi import APIRouter, Depends
 
         # A router that knows nothing of our auth: guard all of it.
         guarded = APIRouter(dependencies=[] if bucketer_public else [Depends(auth)])
-        guarded.include_router(build(settings))
+        guarded.include_router(build(settings, **hooks))
         return guarded
 
     return factory, ready
@@ -242,7 +242,7 @@ def _module_readiness(check: Callable[[], Any]) -> Callable[[], Mapping[str, Any
 
 
 @contextlib.contextmanager
-def embedded_http(settings: Settings, source: Any = None, endless: bool = True) -> Iterator[Any]:
+def embedded_http(root: Components, source: Any = None, endless: bool = True) -> Iterator[Any]:
     """Serve HTTP on a background thread for the duration of a long-running
     command when `[http] enabled`; yields the server handle or None.
 
@@ -251,13 +251,14 @@ def embedded_http(settings: Settings, source: Any = None, endless: bool = True) 
     command (`endless` False) serves nothing."""
     from service.settings import HttpSettings
 
+    settings = root.settings
     http = HttpSettings.from_settings(settings)
     if not http.enabled or not endless:
         yield None
         return
     from service.runner import ServerStartError, start_http_server
 
-    app, close = build_service(settings, http, readiness=lambda: _pipeline_readiness(source))
+    app, close = build_service(root, http, readiness=lambda: _pipeline_readiness(source))
     try:
         handle = start_http_server(settings, app, http.host, http.port)
     except ServerStartError as exc:
@@ -296,11 +297,11 @@ def _pipeline_readiness(source: Any) -> dict[str, Any]:
 
 
 @command("users")
-def cmd_users(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_users(args: argparse.Namespace, root: Components) -> int:
     from service.auth import CredentialsError, CredentialStore, validate_username
     from service.settings import HttpSettings
 
-    http = HttpSettings.from_settings(settings)
+    http = HttpSettings.from_settings(root.settings)
     path = http.credentials_file
     if args.users_command == "list":
         return _list_users(path)

@@ -1,4 +1,10 @@
-"""Run one job: a source through the pipeline into the configured sinks."""
+"""Run one job: a source through the pipeline into the sinks it is given
+(the composition root builds them: `root.sinks()`).
+
+Usage::
+
+    summary = run_job(settings, source.batches(), parser_for(settings), root.sinks())
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,6 @@ import threading
 from datetime import timedelta
 from typing import Callable
 
-import inject
 import reactivex
 from reactivex import operators as ops
 
@@ -16,13 +21,8 @@ from daemon.progress import FilePosition, JobProgress, format_duration
 from observability.health import HEALTH
 from observability.metrics import QUEUE_DEPTH, PipelineMetrics
 from observability.status_file import StatusFile
-from consumers.aggregate_writer import AggregateWriter
-from consumers.count_sink import CountSink
-from consumers.dead_letter_output import DeadLetterOutput
 from consumers.fan_out import Commit, SinkFanOut
-from consumers.ports import CountStore, DeadLetterSink, ObjectStore, Sink
-from consumers.raw_event_writer import RawEventWriter
-from consumers.retrying_ports import RetryingCountStore, RetryingObjectStore
+from consumers.ports import Sink
 from consumers.run_summary import RunSummary
 from producers.transport import wall_clock_us
 from streams.formats import RecordParser, make_parser
@@ -37,37 +37,6 @@ SINK_QUEUE_BATCHES = 2
 log = logging.getLogger("rivulet")
 
 
-def build_sinks(settings: Settings) -> list[Sink]:
-    """The sinks of the configured backend, in write order: dead letters and raw
-    events first, counts last (so a count is never ahead of its raw data)."""
-    objects = RetryingObjectStore(inject.instance(ObjectStore))
-    sinks: list[Sink] = [DeadLetterOutput(inject.instance(DeadLetterSink))]
-    if settings.raw_events.enabled:
-        raw = settings.raw_events
-        sinks.append(
-            RawEventWriter(
-                objects,
-                format=raw.format,
-                max_bytes=raw.max_bytes,
-                max_age_seconds=raw.max_age.total_seconds(),
-                max_open_objects=raw.max_open_objects,
-                max_buffered_bytes=raw.max_buffered_bytes,
-            )
-        )
-    if settings.aggregates.enabled:
-        sinks.append(AggregateWriter(objects, settings.aggregates.key_template))
-    sinks.append(CountSink(RetryingCountStore(inject.instance(CountStore))))
-    # Stream events as Optimizely conversions: only when [optimizely.conversions] maps an event type.
-    # (imported only then: the Optimizely SDK costs memory and start-up time)
-    if settings.section("optimizely").get("conversions"):
-        from optimizely_integration.wiring import build_conversion_sink
-
-        conversions = build_conversion_sink(settings, inject.instance(DeadLetterSink))
-        if conversions is not None:
-            sinks.append(conversions)
-    return sinks
-
-
 def parser_for(settings: Settings, fmt: str | None = None) -> RecordParser:
     return make_parser(fmt or settings.format, settings.naive_timezone, settings.max_record_bytes)
 
@@ -76,8 +45,8 @@ def run_job(
     settings: Settings,
     source: reactivex.Observable,
     parser: RecordParser,
+    sinks: list[Sink],
     commit: Commit | None = None,
-    sinks: list[Sink] | None = None,
     wall_clock: Callable[[], int] = wall_clock_us,
     on_ready: Callable[[], None] | None = None,
     parsed: bool = False,
@@ -100,7 +69,6 @@ def run_job(
                            settings.provisional_interval if unbounded else timedelta(0))
     summary = RunSummary()
     metrics = PipelineMetrics()
-    sinks = sinks if sinks is not None else build_sinks(settings)
     status = StatusFile(settings.data_dir, name, source_name) if source_name else None
     fan_out = SinkFanOut(sinks, summary, commit, settings.checkpoint_interval, metrics=metrics,
                          on_checkpoint=(lambda points: status.update(points, metrics.newest_us, summary))

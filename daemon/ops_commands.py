@@ -6,13 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-import inject
-
-from config.aws_resources import create_profile_resources
-from config.settings import Settings
-from consumers.dead_letter_file import decode_dead_letter_record
+from config.root import Components
+from consumers.dead_letter_lines import decode_dead_letter_record
 from daemon.commands import CliError, add_common, command
-from producers.transports import open_writer
 from streams.batches import RecordBatch
 from streams.events import Reason
 from streams.formats import make_parser
@@ -48,7 +44,7 @@ def check_reasons(given: list[str] | None) -> list[str] | None:
 
 
 @command("replay-dead-letter")
-def cmd_replay_dead_letter(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_replay_dead_letter(args: argparse.Namespace, root: Components) -> int:
     """Each dead letter's record is parsed again, with the original format and
     then as NDJSON (late and future letters hold the event's NDJSON form).
     Those that parse now are sent; the rest are counted as still failing. A
@@ -59,6 +55,7 @@ def cmd_replay_dead_letter(args: argparse.Namespace, settings: Settings) -> int:
     not sent, nor is a second copy of one sent earlier in the same run of the
     command: sent, it would count twice. Late letters are never replayed
     without that check: with raw events off, the command refuses them."""
+    settings = root.settings
     args.reason = check_reasons(args.reason)
     path = Path(args.file)
     if not path.is_file():
@@ -68,17 +65,12 @@ def cmd_replay_dead_letter(args: argparse.Namespace, settings: Settings) -> int:
         parsers.append(make_parser("ndjson", settings.naive_timezone, settings.max_record_bytes))
     counted = None
     if settings.raw_events.enabled:
-        from consumers.counted_keys import CountedKeys
-        from consumers.ports import ObjectStore
-
-        counted = CountedKeys(inject.instance(ObjectStore))
+        counted = root.counted_keys()
     elif _has_late(path, args.reason):
         raise CliError(f"{path} holds late dead letters, and raw events are not archived ([raw_events] enabled = "
                        f"false): without the archive a re-sent duplicate cannot be told from a new event, so "
                        f"replaying them could count events twice; leave them out with --reason")
-    if args.create_resources:
-        create_profile_resources(settings, args.to)
-    writer = open_writer(args.to, settings=settings, create_resources=args.create_resources)
+    writer = root.writer(args.to, create_resources=args.create_resources)
     counts = {"replayed": 0, "still failing": 0, "skipped": 0, "already counted": 0}
     sent: set[tuple] = set()  # (source, key) of every event sent by this command
     chunk: list[tuple[str, object]] = []  # (source, event) to check and send

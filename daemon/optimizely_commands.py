@@ -21,6 +21,7 @@ import json
 import threading
 from typing import Any
 
+from config.root import Components
 from daemon.commands import CliError, add_common, command
 from daemon.stop_signals import stop_on_signals
 from producers.transport import start_drain_watch
@@ -50,11 +51,10 @@ def add_commands(subparsers: Any) -> None:
 
 
 @command("bucket")
-def cmd_bucket(args: argparse.Namespace, settings: Any) -> int:
+def cmd_bucket(args: argparse.Namespace, root: Components) -> int:
     from optimizely_integration.attributes import AttributeParseError, parse_attribute_args
     from optimizely_integration.bucketer import BucketerError
     from optimizely_integration.datafile import DatafileError, resolve_source
-    from optimizely_integration.wiring import build_bucketer
 
     try:
         attributes = parse_attribute_args(args.attr)
@@ -63,7 +63,7 @@ def cmd_bucket(args: argparse.Namespace, settings: Any) -> int:
     # An explicit --datafile wins over OPTIMIZELY_DATAFILE and the config.
     source = resolve_source(args.datafile, environ={}) if args.datafile else None
     try:
-        parts = build_bucketer(settings, activate=args.activate, source=source, start_refresh=False)
+        parts = root.bucketer(activate=args.activate, source=source, start_refresh=False)
     except DatafileError as exc:
         raise CliError(str(exc)) from None
     try:
@@ -77,26 +77,16 @@ def cmd_bucket(args: argparse.Namespace, settings: Any) -> int:
 
 
 @command("optimizely-forward")
-def cmd_forward(args: argparse.Namespace, settings: Any) -> int:
-    import inject
-
-    from consumers.ports import DeadLetterSink
-    from optimizely_integration.bulk_sink import OptimizelyBulkSink
+def cmd_forward(args: argparse.Namespace, root: Components) -> int:
     from optimizely_integration.forwarder import PayloadForwarder
-    from config.aws_resources import create_profile_resources
     from config.optimizely_settings import optimizely_settings
-    from producers.transports import open_reader
 
+    settings = root.settings
     opt = optimizely_settings(settings)
-    source_uri = args.source_uri or opt.dispatch_uri(settings)
-    if args.create_resources:
-        create_profile_resources(settings, source_uri, args.group)
-    reader = open_reader(
-        source_uri, group=args.group, batch_size=settings.batch_size,
-        poll_interval=settings.idle_poll_interval, settings=settings, create_resources=args.create_resources,
-    )
-    dead_letters = inject.instance(DeadLetterSink)
-    sink = OptimizelyBulkSink.from_settings(opt, dead_letters)
+    reader = root.reader(args.source_uri or opt.dispatch_uri(settings), group=args.group,
+                         create_resources=args.create_resources)
+    dead_letters = root.dead_letters()
+    sink = root.optimizely_bulk_sink()
     forwarder = PayloadForwarder(reader, sink, commit_interval=settings.checkpoint_interval)
     stop = start_drain_watch(reader, args.drain) if args.drain is not None else threading.Event()
     try:

@@ -13,20 +13,16 @@ import argparse
 import json
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import inject
-
-from config.settings import Settings
-from consumers.ports import DeadLetterSink
+from config.root import Components
 from daemon.commands import CliError, add_common, command
 from daemon.job import parser_for, run_job
 from daemon.service_loop import ServiceLoop
 from daemon.stop_signals import stop_on_signals
-from producers.file_source import FileSource
-from producers.random_source import RandomEventSource
-from producers.transport import start_drain_watch
+from producers.transport import Source, queue_depth_of, start_drain_watch
 
 
 def add_commands(sub: Any) -> None:
@@ -64,9 +60,20 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lateness", help="allowed lateness, e.g. 10m, 3h")
 
 
-def _make_source(args: argparse.Namespace, settings: Settings):
+@dataclass(frozen=True)
+class _Input:
+    """The source a `run` or `produce` reads, as the command line chose it."""
+
+    source: Source
+    name: str  # for the logs and the status file
+    format: str | None  # forced: random events are NDJSON whatever the profile says
+    file: str | None  # a file's path, for the progress bar
+
+
+def _make_source(args: argparse.Namespace, root: Components) -> _Input:
     if args.source == "random" or (args.source is None and args.input is None and args.count is not None):
-        return RandomEventSource(seed=args.seed, count=args.count, rate=args.rate, batch_size=settings.batch_size), "ndjson"
+        name = f"random (seed {args.seed}, count {'endless' if args.count is None else args.count})"
+        return _Input(root.random_source(args.seed, args.count, args.rate), name, "ndjson", None)
     if not args.input:
         raise CliError("give --input PATH or --source random [--count N]")
     path = Path(args.input)
@@ -76,119 +83,96 @@ def _make_source(args: argparse.Namespace, settings: Settings):
         raise CliError(f"input file not found: {path}")
     if not path.is_file():
         raise CliError(f"--input is not a regular file: {path}")
-    return FileSource(path, settings.batch_size), None
+    return _Input(root.file_source(path), f"file:{args.input}", None, args.input)
 
 
-def _raise_damage(source: object) -> None:
+def _raise_damage(source: Source) -> None:
     """A damaged compressed input: its complete records were processed and
     the summary printed; the command still fails (exit 2), naming the byte."""
-    damage = getattr(source, "damage", None)
-    if damage:
-        raise CliError(damage)
+    if source.damage:
+        raise CliError(source.damage)
 
 
-def _print_summary(summary, settings: Settings, as_json: bool) -> None:
-    _check_late(summary, settings)
+def _print_summary(summary, root: Components, as_json: bool) -> None:
+    settings = root.settings
+    _check_late(summary, root)
     if as_json:
         print(json.dumps(summary.as_dict()))
     else:
         print(summary.render(settings.lateness, str(settings.dead_letter_path)))
 
 
-def _check_late(summary, settings: Settings) -> None:
+def _check_late(summary, root: Components) -> None:
     """After the final sync: which late events were re-sent duplicates of
     events already counted, against the raw-event archive (consumers/counted_keys.py)."""
     if not summary.late or summary.late_duplicates is not None:
         return
+    settings = root.settings
     if not settings.raw_events.enabled:
         summary.late_unchecked = "raw events are not archived, [raw_events] enabled = false"
         return
-    from consumers.counted_keys import CountedKeys
-    from consumers.ports import ObjectStore
-
     try:
-        summary.check_late(CountedKeys(inject.instance(ObjectStore)), settings.lateness)
+        summary.check_late(root.counted_keys(), settings.lateness)
     except Exception as exc:  # the counts are written; only the advice is missing
         logging.getLogger("rivulet").warning("could not check late events against the raw-event archive: %s", exc)
         summary.late_unchecked = f"the raw-event archive could not be read ({type(exc).__name__})"
 
 
 @command("run")
-def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    source, forced_format = _make_source(args, settings)
-    parser = parser_for(settings, forced_format)
+def cmd_run(args: argparse.Namespace, root: Components) -> int:
+    settings = root.settings
+    given = _make_source(args, root)
+    source = given.source
+    parser = parser_for(settings, given.format)
     if args.processes == 2:
         from daemon.two_process import run_two_processes
 
-        summary = run_two_processes(settings, source, parser)
+        summary = run_two_processes(settings, source, parser, root.sinks)
     else:
         from daemon.http_commands import embedded_http  # [http] enabled: serve while an endless run runs
         from daemon.observe import metrics_server
 
-        endless = getattr(source, "count", 0) is None
+        endless = not source.bounded
         with ServiceLoop("run") as service, stop_on_signals(source.stop, settings, service), \
-                embedded_http(settings, endless=endless), metrics_server(args.metrics_host, args.metrics_port):
-            summary = run_job(settings, source.observable(), parser, on_ready=service.ready if endless else None,
-                              unbounded=endless, sinks_thread=not endless, name="run",
-                              source_name=_source_name(args, source),
-                              input_file=args.input if isinstance(source, FileSource) else None)
-    _print_summary(summary, settings, args.json)
+                embedded_http(root, endless=endless), metrics_server(args.metrics_host, args.metrics_port):
+            summary = run_job(settings, source.batches(), parser, root.sinks(),
+                              on_ready=service.ready if endless else None, unbounded=endless,
+                              sinks_thread=not endless, name="run", source_name=given.name, input_file=given.file)
+    _print_summary(summary, root, args.json)
     _raise_damage(source)
     return 0
 
 
 @command("produce")
-def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_produce(args: argparse.Namespace, root: Components) -> int:
     from daemon.produce import produce
 
-    source, forced_format = _make_source(args, settings)
-    parser = parser_for(settings, forced_format)
-    with stop_on_signals(source.stop):
-        sent, dead = produce(
-            source.observable(), parser, args.to, inject.instance(DeadLetterSink), settings, args.create_resources
-        )
+    settings = root.settings
+    given = _make_source(args, root)
+    parser = parser_for(settings, given.format)
+    writer = root.writer(args.to, create_resources=args.create_resources)
+    with stop_on_signals(given.source.stop):
+        sent, dead = produce(given.source.batches(), parser, writer, root.dead_letters())
     print(f"sent {sent:,} events to {args.to}; {dead:,} dead-lettered to {settings.dead_letter_path}")
-    _raise_damage(source)
+    _raise_damage(given.source)
     return 0
 
 
 @command("consume")
-def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
-    from config.aws_resources import create_profile_resources
-    from producers.transports import open_reader
-
-    if args.create_resources:
-        create_profile_resources(settings, args.source_uri, args.group)
-    reader = open_reader(
-        args.source_uri, group=args.group, batch_size=settings.batch_size, poll_interval=settings.idle_poll_interval,
-        settings=settings, create_resources=args.create_resources,
-    )
-    stop = start_drain_watch(reader, args.drain) if args.drain is not None else threading.Event()
+def cmd_consume(args: argparse.Namespace, root: Components) -> int:
     from daemon.http_commands import embedded_http  # [http] enabled: serve while consuming
 
+    settings = root.settings
+    reader = root.reader(args.source_uri, group=args.group, create_resources=args.create_resources)
+    stop = start_drain_watch(reader, args.drain) if args.drain is not None else threading.Event()
     with ServiceLoop("consume") as service, stop_on_signals(reader.stop, settings, service), \
-            embedded_http(settings, source=reader):
+            embedded_http(root, source=reader):
         try:
-            summary = run_job(settings, reader.batches(), parser_for(settings, "ndjson"), commit=reader.commit,
-                              on_ready=lambda: service.ready(args.source_uri), unbounded=True, name="consume",
-                              source_name=args.source_uri, queue_depth=_queue_depth(reader))
+            summary = run_job(settings, reader.batches(), parser_for(settings, "ndjson"), root.sinks(),
+                              commit=reader.commit, on_ready=lambda: service.ready(args.source_uri), unbounded=True,
+                              name="consume", source_name=args.source_uri, queue_depth=queue_depth_of(reader))
         finally:
             stop.set()
             reader.close()  # after the final commit: Kinesis leases are handed back
-    _print_summary(summary, settings, args.json)
+    _print_summary(summary, root, args.json)
     return 0
-
-
-def _source_name(args: argparse.Namespace, source: object) -> str:
-    if isinstance(source, FileSource):
-        return f"file:{args.input}"
-    return f"random (seed {args.seed}, count {'endless' if args.count is None else args.count})"
-
-
-def _queue_depth(reader: object) -> Callable[[], int] | None:
-    """Batches waiting in a reader's queue (Kinesis pollers), if it has one."""
-    depth = getattr(reader, "queue_depth", None)
-    if callable(depth):
-        return depth
-    queue = getattr(reader, "_queue", None)
-    return queue.qsize if queue is not None and hasattr(queue, "qsize") else None

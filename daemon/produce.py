@@ -7,10 +7,8 @@ import threading
 
 import reactivex
 
-from config.aws_resources import create_profile_resources
-from config.settings import Settings
 from consumers.ports import DeadLetterSink
-from producers.transports import open_writer
+from producers.transport import TransportWriter
 from streams.batches import ParsedBatch
 from streams.events import DeadLetter, Reason
 from streams.formats import RecordParser
@@ -20,14 +18,10 @@ from streams.parse_records import parse_records
 def produce(
     source: reactivex.Observable,
     parser: RecordParser,
-    uri: str,
+    writer: TransportWriter,
     dead_letters: DeadLetterSink,
-    settings: Settings,
-    create_resources: bool = False,
 ) -> tuple[int, int]:
-    if create_resources:
-        create_profile_resources(settings, uri)
-    writer = open_writer(uri, settings=settings, create_resources=create_resources)
+    """(events sent, records dead-lettered); closes `writer` and `dead_letters`."""
     # Writers that can refuse a record outright (Kinesis: over 1 MiB) hand it back
     # through `take_rejected()`; it is dead-lettered like a bad input record.
     take_rejected = getattr(writer, "take_rejected", None)

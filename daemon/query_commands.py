@@ -13,11 +13,9 @@ import json
 import sys
 from typing import Any
 
-import inject
-
+from config.root import Components
 from config.settings import Settings
 from consumers.bucket_query import BadRange, query_buckets
-from consumers.ports import CountStore
 from daemon.commands import CliError, add_common, command
 from streams.events import ParseError
 from streams.timestamps import parse_timestamp_us
@@ -48,26 +46,27 @@ def require_store(settings: Settings) -> None:
 
 
 class _ExistingStore:
-    """The bound count store, checked to exist on first use (so that argument
+    """The root's count store, checked to exist on first use (so that argument
     errors are reported first)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, root: Components) -> None:
+        self.root = root
 
     def __getattr__(self, name: str):
-        require_store(self.settings)
-        return getattr(inject.instance(CountStore), name)
+        require_store(self.root.settings)
+        return getattr(self.root.count_store(), name)
 
 
 @command("query")
-def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_query(args: argparse.Namespace, root: Components) -> int:
+    settings = root.settings
     try:
         start_us = parse_timestamp_us(args.start, settings.naive_timezone)
         end_us = parse_timestamp_us(args.end, settings.naive_timezone)
     except ParseError as exc:
         raise CliError(f"bad timestamp: {exc}") from None
     try:
-        result = query_buckets(_ExistingStore(settings), settings.rollup(settings.query_rollup),
+        result = query_buckets(_ExistingStore(root), settings.rollup(settings.query_rollup),
                                settings.query_max_range, args.customer, start_us, end_us)
     except BadRange as exc:
         raise CliError(str(exc)) from None
@@ -80,11 +79,12 @@ def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
 
 
 @command("export")
-def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_export(args: argparse.Namespace, root: Components) -> int:
+    settings = root.settings
     spec = settings.rollup(args.rollup)
     require_store(settings)
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(["window_start", *spec.key_fields, "count"])
-    for start, key, count in inject.instance(CountStore).export(spec.name):
+    for start, key, count in root.count_store().export(spec.name):
         writer.writerow([format_utc_seconds(start), *key, count])
     return 0

@@ -23,9 +23,11 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from config.root import Components
 from config.settings import Settings
 from daemon.commands import CliError, add_common, command
 from observability.status_file import process_alive, read_status_files
+from streams.utc import MAX_US, MIN_US
 
 
 def add_commands(subparsers: Any) -> None:
@@ -37,7 +39,8 @@ def add_commands(subparsers: Any) -> None:
 
 
 def _utc(us: int | None) -> str:
-    if us is None:
+    # A partition with no watermark yet holds the counter's "before time" floor: no date to show.
+    if us is None or not MIN_US <= us <= MAX_US:
         return "-"
     return datetime.fromtimestamp(us / 1e6, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -75,24 +78,15 @@ def jobs(settings: Settings, now: float) -> list[dict[str, Any]]:
     return found
 
 
-def spool_status(directory: str, group: str | None) -> dict[str, Any]:
-    from producers.spool import spool_path
-
-    path = spool_path(directory)
-    if not path.is_file():
-        raise CliError(f"no spool at {path}")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        (max_seq,) = conn.execute("SELECT MAX(seq) FROM records").fetchone()
-        (stored,) = conn.execute("SELECT COUNT(*) FROM records").fetchone()
-        groups = {}
-        for grp, partition, next_seq, watermark in conn.execute(
-                "SELECT grp, partition, next_seq, watermark_us FROM offsets ORDER BY grp, partition"):
-            groups[grp] = {"partition": partition, "next_seq": next_seq, "watermark": _utc(watermark),
-                           "pending": max(0, (max_seq or 0) - next_seq + 1)}
-    finally:
-        conn.close()
-    return {"spool": str(path), "stored_records": stored, "last_seq": max_seq, "groups": groups, "group": group}
+def spool_status(root: Components, directory: str, group: str | None) -> dict[str, Any]:
+    found = root.spool_status(directory)
+    if not found["found"]:
+        raise CliError(f"no spool at {found['spool']}")
+    groups = {grp: {"partition": g["partition"], "next_seq": g["next_seq"], "watermark": _utc(g["watermark_us"]),
+                    "pending": g["pending"]}
+              for grp, g in found["groups"].items()}
+    return {"spool": found["spool"], "stored_records": found["stored_records"], "last_seq": found["last_seq"],
+            "groups": groups, "group": group}
 
 
 def kinesis_status(stream: str, group: str, settings: Settings) -> dict[str, Any]:
@@ -129,14 +123,15 @@ def store_status(settings: Settings) -> dict[str, Any] | None:
         for partition, windows, provisional, newest in rows}}
 
 
-def collect(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+def collect(args: argparse.Namespace, root: Components) -> dict[str, Any]:
+    settings = root.settings
     now = time.time()
     report: dict[str, Any] = {"data_dir": str(settings.data_dir), "jobs": jobs(settings, now)}
     uri = getattr(args, "source_uri", None)
     if uri:
         scheme, _, target = uri.partition(":")
         if scheme == "spool" and target:
-            report["transport"] = spool_status(target, args.group)
+            report["transport"] = spool_status(root, target, args.group)
         elif scheme == "kinesis" and target:
             report["transport"] = kinesis_status(target, args.group, settings)
         else:
@@ -190,7 +185,7 @@ def render(report: dict[str, Any]) -> str:
 
 
 @command("status")
-def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    report = collect(args, settings)
+def cmd_status(args: argparse.Namespace, root: Components) -> int:
+    report = collect(args, root)
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0

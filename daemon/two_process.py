@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import multiprocessing
 import queue as queue_module
+from typing import Callable
 
 import reactivex
 from reactivex import abc
 
 from config.settings import Settings
+from consumers.ports import Sink
 from consumers.run_summary import RunSummary
 from daemon.job import run_job
 from streams.formats import RecordParser
@@ -30,8 +32,8 @@ def _producer(source, parser: RecordParser, queue) -> None:
         queue.put(to_columns(parser.parse_batch(batch)))
 
     try:
-        source.observable().subscribe(on_next)
-        if getattr(source, "damage", None):  # a damaged compressed input: the parent reports it
+        source.batches().subscribe(on_next)
+        if source.damage:  # a damaged compressed input: the parent reports it
             queue.put(str(source.damage))
     finally:
         queue.put(_END)
@@ -59,13 +61,17 @@ def _parsed_batches(queue, child: multiprocessing.Process, source=None) -> react
     return reactivex.create(subscribe)
 
 
-def run_two_processes(settings: Settings, source, parser: RecordParser, queue_batches: int = 16) -> RunSummary:
+def run_two_processes(settings: Settings, source, parser: RecordParser, build_sinks: Callable[[], list[Sink]],
+                      queue_batches: int = 16) -> RunSummary:
+    """`build_sinks` is called after the fork: the producer inherits no store
+    connection nor thread of the sinks."""
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue(maxsize=queue_batches)
     child = ctx.Process(target=_producer, args=(source, parser, queue), name="producer", daemon=True)
     child.start()
     try:
-        summary = run_job(settings, _parsed_batches(queue, child, source), parser, parsed=True, sinks_thread=True)
+        summary = run_job(settings, _parsed_batches(queue, child, source), parser, build_sinks(), parsed=True,
+                          sinks_thread=True)
     finally:
         child.join(timeout=30)
         if child.is_alive():

@@ -12,8 +12,7 @@ event is counted as dropped (metric `rivulet_optimizely_dispatch_total
 
 Usage::
 
-    from producers.transports import open_writer
-    dispatcher = BulkEventDispatcher(open_writer("spool:data/optimizely-spool"))
+    dispatcher = BulkEventDispatcher(root.writer("spool:data/optimizely-spool"))   # config/root.py
     client = optimizely.Optimizely(datafile, event_dispatcher=dispatcher)
     ...
     client.close(); dispatcher.close()   # sends what is buffered, then closes the writer

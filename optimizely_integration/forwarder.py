@@ -3,7 +3,7 @@ records, committing the transport only past what the Event API acknowledged.
 
 Usage::
 
-    reader = open_reader("spool:data/optimizely-spool", group="optimizely")
+    reader = root.reader("spool:data/optimizely-spool", group="optimizely")   # config/root.py
     forwarder = PayloadForwarder(reader, sink)
     forwarder.run()              # blocks until reader.stop() (e.g. from a signal handler)
 

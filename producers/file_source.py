@@ -141,8 +141,10 @@ class FileSource:
     Emits the data batches, then EOF, then completes; runs on the subscribing
     thread. A UTF-8 byte order mark at the start of the file is not data.
 
-    >>> FileSource("events.csv").observable().subscribe(print)
+    >>> FileSource("events.csv").batches().subscribe(print)
     """
+
+    bounded = True  # a file ends
 
     def __init__(
         self,
@@ -194,7 +196,7 @@ class FileSource:
         if tail:
             yield [tail.removeprefix(UTF8_BOM) if not lines_read else tail]
 
-    def observable(self) -> reactivex.Observable:
+    def batches(self) -> reactivex.Observable:
         def subscribe(observer: abc.ObserverBase, scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
             try:
                 with open(self.path, "rb") as f:

@@ -270,6 +270,11 @@ class KinesisReader:
         The leases are handed back by `close()` (after the final commit)."""
         self._stopped = True
 
+    def queue_depth(self) -> int:
+        """Batches the pollers fetched that the pipeline has not taken yet
+        (the port's optional `queue_depth`: the QUEUE_DEPTH gauge)."""
+        return self._queue.qsize()
+
     def caught_up_seconds(self) -> float:
         """How long this worker has been caught up: the minimum over the shards
         it holds of how long each one's polls have found the tip (the shard has

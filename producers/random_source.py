@@ -52,7 +52,13 @@ class RandomEventSource:
         self.clock_us = clock_us
         self.sleep = sleep
         self.partition = f"random:{seed}"
+        self.damage: str | None = None  # generated records are never damaged
         self._stopped = False
+
+    @property
+    def bounded(self) -> bool:
+        """A counted run ends by itself; `count=None` runs until `stop()`."""
+        return self.count is not None
 
     def stop(self) -> None:
         self._stopped = True
@@ -82,7 +88,7 @@ class RandomEventSource:
             produced += 1
             yield line
 
-    def observable(self) -> reactivex.Observable:
+    def batches(self) -> reactivex.Observable:
         def subscribe(observer: abc.ObserverBase, scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
             started = time.monotonic()
             records: list[bytes] = []

@@ -82,6 +82,28 @@ def spool_path(directory: str | os.PathLike[str]) -> Path:
     return Path(directory).resolve() / SPOOL_FILE
 
 
+def read_spool_status(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """What the spool in `directory` holds and where each consumer group
+    stands, read-only: `{"spool": path, "found": bool, "stored_records",
+    "last_seq", "groups": {group: {"partition", "next_seq", "watermark_us",
+    "pending"}}}` (only `spool` and `found` when there is no spool)."""
+    path = spool_path(directory)
+    if not path.is_file():
+        return {"spool": str(path), "found": False}
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        (max_seq,) = conn.execute("SELECT MAX(seq) FROM records").fetchone()
+        (stored,) = conn.execute("SELECT COUNT(*) FROM records").fetchone()
+        groups = {}
+        for grp, partition, next_seq, watermark in conn.execute(
+                "SELECT grp, partition, next_seq, watermark_us FROM offsets ORDER BY grp, partition"):
+            groups[grp] = {"partition": partition, "next_seq": next_seq, "watermark_us": watermark,
+                           "pending": max(0, (max_seq or 0) - next_seq + 1)}
+    finally:
+        conn.close()
+    return {"spool": str(path), "found": True, "stored_records": stored, "last_seq": max_seq, "groups": groups}
+
+
 def _set_wal(conn: sqlite3.Connection) -> None:
     """WAL mode. Two processes opening a new spool at once can both try to
     switch it, and SQLite answers "database is locked" at once instead of

@@ -69,7 +69,29 @@ def sends_all_or_nothing(writer: TransportWriter | None) -> bool:
     return bool(getattr(writer, "all_or_nothing", False))
 
 
+class Source(Protocol):
+    """Where a job's records come from: a file, a generator, a transport reader."""
+
+    # True: the source ends by itself (a file, a counted random run); False:
+    # it runs until `stop()` (an endless generator, a transport).
+    bounded: bool
+    # What ended a damaged input early (a truncated gzip member, say), for the
+    # command to report after its summary; None for an intact input.
+    damage: str | None
+
+    def batches(self) -> reactivex.Observable:
+        """RecordBatches, DATA while records arrive, IDLE on an empty caught-up
+        poll, EOF only if the source is finite. Completes after `stop()`."""
+
+    def stop(self) -> None: ...
+
+
 class TransportReader(Protocol):
+    """A source that commits. A reader that buffers fetched batches in memory
+    (the Kinesis pollers) reports how many wait with an optional
+    `queue_depth() -> int`; see `queue_depth_of`. A job reads a transport as
+    an endless source."""
+
     def batches(self) -> reactivex.Observable:
         """RecordBatches, DATA while records arrive, IDLE on an empty caught-up
         poll, EOF only if the transport is finite. Completes after `stop()`."""
@@ -91,6 +113,12 @@ class TransportReader(Protocol):
     def close(self) -> None:
         """Stop, and release what the reader holds (a spool group's lock,
         Kinesis leases: a graceful handoff). Call it after the final commit."""
+
+
+def queue_depth_of(reader: TransportReader) -> Callable[[], int] | None:
+    """The reader's `queue_depth`, when it declares one."""
+    depth = getattr(reader, "queue_depth", None)
+    return depth if callable(depth) else None
 
 
 def blocking_observable(loop: Callable[[abc.ObserverBase], None], cleanup: Callable[[], None] | None = None) -> reactivex.Observable:

@@ -38,6 +38,6 @@ def make_counter(
 def build_pipeline(source: reactivex.Observable, parser: RecordParser, counter: WindowCounter) -> reactivex.Observable:
     """`RecordBatch`es in, `CountedBatch`es out.
 
-    >>> build_pipeline(FileSource("e.csv").observable(), EventsCsvParser(), counter).subscribe(fan_out.on_next)
+    >>> build_pipeline(FileSource("e.csv").batches(), EventsCsvParser(), counter).subscribe(fan_out.on_next)
     """
     return source.pipe(parse_records(parser), count_windows(counter))

@@ -197,6 +197,7 @@ def test_produce_dead_letters_what_kinesis_rejects(aws_env: str, tmp_path: Path)
     """`produce` hands the writer's rejects to the dead-letter output: a line
     under the parser's 1 MiB limit that grows past Kinesis' 1 MiB as NDJSON."""
     from config.settings import load_settings
+    from config.transports import open_writer
     from consumers.dead_letter_file import DeadLetterFile
     from daemon.produce import produce
     from producers.file_source import FileSource
@@ -213,7 +214,8 @@ def test_produce_dead_letters_what_kinesis_rejects(aws_env: str, tmp_path: Path)
     settings = load_settings(ROOT / "config" / "aws.toml").with_overrides(data_dir=tmp_path)
     dead = DeadLetterFile(tmp_path / "dead.ndjson")
 
-    sent, dead_count = produce(FileSource(source, 100).observable(), make_parser("ndjson"), f"kinesis:{stream}", dead, settings)
+    writer = open_writer(f"kinesis:{stream}", settings)
+    sent, dead_count = produce(FileSource(source, 100).batches(), make_parser("ndjson"), writer, dead)
 
     assert (sent, dead_count) == (1, 1)
     letter = json.loads((tmp_path / "dead.ndjson").read_text())

@@ -190,10 +190,10 @@ def test_gdelt_sample_counts_each_country_once_per_event(tmp_path):
 
     path = FIXTURES / "GDELT-MINI.TSV"
     settings = load_settings().with_overrides(data_dir=tmp_path, format="gdelt-tsv")
-    configure(settings)
+    root = configure(settings)
     arrival = stamp_to_us("2021-06-01T12:34:56Z")  # the injected processing-time clock
-    summary = run_job(settings, FileSource(path, clock_us=lambda: arrival).observable(), parser_for(settings),
-                      wall_clock=lambda: arrival)
+    summary = run_job(settings, FileSource(path, clock_us=lambda: arrival).batches(), parser_for(settings),
+                      root.sinks(), wall_clock=lambda: arrival)
     expected = Counter()
     for line in path.read_text().splitlines():
         cols = line.split("\t")

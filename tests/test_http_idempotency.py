@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import pytest
 
 from consumers.sqlite_count_store import SqliteCountStore
-from producers.transports import open_writer
+from config.transports import open_writer
 from service.idempotency import IdempotencyLedger
 from tests.test_http_support import Clock, RecordingWriter, drain_spool, make_settings, running_service
 

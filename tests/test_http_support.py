@@ -20,7 +20,7 @@ from config.bindings import configure
 from config.settings import Settings, load_settings
 from consumers.ports import CountStore
 from producers.transport import TransportWriter
-from producers.transports import open_writer
+from config.transports import open_writer
 from service.app import build_app
 from service.auth import CredentialStore
 from service.runner import ServerHandle, start_http_server

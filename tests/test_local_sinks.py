@@ -5,7 +5,8 @@ import os
 import polars as pl
 import pytest
 
-from consumers.dead_letter_file import DeadLetterFile, decode_dead_letter_record
+from consumers.dead_letter_file import DeadLetterFile
+from consumers.dead_letter_lines import decode_dead_letter_record
 from consumers.local_object_store import LocalObjectStore
 from consumers.object_keys import MAX_NAME_CHARS, check_key, encode_name_part
 from consumers.raw_event_writer import RawEventWriter, raw_event_key

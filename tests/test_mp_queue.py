@@ -11,7 +11,7 @@ import pytest
 
 from producers.mp_queue import END_MARKER, MpQueueReader, MpQueueWriter, make_queue
 from producers.transport import TransportFull
-from producers.transports import open_reader, open_writer
+from config.transports import open_reader, open_writer
 from streams.batches import BatchKind, RecordBatch
 
 pytestmark = pytest.mark.timeout(60)

@@ -187,7 +187,7 @@ def test_a_slow_sink_throttles_the_source_and_memory_stays_flat():
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    summary = run_job(settings, source.observable(), parser_for(settings, "ndjson"), sinks=[sink])
+    summary = run_job(settings, source.batches(), parser_for(settings, "ndjson"), sinks=[sink])
     sampler.join()
     # The source only ran as fast as the sink took batches (plus the final flush).
     assert summary.read <= (sink.batches + 1) * 500

@@ -16,7 +16,7 @@ import pytest
 from producers.console import ConsoleWriter
 from producers.spool import SPOOL_FILE, SpoolReader, SpoolWriter
 from producers.transport import TransportFull
-from producers.transports import open_reader, open_writer
+from config.transports import open_reader, open_writer
 from streams.batches import BatchKind, RecordBatch
 
 pytestmark = pytest.mark.timeout(60)
