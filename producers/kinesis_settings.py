@@ -3,8 +3,8 @@ fast to poll, and the lease timings.
 
 Usage::
 
-    settings = KinesisReaderSettings.from_aws("events", AwsConfig.from_settings(settings), batch_size=5000)
-    settings = dataclasses.replace(settings, iterator_type="LATEST")   # in tests
+    reader_settings = KinesisReaderSettings.from_aws("events", settings.aws, batch_size=5000)
+    reader_settings = dataclasses.replace(reader_settings, iterator_type="LATEST")   # in tests
 """
 
 from __future__ import annotations
