@@ -135,6 +135,24 @@ class Components:
 
         return read_spool_status(directory)
 
+    def local_store_status(self) -> list[tuple[str, int, int, int]] | None:
+        """(partition, windows, provisional, newest window start) per partition
+        of the local count store, read-only; None on the aws backend or when
+        there is no store yet. Raises `sqlite3.Error` when it cannot be read."""
+        if self.settings.backend != "local" or not self.settings.count_db.is_file():
+            return None
+        from consumers.sqlite_count_store import read_store_status
+
+        return read_store_status(self.settings.count_db)
+
+    def kinesis_leases(self, stream: str, group: str) -> tuple[str, list[Any]]:
+        """(lease table name, the leases of `stream`) of consumer `group`, read
+        without creating anything (`status`)."""
+        from producers.kinesis_lease_table import LeaseTable, ensure_lease_table
+
+        client, table = ensure_lease_table(self.settings.aws, group, create=False)
+        return table, LeaseTable(client, table, stream).scan()
+
     # -- the pipeline's sinks ---------------------------------------------------------
 
     def sinks(self) -> list[Sink]:

@@ -181,6 +181,20 @@ class _Encoded:
                    f[COUNT].to_list(), f[FINAL].to_list())
 
 
+def read_store_status(path: str | os.PathLike[str]) -> list[tuple[str, int, int, int]]:
+    """(partition, windows, provisional windows, newest window start) of each
+    partition in the store at `path`, read-only (`status`); raises
+    `sqlite3.Error` when it cannot be read."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT partition, COUNT(*), SUM(final = 0), MAX(window_start) FROM window_counts GROUP BY partition "
+            "ORDER BY partition").fetchall()
+    finally:
+        conn.close()
+    return [(partition, windows, provisional or 0, newest) for partition, windows, provisional, newest in rows]
+
+
 class SqliteCountStore:
     """`CountStore` on one SQLite file (WAL, so queries read while a job writes)."""
 

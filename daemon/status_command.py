@@ -89,16 +89,10 @@ def spool_status(root: Components, directory: str, group: str | None) -> dict[st
             "groups": groups, "group": group}
 
 
-def kinesis_status(stream: str, group: str, settings: Settings) -> dict[str, Any]:
-    from producers.kinesis_lease_table import LeaseTable, ensure_lease_table
-
-    config = settings.aws
+def kinesis_status(root: Components, stream: str, group: str) -> dict[str, Any]:
     try:
-        client, table = ensure_lease_table(config, group, create=False)
-        leases = LeaseTable(client, table, stream).scan()
-    except CliError:
-        raise
-    except Exception as exc:
+        table, leases = root.kinesis_leases(stream, group)
+    except Exception as exc:  # any failure to read the table is worded for the user here
         raise CliError(f"cannot read the lease table of kinesis:{stream}: {type(exc).__name__}: {exc}") from None
     return {"lease_table": table, "shards": {
         lease.shard_id: {"owner": lease.owner, "checkpoint": lease.checkpoint, "watermark": _utc(lease.watermark_us),
@@ -106,20 +100,15 @@ def kinesis_status(stream: str, group: str, settings: Settings) -> dict[str, Any
         for lease in sorted(leases, key=lambda lease: lease.shard_id)}}
 
 
-def store_status(settings: Settings) -> dict[str, Any] | None:
-    if settings.backend != "local" or not settings.count_db.is_file():
-        return None
-    conn = sqlite3.connect(f"file:{settings.count_db}?mode=ro", uri=True)
+def store_status(root: Components) -> dict[str, Any] | None:
     try:
-        rows = conn.execute(
-            "SELECT partition, COUNT(*), SUM(final = 0), MAX(window_start) FROM window_counts GROUP BY partition "
-            "ORDER BY partition").fetchall()
+        rows = root.local_store_status()
     except sqlite3.Error as exc:
-        raise CliError(f"cannot read the count store {settings.count_db}: {exc}") from None
-    finally:
-        conn.close()
-    return {"count_store": str(settings.count_db), "partitions": {
-        partition: {"windows": windows, "provisional": provisional or 0, "newest_window": _utc(newest)}
+        raise CliError(f"cannot read the count store {root.settings.count_db}: {exc}") from None
+    if rows is None:
+        return None
+    return {"count_store": str(root.settings.count_db), "partitions": {
+        partition: {"windows": windows, "provisional": provisional, "newest_window": _utc(newest)}
         for partition, windows, provisional, newest in rows}}
 
 
@@ -133,10 +122,10 @@ def collect(args: argparse.Namespace, root: Components) -> dict[str, Any]:
         if scheme == "spool" and target:
             report["transport"] = spool_status(root, target, args.group)
         elif scheme == "kinesis" and target:
-            report["transport"] = kinesis_status(target, args.group, settings)
+            report["transport"] = kinesis_status(root, target, args.group)
         else:
             raise CliError(f"--from {uri}: status reads spool:DIR or kinesis:STREAM")
-    store = store_status(settings)
+    store = store_status(root)
     if store is not None:
         report["store"] = store
     if not report["jobs"] and "transport" not in report and store is None:
