@@ -14,8 +14,19 @@ answered by the root's own method), and returns it. The CLI entry
 (`daemon/cli.py`) calls it once and passes the root to the command it runs;
 commands never call `inject` themselves.
 
-Local mode never imports boto3: the aws backend's builders (config/aws_bindings.py)
-are imported only when `[pipeline] backend = "aws"`.
+Local mode never imports boto3: the aws backend's stores (config/aws_stores.py)
+are imported only when `[pipeline] backend = "aws"`, the AWS transports only
+when a URI names one (config/transports.py).
+
+The parts, by method:
+
+- stores: `count_store()`, `object_store()`, `dead_letters()`, `counted_keys()`;
+- the pipeline: `sinks()` (in write order), `file_source(path)`,
+  `random_source(seed, count, rate)`, `reader(uri, group, create_resources)`,
+  `writer(uri, create_resources)`;
+- Optimizely: `conversion_sink()`, `bucketer(...)`, `optimizely_bulk_sink()`;
+- read-only views for `status`: `spool_status(directory)`,
+  `local_store_status()`, `kinesis_leases(stream, group)`.
 
 Usage::
 
@@ -26,7 +37,6 @@ Usage::
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -39,22 +49,21 @@ from producers.transport import Source, TransportReader, TransportWriter
 
 T = TypeVar("T")
 
-# Backends other than local live in their own module, imported only when
-# chosen, with `backend_config(settings)` (its typed section, checked),
-# `count_store(config)` and `object_store(config)`.
-BACKEND_MODULES = {"aws": "config.aws_bindings"}
-
-
 class Components:
     """Every adapter of one configuration, built on first request."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._built: dict[str, Any] = {}
-        self._backend = importlib.import_module(BACKEND_MODULES[settings.backend]) \
-            if settings.backend in BACKEND_MODULES else None
-        # A bad backend section (a wrong [aws] key) fails here, before any work.
-        self._backend_config = self._backend.backend_config(settings) if self._backend is not None else None
+        # The aws backend's stores live in their own module, imported only when
+        # chosen; a bad [aws] key fails here, before any work.
+        self._backend: Any = None
+        self._backend_config: Any = None
+        if settings.backend == "aws":
+            from config import aws_stores
+
+            self._backend = aws_stores
+            self._backend_config = aws_stores.backend_config(settings)
 
     def _once(self, name: str, build: Callable[[], T]) -> T:
         if name not in self._built:
