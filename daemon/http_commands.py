@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Mapping, TextIO
 
 from config.root import Components
 from config.settings import Settings
+from producers.transport import TransportReader
 from daemon.commands import CliError, add_common, command
 from observability.health import PipelineHealth
 from daemon.reload import install_sighup_handler, on_reload
@@ -242,7 +243,7 @@ def _module_readiness(check: Callable[[], Any]) -> Callable[[], Mapping[str, Any
 
 
 @contextlib.contextmanager
-def embedded_http(root: Components, source: Any = None, endless: bool = True) -> Iterator[Any]:
+def embedded_http(root: Components, source: TransportReader | None = None, endless: bool = True) -> Iterator[Any]:
     """Serve HTTP on a background thread for the duration of a long-running
     command when `[http] enabled`; yields the server handle or None.
 
@@ -272,17 +273,13 @@ def embedded_http(root: Components, source: Any = None, endless: bool = True) ->
         close()
 
 
-def _pipeline_readiness(source: Any) -> dict[str, Any]:
+def _pipeline_readiness(source: TransportReader | None) -> dict[str, Any]:
     """The pipeline this process runs: its source, and `observability.health` (progress
     within the stall limit; sinks and sources that reported failures)."""
     components: dict[str, Any] = {}
     if source is not None:
-        caught_up = getattr(source, "caught_up_seconds", None)
-        if callable(caught_up):
-            seconds = caught_up()
-            components["source"] = (True, f"caught up for {seconds:.1f} s" if seconds > 0 else "reading")
-        else:
-            components["source"] = (True, type(source).__name__)
+        seconds = source.caught_up_seconds()
+        components["source"] = (True, f"caught up for {seconds:.1f} s" if seconds > 0 else "reading")
     try:
         from observability.health import HEALTH
     except ImportError:

@@ -96,9 +96,7 @@ def cmd_forward(args: argparse.Namespace, root: Components) -> int:
         stop.set()
         sink.close()
         dead_letters.flush()
-        close = getattr(reader, "close", None)
-        if close is not None:
-            close()
+        reader.close()
     s = sink.stats
     print(json.dumps({
         "records": forwarder.records, "visitors_sent": s.visitors_sent, "events_sent": s.events_sent,
