@@ -16,10 +16,11 @@ Usage::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 from config import transports
 from config.optimizely_settings import optimizely_settings
+from config.settings import Settings
 from optimizely_integration.bucketer import Bucketer
 from optimizely_integration.bulk_event_dispatcher import BulkEventDispatcher
 from optimizely_integration.datafile import DatafileManager, DatafileSource, source_from_settings
@@ -29,7 +30,7 @@ from producers.transport import TransportWriter
 OpenWriter = Callable[[str], TransportWriter]  # transport URI -> its writer
 
 
-def open_dispatcher(settings: Any, open_writer: OpenWriter | None, opt: OptimizelySettings | None = None) -> BulkEventDispatcher:
+def open_dispatcher(settings: Settings, open_writer: OpenWriter | None, opt: OptimizelySettings | None = None) -> BulkEventDispatcher:
     """A `BulkEventDispatcher` onto `optimizely.dispatch_to`."""
     opt = opt or optimizely_settings(settings)
     uri = opt.dispatch_uri(settings)
@@ -50,7 +51,7 @@ class BucketerParts:
 
 
 def build_bucketer(
-    settings: Any,
+    settings: Settings,
     open_writer: OpenWriter | None,
     activate: bool | None = None,
     source: DatafileSource | None = None,

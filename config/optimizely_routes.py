@@ -17,13 +17,14 @@ from fastapi import APIRouter
 
 from config.optimizely_parts import BucketerParts, OpenWriter, build_bucketer
 from config.optimizely_settings import optimizely_settings
+from config.settings import Settings
 from optimizely_integration.http_routes import build_optimizely_router
 
 _parts: BucketerParts | None = None  # of the router built from settings
 
 
 def build_router(
-    settings: Any,
+    settings: Settings,
     auth_dependency: Callable[..., Any] | None = None,
     register_reload: Callable[[str, Callable[[], None]], None] | None = None,
     open_writer: OpenWriter | None = None,
