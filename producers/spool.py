@@ -32,7 +32,7 @@ group would each read every record (the group's offset is one).
 from __future__ import annotations
 
 import dataclasses
-from itertools import chain, repeat
+from itertools import accumulate
 import errno
 import fcntl
 import hashlib
@@ -168,21 +168,68 @@ def _lock_group(directory: Path, group: str) -> int:
     return fd
 
 
-# Rows per INSERT statement (two parameters each, under SQLite's 32,766).
-INSERT_CHUNK = 2048
-_INSERT_CHUNK_SQL = "INSERT INTO records (partition, data) VALUES " + ", ".join(["(?, ?)"] * INSERT_CHUNK)
+# A send is one INSERT statement: the records joined into one blob, and
+# where each one ends as fixed-width decimals, cut back apart by SQLite. The
+# statement text never changes, so it is prepared once, and the Python side
+# binds three values instead of one per record (binding a `bytes` parameter
+# costs the sqlite3 module a failed adapter lookup each time). The collector's
+# group commit runs on a thread beside the event loop: everything per record
+# happens inside `sqlite3_step`, which runs without the GIL.
+# A send whose blob is larger is written in several statements (SQLite's
+# default limit on a value is 1e9 bytes).
+MAX_STATEMENT_BYTES = 64 << 20
+_CUT = (
+    "WITH RECURSIVE cut(n, first, last) AS ("
+    " SELECT 1, 1, CAST(substr(:ends, 1, 10) AS INTEGER)"
+    " UNION ALL"
+    " SELECT n + 1, last + 1, CAST(substr(:ends, 10 * n + 1, 10) AS INTEGER) FROM cut WHERE n < :count)"
+)
+# Without a bound check (inside a transaction that made it already) ...
+_INSERT_SQL = (
+    f"INSERT INTO records (partition, data) {_CUT}"
+    f" SELECT '{STORAGE_PARTITION}', ifnull(substr(:blob, first, last - first + 1), x'') FROM cut ORDER BY n"
+)
+# ... and with it: the whole send is one statement, hence one transaction
+# (SQLite takes the write lock when the statement starts, as BEGIN IMMEDIATE
+# does), in which nothing is inserted when the bound would be passed. The
+# rule is `_pending`'s: records after the slowest group's offset, and a send
+# into an empty spool is always accepted.
+_PENDING_SQL = (
+    "ifnull(max(0, (SELECT MAX(seq) FROM records) - coalesce((SELECT MIN(next_seq) FROM offsets),"
+    " (SELECT MIN(seq) FROM records)) + 1), 0)"
+)
+_BOUNDED_INSERT_SQL = (
+    f"INSERT INTO records (partition, data) {_CUT}, room(pending) AS (SELECT {_PENDING_SQL})"
+    f" SELECT '{STORAGE_PARTITION}', ifnull(substr(:blob, first, last - first + 1), x'') FROM cut"
+    " WHERE (SELECT pending = 0 OR pending + :count <= :bound FROM room) ORDER BY n"
+)
+_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
-def _insert(conn: sqlite3.Connection, rows: list[tuple[str, Any]]) -> None:
-    """Insert `rows` in order, a few thousand per statement. Not executemany:
-    it lets go of the GIL for every row, and a thread that gets it back after
-    each row waits behind a busy event loop (the HTTP collector's group
-    commit) up to a switch interval every time."""
-    for start in range(0, len(rows), INSERT_CHUNK):
-        chunk = rows[start : start + INSERT_CHUNK]
-        sql = _INSERT_CHUNK_SQL if len(chunk) == INSERT_CHUNK else (
-            "INSERT INTO records (partition, data) VALUES " + ", ".join(["(?, ?)"] * len(chunk)))
-        conn.execute(sql, list(chain.from_iterable(chunk)))
+def _packed(records: list[bytes]) -> dict[str, Any]:
+    """The parameters of `_INSERT_SQL` for `records`: the ends are 1-based
+    offsets of each record's last byte, 10 digits each."""
+    ends = (b"%010d" * len(records)) % tuple(accumulate(map(len, records)))
+    return {"blob": b"".join(records), "ends": ends, "count": len(records)}
+
+
+def _chunks(records: list[bytes]) -> list[list[bytes]]:
+    """`records` in runs of at most `MAX_STATEMENT_BYTES` (one record may be more)."""
+    chunks: list[list[bytes]] = []
+    start = size = 0
+    for i, record in enumerate(records):
+        if size and size + len(record) > MAX_STATEMENT_BYTES:
+            chunks.append(records[start:i])
+            start, size = i, 0
+        size += len(record)
+    chunks.append(records[start:])
+    return chunks
+
+
+def _insert(conn: sqlite3.Connection, records: list[bytes]) -> None:
+    """Insert `records` in order, inside the caller's transaction."""
+    for chunk in _chunks(records):
+        conn.execute(_INSERT_SQL, _packed(chunk))
 
 
 def _pending(conn: sqlite3.Connection) -> int:
@@ -237,10 +284,11 @@ class SpoolWriter:
         """Append all of `records` in one transaction, or none of them."""
         if not records:
             return 0
-        rows = list(zip(repeat(STORAGE_PARTITION), map(bytes, records)))  # C loops: this is the collector's hot path
+        rows = list(map(bytes, records))  # a C loop: this is the collector's hot path
+        packed = _packed(rows) if sum(map(len, rows)) <= MAX_STATEMENT_BYTES else None
         deadline = time.monotonic() + self.block_timeout
         while True:
-            if self._try_append(rows):
+            if self._try_append(rows, packed):
                 return len(rows)
             if time.monotonic() >= deadline:
                 raise TransportFull(
@@ -248,9 +296,22 @@ class SpoolWriter:
                 )
             time.sleep(self.poll_interval)
 
-    def _try_append(self, rows: list[tuple[str, Any]]) -> bool:
+    def _try_append(self, rows: list[bytes], packed: dict[str, Any] | None) -> bool:
         with self._lock:
             conn = self._require_open()
+            if packed is not None:
+                # One statement in autocommit mode: its own durable
+                # transaction, and one trip out of the GIL for the whole send.
+                try:
+                    if self.max_pending:
+                        cursor = conn.execute(_BOUNDED_INSERT_SQL, {**packed, "bound": self.max_pending})
+                    else:
+                        cursor = conn.execute(_INSERT_SQL, packed)
+                except sqlite3.OperationalError as exc:
+                    if exc.sqlite_errorcode & 0xFF in _BUSY:  # locked past busy_timeout
+                        raise TransportFull(f"spool {self.directory} is locked: {exc}") from exc
+                    raise
+                return cursor.rowcount == len(rows)
             try:
                 # IMMEDIATE takes the write lock before the bound check, so two
                 # producers cannot both pass the check and overshoot together.

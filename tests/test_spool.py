@@ -376,3 +376,63 @@ def test_the_committed_watermark_comes_back_on_the_first_batch_after_a_restart(t
     assert all(b.resume_watermark_us is None for b in batches[1:])
     assert records_of(batches) == seen[2:]
     second.close()
+
+
+ODD_RECORDS = [b"", b"a", b"\n", b"\x00\xff", b"", "é\u2028".encode(), b"x" * 70_000, b"", b'{"k": "v"}']
+
+
+@pytest.mark.parametrize("max_pending", [0, 1000])
+@pytest.mark.parametrize("statement_bytes", [None, 10])
+def test_records_come_back_byte_for_byte_and_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_pending: int, statement_bytes: int | None
+) -> None:
+    """A send is cut back into its records by SQLite (one statement, or several
+    in one transaction when it is large): every record comes back as sent."""
+    if statement_bytes is not None:
+        monkeypatch.setattr("producers.spool.MAX_STATEMENT_BYTES", statement_bytes)
+    sends = [ODD_RECORDS, [b""], [b"", b""], [bytearray(b"ba"), memoryview(b"mv")], payloads("n", 300)]
+    with SpoolWriter(tmp_path, max_pending=max_pending) as writer:
+        assert [writer.send(s) for s in sends] == [len(s) for s in sends]
+        assert writer.pending() == sum(map(len, sends))
+    reader = SpoolReader(tmp_path, batch_size=100, poll_interval=FAST)
+    seen = records_of(drain(reader))
+    reader.close()
+    assert [d for d, _ in seen] == [bytes(r) for s in sends for r in s]
+    assert [p for _, p in seen] == list(range(1, len(seen) + 1))
+    with sqlite3.connect(tmp_path / SPOOL_FILE) as conn:
+        assert conn.execute("SELECT DISTINCT typeof(data), partition FROM records").fetchall() == [("blob", "spool")]
+
+
+@pytest.mark.parametrize("statement_bytes", [None, 10])
+def test_a_send_past_the_bound_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, statement_bytes: int | None) -> None:
+    if statement_bytes is not None:
+        monkeypatch.setattr("producers.spool.MAX_STATEMENT_BYTES", statement_bytes)
+    with SpoolWriter(tmp_path, max_pending=5, block_timeout=0) as writer:
+        assert writer.send(payloads("a", 7)) == 7  # an empty spool takes any send
+        with pytest.raises(TransportFull):
+            writer.send([b"one more"])
+        assert writer.pending() == 7
+        reader = SpoolReader(tmp_path, poll_interval=FAST)
+        reader.commit(reader.partition, 6)  # 2 left: room for 3
+        with pytest.raises(TransportFull):
+            writer.send(payloads("b", 4))
+        assert writer.send(payloads("c", 3)) == 3
+        reader.close()
+    with sqlite3.connect(tmp_path / SPOOL_FILE) as conn:
+        assert [d for (d,) in conn.execute("SELECT data FROM records ORDER BY seq")] == payloads("a", 7) + payloads("c", 3)
+
+
+def test_a_spool_locked_by_another_writer_is_full_not_an_error(tmp_path: Path) -> None:
+    with SpoolWriter(tmp_path, block_timeout=0) as writer:
+        writer.send([b"first"])
+        writer._conn.execute("PRAGMA busy_timeout = 50")  # type: ignore[union-attr]
+        other = sqlite3.connect(tmp_path / SPOOL_FILE, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(TransportFull, match="locked"):
+                writer.send([b"blocked"])
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert writer.send([b"after"]) == 1
+        assert writer.pending() == 2
