@@ -23,9 +23,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import inject
+
 from config.bindings import configure
 from config.root import Components
-from config.settings import ConfigError, check_log_level, load_settings
+from config.settings import ConfigError, Settings, check_log_level, load_settings
 from daemon import (
     config_command,
     http_commands,
@@ -65,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_for(args: argparse.Namespace) -> Components:
-    """The settings of the command line (profile, environment, flags), and the root built on them."""
+def load_for(args: argparse.Namespace) -> Settings:
+    """The settings of the command line: the profile, the environment, the flags."""
     settings = load_settings(getattr(args, "config", None))
     changes: dict[str, object] = {}
     if getattr(args, "data_dir", None):
@@ -80,7 +82,7 @@ def load_for(args: argparse.Namespace) -> Components:
         if args.format not in PARSERS:
             raise CliError(f"--format: unknown format {args.format!r}, expected one of {', '.join(PARSERS)}")
         changes["format"] = args.format
-    return configure(settings.with_overrides(**changes))
+    return settings.with_overrides(**changes)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -120,7 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        root = load_for(args)
+        configure(load_for(args))  # the composition root, bound in the injector
+        root = inject.instance(Components)
         configured_level = root.settings.logging.level
         if configured_level and args.log_level == "WARNING":
             logging.getLogger().setLevel(configured_level)
