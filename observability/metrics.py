@@ -81,9 +81,11 @@ def _newest_event_us(events: Any) -> int | None:
     `EventColumns`, a loop only for plain sequences (tests)."""
     if not len(events):
         return None
-    times = getattr(events, "times_us", None)
+    times = getattr(events, "times_us", None)  # EventColumns: a property, the time column
     if callable(times):
-        value = times().max()
+        times = times()
+    if times is not None and hasattr(times, "max"):
+        value = times.max()
         return int(value) if value is not None else None
     return max(event.event_time_us for event in events)
 

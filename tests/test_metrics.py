@@ -213,3 +213,17 @@ def test_run_serves_metrics_with_a_flag_while_it_runs(tmp_path):
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "records read" in out
+
+
+def test_the_newest_event_time_of_a_columnar_batch_is_a_column_max():
+    """EventColumns.times_us is a property (the column): the metrics take its
+    max and never build the batch's events one by one."""
+    from streams.event_columns import EventColumns
+
+    class NoIteration(EventColumns):
+        def __iter__(self):
+            raise AssertionError("iterated the batch's events")
+
+    events = EventColumns.from_lists("p", ["c"] * 3, ["x"] * 3, ["t1", "t2", "t3"], [5, 9, 7], [0, 1, 2])
+    assert metrics._newest_event_us(NoIteration(events.partition, events.frame)) == 9
+    assert metrics._newest_event_us([Event("c", "x", "t", 4, {}, "p", 0)]) == 4
