@@ -4,6 +4,7 @@
     python bench/throughput.py                                  # 1M sparse rows, 3 pairs
     python bench/throughput.py --shape dense --rows 1000000 --rows 10000000 --pairs 3
     python bench/throughput.py --project /tmp/snapshot          # another checkout's pipeline
+    python bench/throughput.py --compare /tmp/before --only "run counts_only"   # before/after, alternated
 
 For each `--rows` it generates an `events-csv` file with
 bench/generate_events.py (`--shape sparse|dense`, seeded, with a header;
@@ -143,6 +144,10 @@ def measure(args, rows: int, project: Path, work: Path) -> None:
     all_sides = sides(sys.executable, project, path)
     if args.only:
         all_sides = {name: make for name, make in all_sides.items() if name == PLAIN or name in args.only}
+    if args.compare:  # the same sides of another checkout, in the same rounds
+        other = Path(args.compare).resolve()
+        all_sides.update({f"{name} [{other.name}]": make for name, make in sides(sys.executable, other, path).items()
+                          if name != PLAIN and name in all_sides})
     names = list(all_sides)
     results: dict[str, list[dict]] = {name: [] for name in names}
     load_before = os.getloadavg()
@@ -210,6 +215,8 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="where the input file is cached (default: a temp dir)")
     parser.add_argument("--project", default=str(BENCH.parent), help="the checkout whose pipeline runs")
     parser.add_argument("--only", action="append", help="run only these sides (besides the plain loop)")
+    parser.add_argument("--compare", metavar="PROJECT",
+                        help="also run the same sides of another checkout (a before/after in the same rounds)")
     parser.add_argument("--no-check", action="store_true", help="skip comparing the plain loop with `export`")
     args = parser.parse_args()
     if args.pairs < 1:

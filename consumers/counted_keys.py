@@ -42,6 +42,12 @@ KEY_SCHEMA = {**{name: pl.String for name in CORE_FIELDS}, TIME: pl.Int64}
 _SUFFIXES = tuple(fmt.suffix for fmt in FORMATS.values())
 _STAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.fZ"  # format_utc, as the NDJSON archive writes it
 _HIT = "_counted"
+# The columns of a Parquet archive object that make a key, as the writer types them.
+_PARQUET_KEY_SCHEMA = {**{name: pl.String for name in CORE_FIELDS}, "timestamp": pl.Datetime("us", "UTC"),
+                       "partition": pl.String}
+# Objects matched together: one native scan per chunk, bounded in memory.
+CHUNK_OBJECTS = 64
+CHUNK_BYTES = 32 << 20
 _INDEX = "_row"
 
 
@@ -125,23 +131,51 @@ class CountedKeys:
     def archived(self, partition: str | None, hours: Sequence[int], wanted: pl.DataFrame | None = None) -> pl.DataFrame:
         """The keys the archive holds for `partition` in the given UTC hours
         (hours since the epoch); duplicates of at-least-once delivery kept.
-        With `wanted`, only those of its keys: each object is matched as it
-        is read, so memory holds a few objects, never the whole archive (a
-        10M-row backfill's late events span every hour of it)."""
+        With `wanted`, only those of its keys: objects are matched a chunk at
+        a time as they are read (at most `CHUNK_OBJECTS` objects or
+        `CHUNK_BYTES` of bodies), so memory holds a few objects, never the
+        whole archive (a 10M-row backfill's late events span every hour of
+        it). A chunk's Parquet objects are read and matched by one native
+        scan (about 0.3 ms an object instead of 1.5 ms one by one)."""
         if not hours:
             return pl.DataFrame(schema=KEY_SCHEMA)
         found: list[pl.DataFrame] = []
         with ThreadPoolExecutor(max_workers=max(1, self.threads)) as pool:
             listed = list(pool.map(lambda hour: self._objects(partition, hour), hours))
             objects = [item for in_hour in listed for item in in_hour]
-            for start in range(0, len(objects), self.threads):
-                for frame in pool.map(lambda item: self._read(partition, *item), objects[start:start + self.threads]):
-                    if wanted is not None:
-                        frame = frame.join(wanted, on=list(KEY_COLUMNS), how="semi")
-                    if frame.height:
-                        found.append(frame)
+            chunk: list[tuple[bytes, str]] = []
+            size = 0
+            for start in range(0, len(objects), self.threads):  # `threads` gets at a time
+                group = objects[start:start + self.threads]
+                for body, (_, suffix) in zip(pool.map(lambda item: self.store.get(item[0]), group), group):
+                    chunk.append((body, suffix))
+                    size += len(body)
+                if len(chunk) >= CHUNK_OBJECTS or size >= CHUNK_BYTES:
+                    found.extend(self._match(partition, chunk, wanted))
+                    chunk, size = [], 0
+            found.extend(self._match(partition, chunk, wanted))
         self.objects_read += len(objects)
         return pl.concat(found) if found else pl.DataFrame(schema=KEY_SCHEMA)
+
+    def _match(self, partition: str | None, chunk: list[tuple[bytes, str]],
+               wanted: pl.DataFrame | None) -> list[pl.DataFrame]:
+        """The archived keys of one chunk of object bodies (only `wanted`'s, if given)."""
+        parquet = [body for body, suffix in chunk if suffix == FORMATS["parquet"].suffix]
+        frames = [self._ndjson(body) for body, suffix in chunk if suffix != FORMATS["parquet"].suffix]
+        lazy = [frame.lazy() for frame in frames]
+        if parquet:
+            scan = pl.scan_parquet([io.BytesIO(body) for body in parquet], schema=_PARQUET_KEY_SCHEMA,
+                                   extra_columns="ignore")
+            if partition is not None:
+                scan = scan.filter(pl.col("partition") == partition)
+            lazy.append(scan.select(*CORE_FIELDS, pl.col("timestamp").cast(pl.Int64).alias(TIME)))
+        if not lazy:
+            return []
+        keys = pl.concat(lazy) if len(lazy) > 1 else lazy[0]
+        if wanted is not None:
+            keys = keys.join(wanted.lazy(), on=list(KEY_COLUMNS), how="semi")
+        frame = keys.collect()
+        return [frame] if frame.height else []
 
     def _objects(self, partition: str | None, hour: int) -> list[tuple[str, str]]:
         """(key, suffix) of the partition's (every partition's, for None)
@@ -156,14 +190,8 @@ class CountedKeys:
                 found.append((key, suffix))
         return found
 
-    def _read(self, partition: str | None, key: str, suffix: str) -> pl.DataFrame:
-        body = self.store.get(key)
-        if suffix == FORMATS["parquet"].suffix:
-            frame = pl.read_parquet(io.BytesIO(body), columns=[*CORE_FIELDS, "timestamp", "partition"])
-            if partition is not None:
-                frame = frame.filter(pl.col("partition") == partition)
-            return frame.select(
-                *CORE_FIELDS, pl.col("timestamp").cast(pl.Int64).alias(TIME))
+    @staticmethod
+    def _ndjson(body: bytes) -> pl.DataFrame:
         lines = gzip.decompress(body)
         if not lines.strip():
             return pl.DataFrame(schema=KEY_SCHEMA)
