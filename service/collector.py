@@ -47,12 +47,13 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, WithJsonSchema
 
 from producers.transport import TransportFull
-from service.bodies import bad_text, may_hold_bad_text, parse_json, read_capped
+from service.bodies import bad_text, may_hold_bad_text, parse_json
 from service.context import ServiceContext
 from service.errors import ApiError, error_response, reason, validation_error
 from service.group_commit import LateError, LedgerError, PartialSend, Submission
@@ -300,11 +301,16 @@ class CollectorLane:
                 return
         started = time.perf_counter()
         try:
-            request = Request(scope, receive)
             if handle is None:
-                response = await _collect(self.ctx, request, _LANES[route], route)
-            else:
-                response = await handle(request)
+                # The collector's answer: its JSON, sent as two ASGI messages
+                # (what starlette's Response sends, without building one).
+                answer = await _accept(self.ctx, scope, receive, _LANES[route], route)
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [(b"content-length", b"%d" % len(answer)), _JSON_TYPE]})
+                await send({"type": "http.response.body", "body": answer})
+                _observe(route, method, 200, started)
+                return
+            response = await handle(Request(scope, receive))
         except ApiError as exc:
             response = error_response(exc.status, exc.message, exc.detail, exc.headers)
         except StarletteHTTPException as exc:
@@ -314,8 +320,22 @@ class CollectorLane:
             log.exception("http: unexpected error on %s %s", method, route)
             response = error_response(500, "internal error")
         await response(scope, receive, send)
-        REQUESTS.labels(route, method, str(response.status_code)).inc()
-        LATENCY.labels(route).observe(time.perf_counter() - started)
+        _observe(route, method, response.status_code, started)
+
+
+_JSON_TYPE = (b"content-type", b"application/json")
+# The labelled children of the request metrics, per (route, method, status):
+# `labels()` takes a lock and checks its values on every call. Bounded: the
+# lane's routes and methods are fixed, and so are the statuses it answers.
+_CHILDREN: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def _observe(route: str, method: str, status: int, started: float) -> None:
+    children = _CHILDREN.get((route, method, status))
+    if children is None:
+        children = _CHILDREN[route, method, status] = (REQUESTS.labels(route, method, str(status)), LATENCY.labels(route))
+    children[0].inc()
+    children[1].observe(time.perf_counter() - started)
 
 
 def plain_routes(router: APIRouter) -> dict[tuple[str, str], Any]:
@@ -336,8 +356,15 @@ def plain_routes(router: APIRouter) -> dict[tuple[str, str], Any]:
 
 
 async def _collect(ctx: ServiceContext, request: Request, event_type: str | None, route: str) -> Response:
-    username = await ctx.auth(request)
-    body = await read_capped(request, ctx.http.max_body_bytes)
+    answer = await _accept(ctx, request.scope, request.receive, event_type, route)
+    return Response(answer, media_type="application/json")
+
+
+async def _accept(ctx: ServiceContext, scope: Any, receive: Any, event_type: str | None, route: str) -> bytes:
+    """The JSON answer to a collector request whose events are on the
+    transport, or ApiError."""
+    username = await ctx.auth.authenticate(scope)
+    body = await _read_body(scope, receive, ctx.http.max_body_bytes)
     if ctx.committer is None:
         retry = {"Retry-After": str(ctx.http.retry_after_seconds)}
         raise ApiError(503, f"the collector has no transport: {ctx.writer_error or 'not configured'}", headers=retry)
@@ -348,9 +375,12 @@ async def _collect(ctx: ServiceContext, request: Request, event_type: str | None
     await ctx.committer.commit(sub)
     if sub.error is not None:
         raise _send_error(ctx, sub)
-    EVENTS_ACCEPTED.labels(route).inc(sub.accepted)
+    accepted = _ACCEPTED.get(route)
+    if accepted is None:
+        accepted = _ACCEPTED[route] = EVENTS_ACCEPTED.labels(route)
+    accepted.inc(sub.accepted)
     if not sub.duplicates:
-        return Response(b'{"message":"Received","accepted":%d}' % sub.accepted, media_type="application/json")
+        return b'{"message":"Received","accepted":%d}' % sub.accepted
     EVENTS_DUPLICATE.labels(route).inc(len(sub.duplicates))
     answer = {
         "message": "Received" if sub.accepted else "Duplicate",
@@ -358,7 +388,38 @@ async def _collect(ctx: ServiceContext, request: Request, event_type: str | None
         "duplicates": len(sub.duplicates),
         "duplicate_event_ids": sub.duplicates,
     }
-    return Response(orjson.dumps(answer), media_type="application/json")
+    return orjson.dumps(answer)
+
+
+_ACCEPTED: dict[str, Any] = {}  # route -> its EVENTS_ACCEPTED child
+
+
+def _too_large(limit: int) -> ApiError:
+    EVENTS_REJECTED.labels("too_large").inc()
+    return ApiError(413, f"request body is larger than {limit} bytes")
+
+
+async def _read_body(scope: Any, receive: Any, limit: int) -> bytes:
+    """The whole body, or 413 as soon as more than `limit` bytes arrived
+    (`service.bodies.read_capped`, from the ASGI messages themselves)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if value.isdigit() and int(value) > limit:
+                raise _too_large(limit)
+            break
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 # -- parse and validate ------------------------------------------------------------------

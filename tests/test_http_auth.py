@@ -153,3 +153,41 @@ def test_user_added_while_serving_can_log_in(tmp_path: Path) -> None:
         else:
             pytest.fail("the new user never got in")
         assert isinstance(svc.client(None).get("/healthz"), httpx.Response)
+
+
+def test_a_header_that_verified_is_remembered_until_the_file_changes(tmp_path: Path) -> None:
+    import asyncio
+    import os
+
+    from service.auth import BasicAuth
+    from service.errors import ApiError
+
+    path = tmp_path / "c.json"
+    store = CredentialStore(path)
+    store.add_user("a", "pw")
+    auth = BasicAuth(store, FailureLimiter(limit=100, window_seconds=60))
+
+    def scope(user: str, password: str) -> dict:
+        token = base64.b64encode(f"{user}:{password}".encode())
+        return {"type": "http", "client": ("10.0.0.1", 1), "headers": [(b"authorization", b"Basic " + token)]}
+
+    def outcome(user: str, password: str) -> str | int:
+        try:
+            return asyncio.run(auth.authenticate(scope(user, password)))
+        except ApiError as exc:
+            return exc.status
+
+    header = scope("a", "pw")["headers"][0][1]
+    assert store.known_header(header) is None
+    assert outcome("a", "pw") == "a"
+    assert store.known_header(header) == "a"  # the next request: a dict lookup
+    assert outcome("a", "wrong") == 401 and store.known_header(scope("a", "wrong")["headers"][0][1]) is None
+    store.add_user("a", "new")  # the file changed: the old password no longer works
+    assert store.known_header(header) is None
+    assert outcome("a", "pw") == 401
+    assert outcome("a", "new") == "a"
+    # A change by another process is seen within RELOAD_CHECK_SECONDS.
+    CredentialStore(path).add_user("a", "newer")
+    os.utime(path, ns=(1, 1))
+    store._checked_at = float("-inf")
+    assert outcome("a", "new") == 401 and outcome("a", "newer") == "a"
