@@ -173,8 +173,10 @@ def start_serve(data_dir: Path, **env: str) -> tuple[subprocess.Popen[str], str]
 def wrk(url: str, script: str, connections: int, seconds: float, work: Path, threads: int = 2) -> dict[str, Any]:
     path = work / "script.lua"
     path.write_text(script + _REPORT_LUA)
+    # wrk takes whole seconds only ("-d3.33s" is a usage error): a slice of
+    # --duration / --slices is rounded (the rates use wrk's measured time).
     done = subprocess.run(
-        ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(path), url],
+        ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(path), url],
         capture_output=True, text=True,
     )
     match = re.search(r"^RESULT (\{.*\})$", done.stdout, re.M)
