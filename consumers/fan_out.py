@@ -33,6 +33,7 @@ class SinkFanOut:
         clock: Callable[[], float] = time.monotonic,
         metrics: PipelineMetrics | None = None,
         on_checkpoint: Callable[[dict[str, tuple[int, int | None]]], None] | None = None,
+        after_batch: Callable[[CountedBatch], None] | None = None,
     ) -> None:
         self.sinks = list(sinks)
         self.metrics = metrics or PipelineMetrics()
@@ -46,6 +47,9 @@ class SinkFanOut:
         # partition -> (position, watermark) of its last commit, for `on_checkpoint` (the status file)
         self.checkpoints: dict[str, tuple[int, int | None]] = {}
         self.on_checkpoint = on_checkpoint
+        # Progress and health reporting: told of each batch once every sink
+        # has it, so the caller observes the stream without standing in it.
+        self.after_batch = after_batch
         self._last_checkpoint = clock()
         self.batches = 0
 
@@ -63,6 +67,8 @@ class SinkFanOut:
             self._safe[batch.partition] = point
         if self.commit is not None and self.clock() - self._last_checkpoint >= self.checkpoint_interval:
             self.checkpoint()
+        if self.after_batch is not None:
+            self.after_batch(batch)
 
     def checkpoint(self) -> None:
         for name, sink in self._named:

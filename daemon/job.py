@@ -14,7 +14,6 @@ from datetime import timedelta
 from typing import Callable
 
 import reactivex
-from reactivex import operators as ops
 
 from config.settings import Settings
 from daemon.progress import FilePosition, JobProgress, format_duration
@@ -22,12 +21,13 @@ from observability.health import HEALTH
 from observability.metrics import QUEUE_DEPTH, PipelineMetrics
 from observability.status_file import StatusFile
 from consumers.fan_out import Commit, SinkFanOut
+from consumers.sink_thread import on_sink_thread
 from consumers.ports import Sink
 from consumers.run_summary import RunSummary
 from producers.transport import wall_clock_us
+from streams.batches import CountedBatch
 from streams.formats import RecordParser, make_parser
 from streams.count_windows import count_windows
-from daemon.hand_off import hand_off
 from streams.pipeline import build_pipeline, make_counter
 
 # Batches the sinks' thread may fall behind the counter: enough to ride out
@@ -70,9 +70,6 @@ def run_job(
     summary = RunSummary()
     metrics = PipelineMetrics()
     status = StatusFile(settings.data_dir, name, source_name) if source_name else None
-    fan_out = SinkFanOut(sinks, summary, commit, settings.checkpoint_interval, metrics=metrics,
-                         on_checkpoint=(lambda points: status.update(points, metrics.newest_us, summary))
-                         if status is not None else None)
     errors: list[BaseException] = []
     done = threading.Event()
     position = _file_position(input_file)
@@ -85,12 +82,15 @@ def run_job(
              ", ".join(getattr(s, "name", type(s).__name__) for s in sinks),
              ", ".join(r.name for r in settings.rollups), format_duration(settings.lateness))
 
-    def on_next(batch) -> None:
-        fan_out.on_next(batch)
+    def after_batch(batch: CountedBatch) -> None:
         HEALTH.progress(batch.read)
         if queue_depth is not None:
             QUEUE_DEPTH.labels(depth_label).set(queue_depth())
         progress.update(summary)
+
+    fan_out = SinkFanOut(sinks, summary, commit, settings.checkpoint_interval, metrics=metrics,
+                         on_checkpoint=(lambda points: status.update(points, metrics.newest_us, summary))
+                         if status is not None else None, after_batch=after_batch)
 
     def on_error(exc: BaseException) -> None:
         errors.append(exc)
@@ -99,13 +99,10 @@ def run_job(
     if on_ready is not None:
         on_ready()
     log.info("%s: ready", name)
-    if position is not None and not parsed:
-        source = source.pipe(ops.do_action(lambda batch: position.add_records(sum(map(len, batch.records))
-                                                                                 + len(batch.records))))
     stream = source.pipe(count_windows(counter)) if parsed else build_pipeline(source, parser, counter)
-    if sinks_thread:  # sinks on a second core (a source without commits only: see daemon/hand_off.py)
-        stream = stream.pipe(hand_off(SINK_QUEUE_BATCHES))
-    stream.subscribe(on_next, on_error, done.set)
+    if sinks_thread:  # sinks on a second core (a source without commits only: see consumers/sink_thread.py)
+        stream = stream.pipe(on_sink_thread(SINK_QUEUE_BATCHES))
+    stream.subscribe(fan_out.on_next, on_error, done.set)
     done.wait()
     progress.close()
     try:

@@ -33,7 +33,7 @@ class FilePosition:
         with open(self.path, "rb") as f:
             self.gzip = f.read(2) == GZIP_MAGIC
         self._fd: int | None = None
-        self._bytes_seen = 0  # fallback: bytes of the records read (plain files)
+        self._opened = False  # the reader's descriptor was seen: once it is gone, reading is done
 
     def _find_fd(self) -> int | None:
         fd_dir = Path("/proc/self/fd")
@@ -53,7 +53,10 @@ class FilePosition:
             if self._fd is None:
                 self._fd = self._find_fd()
                 if self._fd is None:
-                    return None
+                    # The source closes the file at its end, often before the
+                    # sinks have caught up: a closed file is a file read.
+                    return self.total if self._opened else None
+                self._opened = True
             try:
                 with open(FDINFO / str(self._fd), encoding="ascii") as info:
                     for line in info:
@@ -68,17 +71,11 @@ class FilePosition:
             self._fd = None
         return None
 
-    def add_records(self, nbytes: int) -> None:
-        self._bytes_seen += nbytes
-
     def position(self) -> int | None:
-        """Bytes done, or None when unknown (gzip without /proc)."""
+        """Bytes done, or None when unknown (before the file is opened, or
+        without /proc)."""
         position = self._fd_position()
-        if position is not None:
-            return min(position, self.total)
-        if self.gzip:
-            return None
-        return min(self._bytes_seen, self.total)
+        return None if position is None else min(position, self.total)
 
 
 def format_duration(delta: timedelta) -> str:

@@ -77,9 +77,9 @@ def test_file_position_is_bytes_of_the_file_as_stored_gzip_included(tmp_path):
             assert done is not None and 0 < done < position.total  # part of the file, in stored bytes
             f.read()
             assert position.position() == position.total
-        if path is plain:  # closed: the descriptor is gone, the records' bytes stand in
-            position.add_records(len(raw) // 3)
-            assert position.position() == len(raw) // 3
+        # closed: the descriptor is gone because the source read it all
+        assert position.position() == position.total
+    assert FilePosition(plain).position() is None  # not opened yet: unknown, not 0% or 100%
 
 
 def test_the_bar_shows_total_percent_and_eta(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import threading
 import reactivex
 from reactivex import operators as ops
 
-from daemon.hand_off import hand_off
+from consumers.sink_thread import on_sink_thread
 
 
 def _run(source, on_next=lambda v: None):
@@ -19,7 +19,7 @@ def _run(source, on_next=lambda v: None):
         on_next(value)
         got.append(value)
 
-    source.pipe(hand_off(2, name="test-sinks")).subscribe(
+    source.pipe(on_sink_thread(2, name="test-sinks")).subscribe(
         next_, lambda e: (errors.append(e), done.set()), done.set)
     assert done.wait(10), "never completed"
     return got, errors, threads

@@ -1,4 +1,4 @@
-"""Rx operator: deliver a stream's items on a thread of their own.
+"""Rx operator: deliver counted batches to the sinks on a thread of their own.
 
 A file run is one synchronous chain: read, parse, count, then every sink,
 then the next batch. The sinks' work (SQLite upserts, Parquet encoding,
@@ -21,7 +21,7 @@ from reactivex.disposable import CompositeDisposable, Disposable
 _DONE = object()
 
 
-def hand_off(max_items: int = 4, name: str = "sinks") -> Callable[[Observable], Observable]:
+def on_sink_thread(max_items: int = 4, name: str = "sinks") -> Callable[[Observable], Observable]:
     """Items, errors and completion of the source, delivered in order on a
     new thread named `name`, at most `max_items` behind the source.
 
@@ -29,10 +29,10 @@ def hand_off(max_items: int = 4, name: str = "sinks") -> Callable[[Observable], 
     remaining items are dropped, so a blocked source never waits forever;
     the error reaches the observer's `on_error`.
 
-    >>> counted.pipe(hand_off(4)).subscribe(fan_out.on_next, on_error, on_completed)
+    >>> counted.pipe(on_sink_thread(4)).subscribe(fan_out.on_next, on_error, on_completed)
     """
 
-    def _hand_off(source: Observable) -> Observable:
+    def _on_sink_thread(source: Observable) -> Observable:
         def subscribe(observer: abc.ObserverBase, scheduler: abc.SchedulerBase | None = None) -> abc.DisposableBase:
             items: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max_items)
             failed = threading.Event()
@@ -78,4 +78,4 @@ def hand_off(max_items: int = 4, name: str = "sinks") -> Callable[[Observable], 
 
         return reactivex.create(subscribe)
 
-    return _hand_off
+    return _on_sink_thread
