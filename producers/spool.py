@@ -192,11 +192,15 @@ _INSERT_SQL = (
 # ... and with it: the whole send is one statement, hence one transaction
 # (SQLite takes the write lock when the statement starts, as BEGIN IMMEDIATE
 # does), in which nothing is inserted when the bound would be passed. The
-# rule is `_pending`'s: records after the slowest group's offset, and a send
-# into an empty spool is always accepted.
+# rule is `_pending`'s (a send into an empty spool is always accepted), with
+# the newest seq read from sqlite_sequence (the largest seq ever given) and
+# the oldest, when no group reads, taken as 1: a statement that read the
+# table it inserts into would first copy every row through a temporary table.
+# The two agree: rows are deleted only below every group's offset (`prune`),
+# so never without a group, and never the newest while a group still needs it.
 _PENDING_SQL = (
-    "ifnull(max(0, (SELECT MAX(seq) FROM records) - coalesce((SELECT MIN(next_seq) FROM offsets),"
-    " (SELECT MIN(seq) FROM records)) + 1), 0)"
+    "ifnull(max(0, (SELECT seq FROM sqlite_sequence WHERE name = 'records')"
+    " - coalesce((SELECT MIN(next_seq) FROM offsets), 1) + 1), 0)"
 )
 _BOUNDED_INSERT_SQL = (
     f"INSERT INTO records (partition, data) {_CUT}, room(pending) AS (SELECT {_PENDING_SQL})"

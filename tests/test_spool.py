@@ -436,3 +436,39 @@ def test_a_spool_locked_by_another_writer_is_full_not_an_error(tmp_path: Path) -
             other.close()
         assert writer.send([b"after"]) == 1
         assert writer.pending() == 2
+
+
+def test_the_bound_of_a_send_follows_pending(tmp_path: Path) -> None:
+    """The one-statement send checks the bound with its own reading of the
+    pending count: it admits exactly the sends `pending()` leaves room for,
+    with no group, with a group behind, and after pruning."""
+    bound = 20
+
+    def spool_in(state: int, directory: Path) -> SpoolWriter:
+        writer = SpoolWriter(directory, max_pending=bound, block_timeout=0)
+        if state >= 1:
+            writer.send(payloads("a", 8))
+        if state >= 2:
+            reader = SpoolReader(directory, group="g", poll_interval=FAST)  # registered at the oldest record
+            if state >= 3:
+                reader.commit(reader.partition, 5)
+            if state >= 4:
+                assert reader.prune() == 4
+            if state >= 5:
+                reader.commit(reader.partition, 9)
+                assert reader.prune() == 4  # every record read and pruned
+            reader.close()
+        return writer
+
+    for state in range(6):
+        for n in range(1, bound + 3):
+            directory = tmp_path / f"{state}-{n}"
+            with spool_in(state, directory) as writer:
+                pending = writer.pending()
+                fits = pending == 0 or pending + n <= bound
+                try:
+                    took = writer.send(payloads("t", n)) == n
+                except TransportFull:
+                    took = False
+                assert took == fits, (state, pending, n)
+                assert writer.pending() == pending + (n if took else 0)
