@@ -43,7 +43,6 @@ DEFAULT_TABLE_TEMPLATE = "aggregates/{rollup}"
 DEFAULT_MAX_BUFFERED_ROWS = 200_000
 PARTITION = "partition"
 _HOUR = "_hour"
-_PARTITION_KEY = "_partition"
 
 
 def table_root(template: str, rollup: str) -> str:
@@ -148,19 +147,10 @@ class AggregateWriter(Sink):
             self._buffered_rows -= buffer.rows
 
     def _objects(self, rollup: str, buffer: _RollupBuffer) -> Iterator[tuple[str, bytes, int]]:
-        # The table's columns and canonical row order are made once for the
-        # whole buffer (sorted by partition, then the object's order: the
-        # hour follows the window start), so each object costs one split and
-        # one Parquet write, not a sort and a select of its own.
         frame = pl.concat(buffer.frames, how="vertical", rechunk=False)
-        table = frame.sort([PARTITION, WINDOW_START, *buffer.key_fields, COUNT, FINAL]).select(
-            pl.col(PARTITION).alias(_PARTITION_KEY),
-            HOURLY.numbers(pl.col(WINDOW_START)).alias(_HOUR),
-            *_table_columns(buffer.key_fields),
-        )
-        for (partition, hour), group in table.partition_by([_PARTITION_KEY, _HOUR], maintain_order=True,
-                                                           include_key=False, as_dict=True).items():
-            body = _parquet(group)
+        frame = frame.with_columns(HOURLY.numbers(pl.col(WINDOW_START)).alias(_HOUR))
+        for (partition, hour), group in frame.partition_by([PARTITION, _HOUR], as_dict=True).items():
+            body = _parquet(group, buffer.key_fields)
             yield self._key(rollup, str(partition), int(hour), group, body), body, group.height
 
     def _key(self, rollup: str, partition: str, hour: int, group: pl.DataFrame, body: bytes) -> str:
@@ -168,7 +158,7 @@ class AggregateWriter(Sink):
         if root is None:
             root = self._roots[rollup] = table_root(self.key_template, rollup)
         day, hour_of_day = date_and_hour(HOURLY.start_of_number(hour))
-        first = us_to_datetime(group["window_start"].to_physical()[0])  # the rows are in window start order
+        first = us_to_datetime(int(group[WINDOW_START].min()))
         flag = "f" if group[FINAL].all() else "p"
         digest = hashlib.blake2b(body, digest_size=8).hexdigest()
         # The year by hand: strftime's %Y writes 999 for 0999, which no date reader takes.
@@ -176,15 +166,16 @@ class AggregateWriter(Sink):
                 f"part-{encode_name_part(partition)}-{first.year:04d}{first:%m%dT%H%M%SZ}{flag}-{digest}.parquet")
 
 
-def _table_columns(key_fields: tuple[str, ...]) -> list[pl.Expr | str]:
-    return [pl.from_epoch(WINDOW_START, time_unit="us").dt.replace_time_zone("UTC").alias("window_start"),
-            *key_fields, COUNT, FINAL, PARTITION]
-
-
-def _parquet(group: pl.DataFrame) -> bytes:
-    """One object's body: the table's columns (`_table_columns`) in the
-    canonical row order (window start, key fields, count, final), so that
-    the same rows always give the same bytes (and the same digest)."""
+def _parquet(group: pl.DataFrame, key_fields: tuple[str, ...]) -> bytes:
+    """The table's columns, in a canonical row order so that the same rows
+    always give the same bytes (and the same digest)."""
+    table = group.sort([WINDOW_START, *key_fields, COUNT, FINAL]).select(
+        pl.from_epoch(WINDOW_START, time_unit="us").dt.replace_time_zone("UTC").alias("window_start"),
+        *key_fields,
+        COUNT,
+        FINAL,
+        PARTITION,
+    )
     out = io.BytesIO()
-    group.write_parquet(out, compression="zstd")
+    table.write_parquet(out, compression="zstd")
     return out.getvalue()
