@@ -8,7 +8,7 @@ import threading
 import reactivex
 
 from consumers.ports import DeadLetterSink
-from producers.transport import TransportWriter
+from producers.transport import TransportWriter, take_rejected
 from streams.batches import ParsedBatch
 from streams.events import DeadLetter, Reason
 from streams.formats import RecordParser
@@ -23,8 +23,7 @@ def produce(
 ) -> tuple[int, int]:
     """(events sent, records dead-lettered); closes `writer` and `dead_letters`."""
     # Writers that can refuse a record outright (Kinesis: over 1 MiB) hand it back
-    # through `take_rejected()`; it is dead-lettered like a bad input record.
-    take_rejected = getattr(writer, "take_rejected", None)
+    # through `take_rejected`; it is dead-lettered like a bad input record.
     totals = {"sent": 0, "dead": 0}
     errors: list[BaseException] = []
     done = threading.Event()
@@ -35,14 +34,13 @@ def produce(
             totals["dead"] += len(parsed.dead_letters)
         if parsed.events:
             totals["sent"] += writer.send([e.to_json_line()[:-1] for e in parsed.events])
-            if take_rejected is not None:
-                rejected = [
-                    DeadLetter(Reason(r.reason), r.error, parsed.partition, parsed.events[r.index].position, r.record)
-                    for r in take_rejected()
-                ]
-                if rejected:
-                    dead_letters.write(rejected)
-                    totals["dead"] += len(rejected)
+            rejected = [
+                DeadLetter(Reason(r.reason), r.error, parsed.partition, parsed.events[r.index].position, r.record)
+                for r in take_rejected(writer)
+            ]
+            if rejected:
+                dead_letters.write(rejected)
+                totals["dead"] += len(rejected)
 
     def on_error(exc: BaseException) -> None:
         errors.append(exc)

@@ -51,7 +51,7 @@ class TransportWriter(Protocol):
     a send may accept only part); see `sends_all_or_nothing`. A writer that
     can refuse a record outright (too large for the transport) does not count
     it and hands it back from `take_rejected() -> list[RejectedRecord]`
-    (optional too), for the caller to dead-letter."""
+    (optional too; see `take_rejected`), for the caller to dead-letter."""
 
     def send(self, records: Sequence[bytes]) -> int:
         """Durably hand over `records`; returns how many were accepted.
@@ -67,6 +67,14 @@ def sends_all_or_nothing(writer: TransportWriter | None) -> bool:
     callers may share one send: a failure then fails all of them alike, and a
     success is a success for each."""
     return bool(getattr(writer, "all_or_nothing", False))
+
+
+def take_rejected(writer: TransportWriter) -> list[RejectedRecord]:
+    """The records `writer` refused outright since the last call (Kinesis,
+    SQS: too large for the transport), when it declares `take_rejected`;
+    otherwise none: every other writer takes a record or raises."""
+    take = getattr(writer, "take_rejected", None)
+    return take() if callable(take) else []
 
 
 class Source(Protocol):
