@@ -25,6 +25,7 @@ The parts, by method:
   `random_source(seed, count, rate)`, `reader(uri, group, create_resources)`,
   `writer(uri, create_resources)`;
 - Optimizely: `conversion_sink()`, `bucketer(...)`, `optimizely_bulk_sink()`;
+- the HTTP service: `http_settings()`, `http_service(http, ...)` (config/http_service.py);
 - read-only views for `status`: `spool_status(directory)`,
   `local_store_status()`, `kinesis_leases(stream, group)`.
 
@@ -38,7 +39,7 @@ Usage::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from config import transports
 from config.aws_resources import create_profile_resources
@@ -46,6 +47,7 @@ from config.settings import ConfigError, Settings
 from consumers.counted_keys import CountedKeys
 from consumers.ports import CountStore, DeadLetterSink, ObjectStore, Sink
 from producers.transport import Source, TransportReader, TransportWriter
+from service.settings import HttpSettings
 
 T = TypeVar("T")
 
@@ -161,6 +163,31 @@ class Components:
 
         client, table = ensure_lease_table(self.settings.aws, group, create=False)
         return table, LeaseTable(client, table, stream).scan()
+
+    # -- the HTTP service ---------------------------------------------------------------
+
+    def http_settings(self) -> HttpSettings:
+        """`[http]`, parsed and checked (config/http_settings.py)."""
+        from config.http_settings import http_settings
+
+        return self._once("http_settings", lambda: http_settings(self.settings))
+
+    def http_service(
+        self,
+        http: HttpSettings,
+        create_resources: bool = False,
+        readiness: Callable[[], Mapping[str, Any]] | None = None,
+        register_reload: Callable[[str, Callable[[], None]], None] | None = None,
+    ) -> tuple[Any, Callable[[], None]]:
+        """(app, close): the HTTP app over `http.transport` (this root's writer;
+        `create_resources` as for `writer`) and this root's count store, plus the
+        Optimizely routes when configured (config/http_service.py). `readiness()`
+        adds components to /readyz; `register_reload(name, callback)` is given
+        what SIGHUP reloads; `close()` releases the transport writer."""
+        from config.http_service import build_service
+
+        return build_service(self.settings, http, self.writer, self.count_store(), create_resources=create_resources,
+                             readiness=readiness, register_reload=register_reload)
 
     # -- the pipeline's sinks ---------------------------------------------------------
 

@@ -116,11 +116,11 @@ def _adapters(settings: Settings) -> dict[str, Any]:
     """The adapter sections, parsed (and so checked) by their own dataclasses."""
     adapters: dict[str, Any] = {}
     try:
-        from service.settings import HttpSettings
+        from config.http_settings import http_settings
     except ImportError:
         pass
     else:
-        adapters["http"] = HttpSettings.from_settings(settings)
+        adapters["http"] = http_settings(settings)
     try:
         from config.optimizely_settings import optimizely_settings
     except ImportError:

@@ -1,6 +1,7 @@
 """CLI commands of the HTTP service: `serve` and `users add`, plus
 `embedded_http`, which runs the same server inside `consume` (and `run` on an
-endless source) when `[http] enabled = true`.
+endless source) when `[http] enabled = true`. The composition root builds the
+app (`Components.http_service`, config/http_service.py); these commands run it.
 
     python run_stream_processing.py serve [--host 127.0.0.1] [--port N] [--config FILE]
     python run_stream_processing.py users add NAME [--config FILE]   # password: prompt or stdin
@@ -12,15 +13,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
-import importlib
-import inspect
 import logging
 import os
 import sys
-from typing import Any, Callable, Iterator, Mapping, TextIO
+from typing import Any, Iterator, TextIO
 
 from config.root import Components
-from config.settings import Settings
 from producers.transport import TransportReader
 from daemon.commands import CliError, add_common, command
 from observability.health import PipelineHealth
@@ -29,7 +27,6 @@ from daemon.service_loop import ServiceLoop
 
 log = logging.getLogger(__name__)
 
-OPTIMIZELY_ROUTES = "config.optimizely_routes"
 MAX_PASSWORD_INPUT = 64 * 1024
 
 
@@ -60,10 +57,9 @@ def add_commands(subparsers: Any) -> None:
 @command("serve")
 def cmd_serve(args: argparse.Namespace, root: Components) -> int:
     from service.runner import ServerStartError, serve_forever
-    from service.settings import HttpSettings
 
     settings = root.settings
-    http = HttpSettings.from_settings(settings)
+    http = root.http_settings()
     host = args.host or http.host
     port = http.port if args.port is None else args.port
     if not 0 <= port <= 65535:
@@ -76,7 +72,7 @@ def cmd_serve(args: argparse.Namespace, root: Components) -> int:
     log.info("serve: starting: profile %s (backend %s), %s:%s, collector -> %s, credentials %s, access log %s",
              settings.profile, settings.backend, host, port, http.transport, http.credentials_file,
              "on" if settings.logging.access_log else "off")
-    app, close = build_service(root, http, create_resources=args.create_resources)
+    app, close = root.http_service(http, create_resources=args.create_resources, register_reload=on_reload)
     scheme = "https" if args.ssl_certfile else "http"
 
     def announce(bound_host: str, bound_port: int) -> None:
@@ -104,141 +100,6 @@ def cmd_serve(args: argparse.Namespace, root: Components) -> int:
     return 0
 
 
-def build_service(
-    root: Components,
-    http: Any,
-    create_resources: bool = False,
-    readiness: Callable[[], Mapping[str, Any]] | None = None,
-) -> tuple[Any, Callable[[], None]]:
-    """(app, close): the app over the configured transport and the root's
-    count store; `close` releases the transport writer."""
-    from service.app import build_app
-    from service.auth import CredentialStore
-
-    settings = root.settings
-    writer, writer_error = _open_writer(root, http.transport, create_resources)
-    router, optimizely_ready = optimizely_parts(settings, http.bucketer_public, open_writer=root.writer)
-
-    def combined() -> dict[str, Any]:
-        components: dict[str, Any] = {}
-        for check in (optimizely_ready, readiness):
-            if check is not None:
-                components.update(check())
-        return components
-
-    credentials = CredentialStore(http.credentials_file)
-    on_reload("credentials", lambda: credentials._reload(force=True))  # SIGHUP
-    app = build_app(
-        settings,
-        writer,
-        root.count_store(),
-        credentials,
-        router,
-        readiness=combined,
-        http=http,
-        writer_error=writer_error,
-    )
-    if settings.logging.access_log:
-        from observability.access_log import AccessLog
-
-        app.add_middleware(AccessLog)  # outermost: sees every request, auth failures included
-
-    def close() -> None:
-        if writer is not None:
-            with contextlib.suppress(Exception):
-                writer.close()
-
-    return app, close
-
-
-def _open_writer(root: Components, uri: str, create_resources: bool) -> tuple[Any, str]:
-    """The collector's transport writer, or (None, why): a transport that is down
-    at start makes the collector answer 503 and /readyz fail, while queries
-    keep working. A malformed URI is a configuration error and stops here."""
-    try:
-        return root.writer(uri, create_resources=create_resources), ""
-    except ValueError as exc:
-        raise CliError(f"config key http.transport: {exc}") from None
-    except Exception as exc:
-        log.warning("http: cannot open the collector transport %s: %s", uri, exc)
-        return None, f"cannot open {uri}: {type(exc).__name__}: {exc}"[:300]
-
-
-def optimizely_parts(
-    settings: Settings, bucketer_public: bool = False, open_writer: Callable[[str], Any] | None = None,
-) -> tuple[Any, Callable[[], Mapping[str, Any]] | None]:
-    """(router factory, readiness) of the Optimizely bucketer and datafile webhook.
-
-    Mounted only when `[optimizely]` names a datafile or an SDK key (or
-    `OPTIMIZELY_DATAFILE` is set) and the Optimizely integration is installed.
-    `config.optimizely_routes.build_router(settings, auth_dependency=...,
-    register_reload=..., open_writer=...)` guards the bucketer routes with our
-    Basic auth, leaves the webhook to its signature, registers the datafile's
-    refetch for SIGHUP and opens the impressions' transport with `open_writer`
-    (the composition root's `Components.writer`); `readiness()` reports the
-    datafile. The factory is called by
-    `build_app`, which turns a failure (no datafile, say) into a failed
-    `optimizely` component on /readyz instead of stopping the server.
-    """
-    if not _optimizely_configured(settings):
-        return None, None
-    try:
-        module = importlib.import_module(OPTIMIZELY_ROUTES)
-    except ModuleNotFoundError as exc:
-        if exc.name in ("optimizely_integration", OPTIMIZELY_ROUTES):
-            log.info("http: %s is not installed; the bucketer routes are not mounted", OPTIMIZELY_ROUTES)
-            return None, None
-        return None, _failed(f"cannot import {OPTIMIZELY_ROUTES}: {exc}")
-    except Exception as exc:
-        return None, _failed(f"cannot import {OPTIMIZELY_ROUTES}: {type(exc).__name__}: {exc}")
-    build = getattr(module, "build_router", None)
-    router = getattr(module, "router", None)
-    if not callable(build) and router is None:
-        return None, _failed(f"{OPTIMIZELY_ROUTES} provides neither build_router(settings) nor router")
-    check = getattr(module, "readiness", None)
-    ready = _module_readiness(check) if callable(check) else None
-    if not callable(build):
-        return router, ready  # a ready-made router: build_app guards all of it
-    parameters = inspect.signature(build).parameters
-    takes_auth = "auth_dependency" in parameters
-    hooks = {name: hook for name, hook in (("register_reload", on_reload), ("open_writer", open_writer))
-             if name in parameters}
-
-    def factory(auth: Any) -> Any:
-        if takes_auth:
-            return build(settings, auth_dependency=None if bucketer_public else auth, **hooks)
-        from fastapi import APIRouter, Depends
-
-        # A router that knows nothing of our auth: guard all of it.
-        guarded = APIRouter(dependencies=[] if bucketer_public else [Depends(auth)])
-        guarded.include_router(build(settings, **hooks))
-        return guarded
-
-    return factory, ready
-
-
-def _optimizely_configured(settings: Settings) -> bool:
-    table = settings.section("optimizely")
-    if not isinstance(table, Mapping):
-        return False
-    return bool(table.get("datafile") or table.get("sdk_key") or os.environ.get("OPTIMIZELY_DATAFILE"))
-
-
-def _failed(detail: str) -> Callable[[], Mapping[str, Any]]:
-    return lambda: {"optimizely": (False, detail[:300])}
-
-
-def _module_readiness(check: Callable[[], Any]) -> Callable[[], Mapping[str, Any]]:
-    def ready() -> Mapping[str, Any]:
-        result = check()
-        # Either one status ({"ok", "detail"}, (ok, detail), bool) or {component: status}.
-        if isinstance(result, Mapping) and "ok" not in result:
-            return result
-        return {"optimizely": result}
-
-    return ready
-
-
 # -- inside consume / run --------------------------------------------------------------
 
 
@@ -250,18 +111,15 @@ def embedded_http(root: Components, source: TransportReader | None = None, endle
     /readyz then also reports `source` (the transport reader given) and
     `pipeline` (observability.health: progress, failing sinks and sources); a finite
     command (`endless` False) serves nothing."""
-    from service.settings import HttpSettings
-
-    settings = root.settings
-    http = HttpSettings.from_settings(settings)
+    http = root.http_settings()
     if not http.enabled or not endless:
         yield None
         return
     from service.runner import ServerStartError, start_http_server
 
-    app, close = build_service(root, http, readiness=lambda: _pipeline_readiness(source))
+    app, close = root.http_service(http, readiness=lambda: _pipeline_readiness(source), register_reload=on_reload)
     try:
-        handle = start_http_server(settings, app, http.host, http.port)
+        handle = start_http_server(app, http.host, http.port)
     except ServerStartError as exc:
         close()
         raise CliError(str(exc)) from None
@@ -296,10 +154,8 @@ def _pipeline_readiness(source: TransportReader | None) -> dict[str, Any]:
 @command("users")
 def cmd_users(args: argparse.Namespace, root: Components) -> int:
     from service.auth import CredentialsError, CredentialStore, validate_username
-    from service.settings import HttpSettings
 
-    http = HttpSettings.from_settings(root.settings)
-    path = http.credentials_file
+    path = root.http_settings().credentials_file
     if args.users_command == "list":
         return _list_users(path)
     if args.users_command == "remove":

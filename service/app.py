@@ -1,10 +1,11 @@
 """Assemble the FastAPI app from its parts; nothing here opens a resource.
 
-    app = build_app(settings, writer, store, CredentialStore(path))
+    app = build_app(service_settings, writer, store, CredentialStore(path))
 
-The caller (the `serve` command, or `consume` with `[http] enabled`) opens the
-transport writer and the count store, and says what else it runs through
-`readiness`.
+`service_settings` is a `service.settings.ServiceSettings`, parsed by the
+composition root (`config.http_settings`). The root (`config.http_service`,
+for `serve` and for `consume` with `[http] enabled`) opens the transport
+writer and the count store, and says what else runs through `readiness`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Any, Callable, Mapping
 from fastapi import APIRouter, Depends, FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from config.settings import Settings
 from consumers.ports import CountStore
 from producers.transport import TransportWriter, wall_clock_us
 from service import collector, counts, ops
@@ -31,7 +31,7 @@ from service.idempotency import IdempotencyLedger
 from observability.asgi_responses import observe_response
 from service.metrics import LATENCY, REQUESTS
 from service.openapi import ERROR_SCHEMA, document_errors
-from service.settings import HttpSettings
+from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,13 @@ PROBE_KEY = ("__rivulet_readiness_probe__",)
 
 
 def build_app(
-    settings: Settings,
+    settings: ServiceSettings,
     transport_writer: TransportWriter | None,
     count_store: CountStore,
     credentials: CredentialStore | str | os.PathLike[str],
     optimizely_router: APIRouter | Callable[[Any], APIRouter] | None = None,
     readiness: Callable[[], Mapping[str, Any]] | None = None,
     *,
-    http: HttpSettings | None = None,
     clock_us: Callable[[], int] = wall_clock_us,
     writer_error: str = "",
 ) -> FastAPI:
@@ -61,10 +60,10 @@ def build_app(
     routes (so a webhook can keep its signature check instead); a factory
     that raises leaves the server up with a failed `optimizely` component.
     """
-    http = http or HttpSettings.from_settings(settings)
+    http = settings.http
     store = credentials if isinstance(credentials, CredentialStore) else CredentialStore(Path(credentials))
     auth = BasicAuth(store, FailureLimiter(http.auth_failure_limit, http.auth_failure_window.total_seconds()))
-    ctx = ServiceContext(settings, http, transport_writer, count_store, auth, clock_us, writer_error)
+    ctx = ServiceContext(http, settings.events, settings.queries, transport_writer, count_store, auth, clock_us, writer_error)
     ctx.limits = Limits(ctx)
     if transport_writer is not None:
         # Concurrent requests share one fsync'd spool transaction (group

@@ -430,14 +430,14 @@ class Limits:
 
     def __init__(self, ctx: ServiceContext) -> None:
         self.max_batch = ctx.http.max_batch
-        self.max_record_bytes = ctx.settings.max_record_bytes
-        self.naive_timezone = ctx.settings.naive_timezone
-        self.future_us = int(min(ctx.settings.future_tolerance, ctx.http.max_clock_skew).total_seconds() * 1_000_000)
-        self.future_text = _duration_text(min(ctx.settings.future_tolerance, ctx.http.max_clock_skew))
-        window = ctx.settings.lateness - ctx.http.max_clock_skew - LATE_GUARD
+        self.max_record_bytes = ctx.events.max_record_bytes
+        self.naive_timezone = ctx.events.naive_timezone
+        self.future_us = int(min(ctx.events.future_tolerance, ctx.http.max_clock_skew).total_seconds() * 1_000_000)
+        self.future_text = _duration_text(min(ctx.events.future_tolerance, ctx.http.max_clock_skew))
+        window = ctx.events.lateness - ctx.http.max_clock_skew - LATE_GUARD
         self.window_us = max(0, int(window.total_seconds() * 1_000_000))
         self.window_text = _duration_text(max(window, timedelta(0)))
-        self.lateness_text = _duration_text(ctx.settings.lateness)
+        self.lateness_text = _duration_text(ctx.events.lateness)
 
 
 def _duration_text(span: timedelta) -> str:
@@ -810,8 +810,8 @@ def _validate(
         properties={**properties, "username": username, "received_at": received_at},
     )
     line = _encode(event.to_record()).encode("utf-8")
-    if len(line) > ctx.settings.max_record_bytes:
-        return [reason(loc, f"the event is {len(line)} bytes as a record; the limit is {ctx.settings.max_record_bytes}", "too_long")]
+    if len(line) > ctx.events.max_record_bytes:
+        return [reason(loc, f"the event is {len(line)} bytes as a record; the limit is {ctx.events.max_record_bytes}", "too_long")]
     return line, parsed.event_id, event_us
 
 
@@ -846,7 +846,7 @@ def _event_time(
         return None
     if isinstance(value, str):
         try:
-            event_us = parse_timestamp_us(value, ctx.settings.naive_timezone)
+            event_us = parse_timestamp_us(value, ctx.events.naive_timezone)
         except ParseError as exc:
             reasons.append(reason(loc, str(exc), exc.reason.value.replace(" ", "_")))
             return None

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from config.settings import Settings
 from consumers.ports import CountStore
 from producers.transport import TransportWriter
 from service.auth import BasicAuth
-from service.settings import HttpSettings
+from service.settings import EventRules, HttpSettings, QueryRules
 
 if TYPE_CHECKING:
     from service.group_commit import Committer
@@ -17,8 +16,9 @@ if TYPE_CHECKING:
 
 @dataclass
 class ServiceContext:
-    settings: Settings
     http: HttpSettings
+    events: EventRules  # what the collector holds an event to
+    queries: QueryRules  # the rollups and limits of the count routes
     writer: TransportWriter | None  # None: the collector answers 503 (see writer_error)
     store: CountStore
     auth: BasicAuth

@@ -17,13 +17,13 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
-from config.settings import ConfigError
 from consumers.bucket_chart import render_svg
 from consumers.bucket_query import query_buckets
 from service.bodies import parse_json, read_capped
 from service.collector import ISO_PATTERN
 from service.context import ServiceContext
 from service.errors import ApiError, reason, validation_error
+from service.settings import UnknownRollup
 from streams.events import ParseError
 from streams.timestamps import parse_timestamp_us
 
@@ -37,8 +37,6 @@ BUCKETS_EXAMPLE = {
 def build_router(ctx: ServiceContext) -> APIRouter:
     router = APIRouter(tags=["counts"])
     user = Depends(ctx.auth)
-    # `[http] query_max_range` may be tighter than the CLI's `[query] max_range`.
-    query_settings = ctx.settings.with_overrides(query_max_range=ctx.http.query_max_range)
 
     @router.get("/web/page_view/count", responses={200: {"content": {"application/json": {"example": {"count": 5}}}}})
     async def page_view_count(url: str = Query(..., min_length=1, max_length=4096), username: str = user) -> dict[str, int]:
@@ -71,7 +69,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
 
         `start`/`end` come from the query string or from a JSON body
         `{"customer_id", "start", "end"}` (seed 004's form)."""
-        result = await _buckets(ctx, query_settings, customer_id, request, username)
+        result = await _buckets(ctx, customer_id, request, username)
         return JSONResponse(result)
 
     @router.get(
@@ -82,7 +80,7 @@ def build_router(ctx: ServiceContext) -> APIRouter:
     )
     async def buckets_svg(customer_id: str, request: Request, username: str = user) -> Response:
         """The same buckets as an SVG bar chart."""
-        result = await _buckets(ctx, query_settings, customer_id, request, username)
+        result = await _buckets(ctx, customer_id, request, username)
         if len(result["buckets"]) > ctx.http.max_chart_buckets:
             raise ApiError(
                 400, f"{len(result['buckets'])} buckets are too many to draw (limit {ctx.http.max_chart_buckets}); narrow the range"
@@ -94,13 +92,14 @@ def build_router(ctx: ServiceContext) -> APIRouter:
 
 async def _total(ctx: ServiceContext, rollup: str, key: tuple[str, ...]) -> int:
     try:
-        ctx.settings.rollup(rollup)
-    except ConfigError as exc:
+        ctx.queries.rollup(rollup)
+    except UnknownRollup as exc:
         raise ApiError(503, f"counts are not configured: {exc}") from None
     return await run_in_threadpool(ctx.store.total, rollup, key)
 
 
-async def _buckets(ctx: ServiceContext, settings: Any, customer_id: str, request: Request, username: str) -> dict[str, Any]:
+async def _buckets(ctx: ServiceContext, customer_id: str, request: Request, username: str) -> dict[str, Any]:
+    rules = ctx.queries
     if ctx.http.restrict_buckets_to_user and customer_id != username:
         raise ApiError(403, "you may only query your own buckets")
     where, values = await _range_values(request, customer_id)
@@ -115,13 +114,13 @@ async def _buckets(ctx: ServiceContext, settings: Any, customer_id: str, request
     bounds: dict[str, int] = {}
     for name in ("start", "end"):
         try:
-            bounds[name] = parse_timestamp_us(values[name], settings.naive_timezone)
+            bounds[name] = parse_timestamp_us(values[name], rules.naive_timezone)
         except ParseError as exc:
             raise ApiError(400, f"bad timestamp: {name}: {exc}", [reason([where, name], str(exc), "bad_timestamp")]) from None
     try:
-        return await run_in_threadpool(query_buckets, ctx.store, settings.rollup(settings.query_rollup),
-                                     settings.query_max_range, customer_id, bounds["start"], bounds["end"])
-    except ConfigError as exc:
+        return await run_in_threadpool(query_buckets, ctx.store, rules.rollup(rules.query_rollup),
+                                     rules.max_range, customer_id, bounds["start"], bounds["end"])
+    except UnknownRollup as exc:
         raise ApiError(503, f"bucket queries are not configured: {exc}") from None
     except ValueError as exc:  # start >= end, range over the maximum
         raise ApiError(400, str(exc)) from None

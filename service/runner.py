@@ -17,7 +17,6 @@ from typing import Any, Iterator
 import uvicorn
 from fastapi import FastAPI
 
-from config.settings import Settings
 
 START_TIMEOUT_SECONDS = 10.0
 STOP_TIMEOUT_SECONDS = 10.0
@@ -106,11 +105,10 @@ class ServerHandle:
         self.stop()
 
 
-def start_http_server(settings: Settings | None, app: FastAPI, host: str = "127.0.0.1", port: int = 0, **options: Any) -> ServerHandle:
+def start_http_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0, **options: Any) -> ServerHandle:
     """Serve `app` on a daemon thread; returns once it accepts connections.
 
-    `settings` is accepted for symmetry with the other entry points (and in
-    case uvicorn options move to config); `options` go to `uvicorn.Config`.
+    `options` go to `uvicorn.Config`.
     """
     sock = bind_socket(host, port)
     server = _Server(uvicorn_config(app, host, sock.getsockname()[1], **options))

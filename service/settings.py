@@ -1,19 +1,31 @@
-"""`[http]`: the settings of the HTTP service, parsed from `Settings.section("http")`."""
+"""What the HTTP service is told: typed, checked settings it never reads itself.
+
+The composition root parses the profile (`config.http_settings`) and hands the
+service a `ServiceSettings`: `[http]` as `HttpSettings`, the collector's event
+rules (from `[pipeline]`) as `EventRules`, the count queries' rollups and
+limits as `QueryRules`. Nothing in `service/` reads configuration.
+
+Usage::
+
+    from config.http_settings import service_settings
+
+    app = build_app(service_settings(settings), writer, store, credentials)
+    spec = app.state.context.queries.rollup("customer_hourly")   # UnknownRollup if none
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import timedelta, tzinfo
 from pathlib import Path
-from typing import Any, Mapping
 
-from config.settings import ConfigError, Settings
-from streams.timestamps import parse_duration
+from streams.rollups import RollupSpec
 
 
 @dataclass(frozen=True)
 class HttpSettings:
-    """Every `[http]` key, typed; defaults fill what the profile leaves out."""
+    """Every `[http]` key, typed; defaults fill what the profile leaves out.
+    (`config.settings` checks a profile's `[http]` keys against these fields.)"""
 
     enabled: bool = False  # run the server inside `consume` / endless `run`
     host: str = "127.0.0.1"
@@ -35,86 +47,43 @@ class HttpSettings:
     idempotency_retention: timedelta = timedelta(hours=24)  # a resend within this counts once
     max_clock_skew: timedelta = timedelta(minutes=1)  # client timestamps ahead of the collector's clock
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> "HttpSettings":
-        """Parse `[http]`; relative defaults live under `settings.data_dir`.
 
-        Raises `ConfigError` naming the key on a wrong type or value.
-        """
-        table = settings.section("http")
-        if not isinstance(table, Mapping):
-            raise ConfigError("config key http: expected a table")
-        r = _Keys(table)
-        transport = r.text("transport", "") or f"spool:{settings.data_dir / 'spool'}"
-        credentials = r.text("credentials_file", "") or str(settings.data_dir / "credentials.json")
-        max_range = r.duration("query_max_range", None) or settings.query_max_range
-        ledger = r.text("idempotency_file", "") or str(settings.data_dir / "idempotency.sqlite3")
-        skew = r.duration("max_clock_skew", None)
-        http = cls(
-            enabled=r.boolean("enabled", False),
-            host=r.text("host", cls.host) or cls.host,
-            port=r.integer("port", cls.port, minimum=0, maximum=65535),
-            transport=transport,
-            credentials_file=Path(credentials),
-            max_body_bytes=r.integer("max_body_bytes", cls.max_body_bytes, minimum=1),
-            max_batch=r.integer("max_batch", cls.max_batch, minimum=1),
-            query_max_range=max_range,
-            max_chart_buckets=r.integer("max_chart_buckets", cls.max_chart_buckets, minimum=1),
-            auth_failure_limit=r.integer("auth_failure_limit", cls.auth_failure_limit, minimum=1),
-            auth_failure_window=r.duration("auth_failure_window", None) or cls.auth_failure_window,
-            retry_after_seconds=r.integer("retry_after_seconds", cls.retry_after_seconds, minimum=1),
-            bucketer_public=r.boolean("bucketer_public", False),
-            restrict_buckets_to_user=r.boolean("restrict_buckets_to_user", False),
-            page_view_rollup=r.text("page_view_rollup", cls.page_view_rollup),
-            button_click_rollup=r.text("button_click_rollup", cls.button_click_rollup),
-            idempotency_file=Path(ledger),
-            idempotency_retention=r.duration("idempotency_retention", None) or cls.idempotency_retention,
-            max_clock_skew=cls.max_clock_skew if skew is None else skew,
-        )
-        if http.auth_failure_window.total_seconds() <= 0:
-            raise ConfigError("config key http.auth_failure_window: must be positive")
-        if http.idempotency_retention.total_seconds() <= 0:
-            raise ConfigError("config key http.idempotency_retention: must be positive")
-        if max_range.total_seconds() <= 0:
-            raise ConfigError("config key http.query_max_range: must be positive")
-        return http
+@dataclass(frozen=True)
+class EventRules:
+    """What the collector holds an event to: the pipeline's own rules
+    (`[pipeline]`), so that an event it accepts is one the pipeline counts."""
+
+    max_record_bytes: int  # the event as an NDJSON record
+    naive_timezone: tzinfo | None  # of timestamps without an offset; None: refused
+    future_tolerance: timedelta  # how far ahead of the clock an event time may be
+    lateness: timedelta  # how far behind the watermark an event is still counted
 
 
-class _Keys:
-    """Typed reads of one table, with errors that name `http.KEY`."""
+class UnknownRollup(LookupError):
+    """A rollup name the profile does not declare (the route answers 503)."""
 
-    def __init__(self, table: Mapping[str, Any]) -> None:
-        self.table = table
 
-    def _fail(self, key: str, expected: str, value: object) -> ConfigError:
-        return ConfigError(f"config key http.{key}: expected {expected}, got {value!r}")
+@dataclass(frozen=True)
+class QueryRules:
+    """What the count routes read with: the declared rollups and the limits of a
+    bucket query."""
 
-    def text(self, key: str, default: str) -> str:
-        value = self.table.get(key, default)
-        if not isinstance(value, str):
-            raise self._fail(key, "a string", value)
-        return value
+    rollups: tuple[RollupSpec, ...]
+    query_rollup: str  # the rollup of bucket queries (`[query] rollup`)
+    max_range: timedelta  # the longest bucket query (`[http] query_max_range`)
+    naive_timezone: tzinfo | None  # of query bounds without an offset
 
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.table.get(key, default)
-        if not isinstance(value, bool):
-            raise self._fail(key, "true or false", value)
-        return value
+    def rollup(self, name: str) -> RollupSpec:
+        for spec in self.rollups:
+            if spec.name == name:
+                return spec
+        raise UnknownRollup(f"unknown rollup {name!r}: configured rollups are {', '.join(r.name for r in self.rollups)}")
 
-    def integer(self, key: str, default: int, minimum: int | None = None, maximum: int | None = None) -> int:
-        value = self.table.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self._fail(key, "an integer", value)
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-            raise self._fail(key, f"an integer {bounds}", value)
-        return value
 
-    def duration(self, key: str, default: str | None) -> timedelta | None:
-        value = self.table.get(key, default)
-        if value is None or value == "":
-            return None
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            raise ConfigError(f"config key http.{key}: {exc}") from None
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Everything the HTTP service is configured with."""
+
+    http: HttpSettings
+    events: EventRules
+    queries: QueryRules

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.http_commands import optimizely_parts
+from config.http_service import optimizely_parts
 from tests.test_http_support import make_settings, running_service
 
 pytestmark = pytest.mark.timeout(60)

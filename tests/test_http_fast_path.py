@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from service.collector import Limits, _fast_lines, _slow_lines, prepare
 from service.context import ServiceContext
 from service.errors import ApiError
-from service.settings import HttpSettings
+from config.http_settings import service_settings
 from streams.utc import format_utc
 from tests.test_http_support import make_settings
 
@@ -26,7 +26,8 @@ NOW_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory: pytest.TempPathFactory) -> ServiceContext:
     settings = make_settings(tmp_path_factory.mktemp("fast"), max_batch=50)
-    context = ServiceContext(settings, HttpSettings.from_settings(settings), None, None, None, lambda: NOW_US)  # type: ignore[arg-type]
+    parsed = service_settings(settings)
+    context = ServiceContext(parsed.http, parsed.events, parsed.queries, None, None, None, lambda: NOW_US)  # type: ignore[arg-type]
     context.limits = Limits(context)
     return context
 

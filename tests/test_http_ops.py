@@ -15,7 +15,7 @@ import httpx
 import pytest
 from fastapi import APIRouter
 
-from daemon.http_commands import optimizely_parts
+from config.http_service import optimizely_parts
 from service.metrics import METRIC_NAMES
 from tests.test_http_support import CLI, PROJECT, cli_env, make_settings, running_service
 

@@ -17,6 +17,7 @@ import httpx
 import inject
 
 from config.bindings import configure
+from config.http_settings import service_settings
 from config.settings import Settings, load_settings
 from consumers.ports import CountStore
 from producers.transport import TransportWriter
@@ -142,7 +143,8 @@ def running_service(
     e.g. `{"lateness": '"3h"'}`."""
     data_dir = tmp_path / "data"
     settings = make_settings(data_dir, pipeline, **http_overrides)
-    http = HttpSettings.from_settings(settings)
+    parsed = service_settings(settings)
+    http = parsed.http
     configure(settings)
     write_fast_credentials(http.credentials_file, users)
     credentials = CredentialStore(http.credentials_file)
@@ -150,8 +152,8 @@ def running_service(
         writer = open_writer(http.transport, settings=settings, create_resources=False)
     store = inject.instance(CountStore)
     extra = {"clock_us": clock_us} if clock_us is not None else {}
-    app = build_app(settings, writer, store, credentials, optimizely_router, readiness=readiness, http=http, **extra)  # type: ignore[arg-type]
-    handle = start_http_server(settings, app, "127.0.0.1", 0)
+    app = build_app(parsed, writer, store, credentials, optimizely_router, readiness=readiness, **extra)  # type: ignore[arg-type]
+    handle = start_http_server(app, "127.0.0.1", 0)
     service = Service(handle.url, settings, http, data_dir, handle, writer, store)
     try:
         yield service

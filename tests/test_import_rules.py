@@ -55,6 +55,10 @@ COMPOSITION_ROOT = "config"
 # Only the composition root and the CLI entry touch `inject`.
 INJECT_USERS = ("config", CLI_MODULE)
 
+# Nothing else reads configuration: the root hands every other package typed
+# settings of its own (service.settings, aws.settings, ...), built in config/.
+CONFIG_READERS = (COMPOSITION_ROOT, "daemon")
+
 
 def project_modules() -> dict[str, Path]:
     modules: dict[str, Path] = {}
@@ -189,6 +193,9 @@ def violations() -> list[str]:
                 found.append(f"{module} -> {target}: producers/ and consumers/ never import each other")
             if target == CLI_MODULE and module not in CLI_IMPORTERS:
                 found.append(f"{module} -> {target}: nothing imports the CLI")
+            if other == COMPOSITION_ROOT and package not in CONFIG_READERS:
+                found.append(f"{module} -> {target}: only {COMPOSITION_ROOT}/ itself and daemon/ read configuration; "
+                             f"{package}/ is handed typed settings")
             if target in ADAPTERS and package not in (COMPOSITION_ROOT, other):
                 found.append(f"{module} -> {target}: a concrete adapter is built by the composition root "
                              f"({COMPOSITION_ROOT}/) and imported only there and in its own package")

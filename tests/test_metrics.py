@@ -38,7 +38,7 @@ with contextlib.redirect_stdout(out):
     code = main(sys.argv[1:])
 app = FastAPI()
 app.include_router(build_router(lambda: {}))
-with start_http_server(None, app, "127.0.0.1", 0) as handle:
+with start_http_server(app, "127.0.0.1", 0) as handle:
     text = urllib.request.urlopen(handle.url + "/metrics", timeout=10).read().decode()
 print(json.dumps({"code": code, "summary": json.loads(out.getvalue()), "metrics": text}))
 """
