@@ -75,6 +75,26 @@ def test_retry_mode_and_attempts_reach_botocore(aws_env: str) -> None:
     assert retries == {"mode": "adaptive", "total_max_attempts": 3}
 
 
+def test_epoch_timestamps_parse_as_utc_instants(aws_env: str) -> None:
+    """A Kinesis record's ApproximateArrivalTimestamp (an epoch number on the
+    wire) comes back as the same instant in UTC, without dateutil's local zone."""
+    from datetime import datetime, timedelta, timezone
+
+    kinesis = aws_client("kinesis", AwsConfig())
+    stream = unique("ts")
+    ensure_stream(kinesis, stream, True, 1)
+    kinesis.put_record(StreamName=stream, Data=b"x", PartitionKey="k")
+    shard = kinesis.list_shards(StreamName=stream)["Shards"][0]["ShardId"]
+    iterator = kinesis.get_shard_iterator(StreamName=stream, ShardId=shard,
+                                          ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    arrived = kinesis.get_records(ShardIterator=iterator)["Records"][0]["ApproximateArrivalTimestamp"]
+    assert arrived.tzinfo is timezone.utc
+    assert abs(arrived - datetime.now(timezone.utc)) < timedelta(minutes=5)
+    # Strings still go through botocore's parser.
+    from aws.clients import utc_timestamp
+    assert utc_timestamp("2021-03-01T04:05:06Z") == datetime(2021, 3, 1, 4, 5, 6, tzinfo=timezone.utc)
+
+
 def test_missing_resources_are_one_line_errors_naming_them(aws_env: str) -> None:
     kinesis, dynamodb, s3, sqs = (client(s, aws_env) for s in ("kinesis", "dynamodb", "s3", "sqs"))
     name = unique("missing")
