@@ -517,7 +517,7 @@ def _fast_lines(
     stamped = b"".join((b',"username":', user, b',"received_at":"', received_at.encode(), b'","v":1,"customer_id":', user))
     if event_type is not None:
         stamped += b',"event_type":"' + event_type.encode() + b'"'
-    stamped += b',"transaction_id":'
+    stamped += b',"transaction_id":"'  # the id's opening quote: a new UUID goes in as it is
     now_text = b'","timestamp":"' + received_at.encode() + b'"}'
     new_ids: list[bytes] = []
     keyed = stamped_times = False  # any event_id, any client timestamp
@@ -541,11 +541,11 @@ def _fast_lines(
         if event_id is None:
             if not new_ids:
                 new_ids = _uuids(len(items) - len(lines))
-            transaction = b'"' + new_ids.pop()
+            transaction = new_ids.pop()
         elif type(event_id) is not str or not 0 < len(event_id) <= 256 or (controls and _has_control(event_id)):
             return None
         else:
-            transaction = dumps(event_id)[:-1]
+            transaction = dumps(event_id)[1:-1]
             if not keyed:
                 keyed = True
                 keys.extend([None] * len(lines))
