@@ -210,11 +210,18 @@ _BOUNDED_INSERT_SQL = (
 _BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
-def _packed(records: list[bytes]) -> dict[str, Any]:
+def _packed(records: Sequence[Any]) -> dict[str, Any] | None:
     """The parameters of `_INSERT_SQL` for `records`: the ends are 1-based
-    offsets of each record's last byte, 10 digits each."""
-    ends = (b"%010d" * len(records)) % tuple(accumulate(map(len, records)))
-    return {"blob": b"".join(records), "ends": ends, "count": len(records)}
+    offsets of each record's last byte, 10 digits each. None when they are
+    over `MAX_STATEMENT_BYTES`, or when a record's len() is not its size in
+    bytes (a memoryview of wider items: `bytes()` it first)."""
+    ends = tuple(accumulate(map(len, records)))
+    if not ends or ends[-1] > MAX_STATEMENT_BYTES:
+        return None
+    blob = b"".join(records)  # any bytes-like record, without a copy of each first
+    if len(blob) != ends[-1]:
+        return None
+    return {"blob": blob, "ends": (b"%010d" * len(records)) % ends, "count": len(records)}
 
 
 def _chunks(records: list[bytes]) -> list[list[bytes]]:
@@ -233,7 +240,10 @@ def _chunks(records: list[bytes]) -> list[list[bytes]]:
 def _insert(conn: sqlite3.Connection, records: list[bytes]) -> None:
     """Insert `records` in order, inside the caller's transaction."""
     for chunk in _chunks(records):
-        conn.execute(_INSERT_SQL, _packed(chunk))
+        packed = _packed(chunk)
+        if packed is None:  # one record over MAX_STATEMENT_BYTES
+            packed = {"blob": chunk[0], "ends": b"%010d" % len(chunk[0]), "count": 1}
+        conn.execute(_INSERT_SQL, packed)
 
 
 def _pending(conn: sqlite3.Connection) -> int:
@@ -288,8 +298,11 @@ class SpoolWriter:
         """Append all of `records` in one transaction, or none of them."""
         if not records:
             return 0
-        rows = list(map(bytes, records))  # a C loop: this is the collector's hot path
-        packed = _packed(rows) if sum(map(len, rows)) <= MAX_STATEMENT_BYTES else None
+        rows = list(records)
+        packed = _packed(rows)  # the collector's hot path: C loops only
+        if packed is None:
+            rows = list(map(bytes, rows))
+            packed = _packed(rows)
         deadline = time.monotonic() + self.block_timeout
         while True:
             if self._try_append(rows, packed):
