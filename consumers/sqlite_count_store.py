@@ -121,10 +121,13 @@ ON CONFLICT (rollup, key, window_start, partition) DO UPDATE SET
 
 # The writer's page cache: sparse traffic touches one leaf page per active key
 # (see the table above: 3.4 s with SQLite's default 2 MiB, 2.5 s with 64 MiB).
-# 16 MiB keeps most of that gain inside the 150 MB memory budget of a run
-# (peak RSS at 1M sparse rows: 184 MB with 64 MiB, 155 MB with 16 MiB).
+# 16 MiB kept most of that gain; with the bulk encoding and one transaction
+# per checkpoint, 8 MiB measures the same (the 1M sparse bench's windows,
+# upserts alone, 3 alternated runs: 1.86-1.96 CPU s with 8 MiB, 1.91-2.08 s
+# with 16 MiB; `run` counts-only on 10M sparse rows: 36.9 vs 39.6 CPU s) for
+# 10 MB less peak RSS (1M sparse counts-only: 149-152 vs 159-162 MB).
 # Pages are only taken as they are used.
-CACHE_KIB = 16 * 1024
+CACHE_KIB = 8 * 1024
 
 # How JSON escapes a string (as json.dumps does): `"` and `\`, the short forms,
 # and every other control character as \u00XX (lower-case hex).
