@@ -33,7 +33,7 @@ OpenWriter = Callable[[str], TransportWriter]  # transport URI -> its writer
 def open_dispatcher(settings: Settings, open_writer: OpenWriter | None, opt: OptimizelySettings | None = None) -> BulkEventDispatcher:
     """A `BulkEventDispatcher` onto `optimizely.dispatch_to`."""
     opt = opt or optimizely_settings(settings)
-    uri = opt.dispatch_uri(settings)
+    uri = opt.dispatch_uri(settings.data_dir)
     writer = open_writer(uri) if open_writer is not None else transports.open_writer(uri, settings)
     return BulkEventDispatcher(writer, max_buffer=opt.dispatcher_buffer)
 

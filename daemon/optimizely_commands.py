@@ -83,7 +83,7 @@ def cmd_forward(args: argparse.Namespace, root: Components) -> int:
 
     settings = root.settings
     opt = optimizely_settings(settings)
-    reader = root.reader(args.source_uri or opt.dispatch_uri(settings), group=args.group,
+    reader = root.reader(args.source_uri or opt.dispatch_uri(settings.data_dir), group=args.group,
                          create_resources=args.create_resources)
     dead_letters = root.dead_letters()
     sink = root.optimizely_bulk_sink()

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Mapping
 
 DEFAULT_EVENT_ENDPOINT = "https://logx.optimizely.com/v1/events"
 EU_EVENT_ENDPOINT = "https://eu.logx.optimizely.com/v1/events"
@@ -48,9 +49,9 @@ class OptimizelySettings:
     bucketer_public: bool = False
     bucketer_activate: bool = True  # the HTTP bucketer sends an impression per call
 
-    def dispatch_uri(self, settings: Any) -> str:
+    def dispatch_uri(self, data_dir: Path) -> str:
         """`dispatch_to`, or the default spool under the pipeline's data_dir."""
-        return self.dispatch_to or f"spool:{settings.data_dir / 'optimizely-spool'}"
+        return self.dispatch_to or f"spool:{data_dir / 'optimizely-spool'}"
 
     def webhook_secret(self, environ: Mapping[str, str] | None = None) -> str:
         """The webhook HMAC secret, "" when unset (the webhook route is then disabled)."""
