@@ -16,7 +16,8 @@ a fresh data dir each time:
   run counts_only                `run --config bench/counts_only.toml`: the plain loop's job
   run counts_only --processes 2  the same in two processes
 
-One pair (round) runs each side once; the order is reversed every other round
+Every side runs once unmeasured first (bytecode cached, as in a user's
+install; the input file in the page cache). One pair (round) runs each side once; the order is reversed every other round
 so drift on a shared machine hits every side alike. Per side: wall seconds
 (median, min, max over the rounds), input rows per second at the median, the
 speed relative to the plain loop (plain wall / side wall, per round, then the
@@ -51,6 +52,11 @@ PLAIN = "plain loop"
 
 TIME = "/usr/bin/time"
 
+# Each side runs as a user's install does: bytecode cached. A shell with
+# PYTHONDONTWRITEBYTECODE set would recompile every imported module (polars
+# among them) in every run, ~0.3 s of start-up the plain loop barely pays.
+SIDE_ENV = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+
 
 def tree_rss_kib(pid: int, skip_root: bool = False) -> int:
     """Resident KiB of a process's descendants and (unless skip_root) the
@@ -83,7 +89,7 @@ def run_measured(cmd: list[str], cwd: Path) -> dict:
         if wrapped:
             cmd = [TIME, "-f", "%M", "-o", rss_file.name, *cmd]
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err)
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err, env=SIDE_ENV)
         peak_tree = [0]
         done = threading.Event()
 
@@ -150,6 +156,12 @@ def measure(args, rows: int, project: Path, work: Path) -> None:
                           if name != PLAIN and name in all_sides})
     names = list(all_sides)
     results: dict[str, list[dict]] = {name: [] for name in names}
+    # One unmeasured run of each side first: bytecode caches written, the
+    # input file in the page cache for everyone.
+    for name in names:
+        data_dir = Path(tempfile.mkdtemp(prefix="warm-", dir=work))
+        run_measured(all_sides[name](str(data_dir)), project)
+        shutil.rmtree(data_dir)
     load_before = os.getloadavg()
     for round_ in range(args.pairs):
         order = names if round_ % 2 == 0 else names[::-1]
