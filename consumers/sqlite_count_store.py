@@ -97,37 +97,74 @@ from typing import Iterator, Sequence
 import polars as pl
 
 from streams.window_counts import COUNT, FINAL, WINDOW_START, WindowCounts
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS window_counts (
-    rollup       TEXT    NOT NULL,
-    key          TEXT    NOT NULL,  -- JSON array of the key field values
+_TABLES = (
+    """
+CREATE TABLE IF NOT EXISTS series (
+    id     INTEGER PRIMARY KEY,
+    rollup TEXT NOT NULL,
+    key    TEXT NOT NULL,  -- JSON array of the key field values
+    UNIQUE (rollup, key)
+)""",
+    """
+CREATE TABLE IF NOT EXISTS partitions (
+    id   INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE  -- source partition: a file, a spool, a shard
+)""",
+    """
+CREATE TABLE IF NOT EXISTS counts (
+    series       INTEGER NOT NULL,  -- series.id
     window_start INTEGER NOT NULL,  -- UTC epoch microseconds
-    partition    TEXT    NOT NULL,  -- source partition: a file, a spool, a shard
+    partition    INTEGER NOT NULL,  -- partitions.id
     count        INTEGER NOT NULL,
     final        INTEGER NOT NULL,
-    PRIMARY KEY (rollup, key, window_start, partition)
-) WITHOUT ROWID;
+    PRIMARY KEY (series, window_start, partition)
+) WITHOUT ROWID""",
+)
+
+# The rows as earlier versions stored them, for SQL written against those.
+_VIEW = """
+CREATE VIEW IF NOT EXISTS window_counts (rollup, key, window_start, partition, count, final) AS
+SELECT s.rollup, s.key, c.window_start, p.name, c.count, c.final
+FROM counts AS c JOIN series AS s ON s.id = c.series JOIN partitions AS p ON p.id = c.partition
 """
+
+# Earlier versions' TABLE window_counts (rollup, key, window_start, partition,
+# count, final), primary key in that order, into the tables above. Ids are
+# given in the old key order, so the counts go in in primary-key order.
+_MIGRATION = (
+    "INSERT INTO series (rollup, key) SELECT DISTINCT rollup, key FROM window_counts ORDER BY rollup, key",
+    "INSERT INTO partitions (name) SELECT DISTINCT partition FROM window_counts ORDER BY partition",
+    """
+INSERT INTO counts (series, window_start, partition, count, final)
+SELECT s.id, w.window_start, p.id, w.count, w.final
+FROM window_counts AS w
+JOIN series AS s ON s.rollup = w.rollup AND s.key = w.key
+JOIN partitions AS p ON p.name = w.partition
+ORDER BY 1, 2, 3""",
+    "DROP TABLE window_counts",
+)
 
 # max(): a replay or a provisional count never lowers nor doubles a count.
 _UPSERT = """
-INSERT INTO window_counts (rollup, key, window_start, partition, count, final)
-VALUES (?, ?, ?, ?, ?, ?)
-ON CONFLICT (rollup, key, window_start, partition) DO UPDATE SET
+INSERT INTO counts (series, window_start, partition, count, final) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (series, window_start, partition) DO UPDATE SET
     count = max(count, excluded.count),
     final = max(final, excluded.final)
 """
 
+# Keys not seen yet, as one JSON array: ids for those that have none, then the
+# ids of all of them (some may have come from another process).
+_NEW_SERIES = "INSERT OR IGNORE INTO series (rollup, key) SELECT ?, value FROM json_each(?)"
+_SERIES_IDS = "SELECT key, id FROM series WHERE rollup = ? AND key IN (SELECT value FROM json_each(?))"
+
 # The writer's page cache: sparse traffic touches one leaf page per active key
-# (see the table above: 3.4 s with SQLite's default 2 MiB, 2.5 s with 64 MiB).
-# 16 MiB kept most of that gain; with the bulk encoding and one transaction
-# per checkpoint, 8 MiB measures the same (the 1M sparse bench's windows,
-# upserts alone, 3 alternated runs: 1.86-1.96 CPU s with 8 MiB, 1.91-2.08 s
-# with 16 MiB; `run` counts-only on 10M sparse rows: 36.9 vs 39.6 CPU s) for
-# 10 MB less peak RSS (1M sparse counts-only: 149-152 vs 159-162 MB).
-# Pages are only taken as they are used.
+# (see the module docstring). Pages are only taken as they are used.
 CACHE_KIB = 8 * 1024
+
+# Known series ids kept per rollup (a frame of key text and id, about 30 bytes
+# a key): past this, the cache restarts from the keys of the last transaction,
+# and keys it no longer holds are looked up in the table again.
+KNOWN_SERIES_MAX = 500_000
 
 # How JSON escapes a string (as json.dumps does): `"` and `\`, the short forms,
 # and every other control character as \u00XX (lower-case hex).
@@ -136,6 +173,8 @@ _JSON_ESCAPES.update({'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": 
 _ESCAPE_FROM, _ESCAPE_TO = list(_JSON_ESCAPES), list(_JSON_ESCAPES.values())
 
 KEY = "key"
+_ID = "series_id"
+_IDS_SCHEMA = {KEY: pl.String(), _ID: pl.Int64()}
 
 
 def encode_key(key: tuple[str, ...]) -> str:
@@ -158,8 +197,8 @@ def key_column(key_fields: Sequence[str], nullable: Sequence[str] = ()) -> pl.Ex
 
 
 class _Encoded:
-    """One frame as the upsert's parameters: key text, start, count, final,
-    in primary-key order (so the B-tree is walked forward, not at random)."""
+    """One frame as the upsert's parameters before ids: key text, start,
+    count, final."""
 
     __slots__ = ("rollup", "partition", "frame")
 
@@ -173,15 +212,10 @@ class _Encoded:
             pl.col(WINDOW_START),
             pl.col(COUNT),
             pl.col(FINAL).cast(pl.Int8),
-        ).sort(KEY, WINDOW_START)
+        )
 
     def __len__(self) -> int:
         return self.frame.height
-
-    def rows(self) -> Iterator[tuple]:
-        f = self.frame
-        return zip(repeat(self.rollup), f[KEY].to_list(), f[WINDOW_START].to_list(), repeat(self.partition),
-                   f[COUNT].to_list(), f[FINAL].to_list())
 
 
 def read_store_status(path: str | os.PathLike[str]) -> list[tuple[str, int, int, int]]:
@@ -190,12 +224,21 @@ def read_store_status(path: str | os.PathLike[str]) -> list[tuple[str, int, int,
     `sqlite3.Error` when it cannot be read."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        rows = conn.execute(
-            "SELECT partition, COUNT(*), SUM(final = 0), MAX(window_start) FROM window_counts GROUP BY partition "
-            "ORDER BY partition").fetchall()
+        if _has_table(conn, "counts"):
+            sql = ("SELECT p.name, n, provisional, newest FROM (SELECT partition, COUNT(*) AS n, SUM(final = 0) "
+                   "AS provisional, MAX(window_start) AS newest FROM counts GROUP BY partition) "
+                   "JOIN partitions AS p ON p.id = partition ORDER BY p.name")
+        else:  # written by an earlier version, not opened for writing since
+            sql = ("SELECT partition, COUNT(*), SUM(final = 0), MAX(window_start) FROM window_counts "
+                   "GROUP BY partition ORDER BY partition")
+        rows = conn.execute(sql).fetchall()
     finally:
         conn.close()
     return [(partition, windows, provisional or 0, newest) for partition, windows, provisional, newest in rows]
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
 
 
 class SqliteCountStore:
@@ -208,12 +251,36 @@ class SqliteCountStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        self._db.executescript(_SCHEMA)
+        self._create_or_migrate()
         self._reader = sqlite3.connect(str(path), timeout=30, check_same_thread=False, isolation_level=None)
         self._read_lock = threading.Lock()
         # Upserted since the last commit: applied again if SQLite drops the
         # open transaction (see the module docstring).
         self._pending: list[_Encoded] = []
+        # Ids that are committed (they never change once they are), and ids
+        # given in the open transaction, trusted only once it commits.
+        self._series: dict[str, pl.DataFrame] = {}
+        self._partitions: dict[str, int] = {}
+        self._new_series: dict[str, pl.DataFrame] = {}
+        self._new_partitions: dict[str, int] = {}
+
+    def _create_or_migrate(self) -> None:
+        # One transaction, under the write lock: a second process opening the
+        # same file waits, then finds the tables made.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            old = _has_table(self._db, "window_counts")
+            for statement in _TABLES:
+                self._db.execute(statement)
+            if old:
+                for statement in _MIGRATION:
+                    self._db.execute(statement)
+            self._db.execute(_VIEW)
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     # -- writes ---------------------------------------------------------------
 
@@ -226,7 +293,7 @@ class SqliteCountStore:
         with self._lock:
             self._begin()
             for part in encoded:
-                self._db.executemany(_UPSERT, part.rows())
+                self._write(part)
             self._pending.extend(encoded)
 
     def commit(self) -> None:
@@ -237,21 +304,66 @@ class SqliteCountStore:
             self._begin()
             self._db.execute("COMMIT")
             self._pending.clear()
+            for rollup, new in self._new_series.items():
+                known = self._series.get(rollup)
+                self._series[rollup] = (new if known is None or known.height + new.height > KNOWN_SERIES_MAX
+                                        else pl.concat([known, new]))
+            self._partitions.update(self._new_partitions)
+            self._new_series.clear()
+            self._new_partitions.clear()
 
     def _begin(self) -> None:
         if self._db.in_transaction:
             return
         self._db.execute("BEGIN IMMEDIATE")
+        # Ids given since the last commit were rolled back with their
+        # transaction (another process may have given them to other keys since).
+        self._new_series.clear()
+        self._new_partitions.clear()
         # Non-empty here only if SQLite rolled back what was upserted since
         # the last commit: apply it again before anything else, all of it or
         # (rolled back) none of it, so a retry starts over.
         try:
             for part in self._pending:
-                self._db.executemany(_UPSERT, part.rows())
+                self._write(part)
         except BaseException:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
+
+    def _write(self, part: _Encoded) -> None:
+        partition = self._partition_id(part.partition)
+        rows = self._with_series_ids(part.rollup, part.frame).sort(_ID, WINDOW_START)
+        self._db.executemany(_UPSERT, zip(rows[_ID].to_list(), rows[WINDOW_START].to_list(), repeat(partition),
+                                          rows[COUNT].to_list(), rows[FINAL].to_list()))
+
+    def _known_series(self, rollup: str) -> pl.DataFrame:
+        parts = [ids for ids in (self._series.get(rollup), self._new_series.get(rollup)) if ids is not None]
+        return pl.concat(parts) if parts else pl.DataFrame(schema=_IDS_SCHEMA)
+
+    def _with_series_ids(self, rollup: str, frame: pl.DataFrame) -> pl.DataFrame:
+        """`frame` with the series id of each row's key, given to new keys."""
+        rows = frame.join(self._known_series(rollup), on=KEY, how="left")
+        missing = rows.filter(pl.col(_ID).is_null())[KEY].unique()
+        if not missing.len():
+            return rows
+        keys = json.dumps(missing.to_list(), ensure_ascii=False)
+        self._db.execute(_NEW_SERIES, (rollup, keys))
+        found = pl.DataFrame(self._db.execute(_SERIES_IDS, (rollup, keys)).fetchall(), schema=_IDS_SCHEMA,
+                             orient="row")
+        if found.height != missing.len():  # pragma: no cover - a key SQLite's JSON would not carry
+            raise RuntimeError(f"{missing.len() - found.height} keys of rollup {rollup!r} got no id")
+        new = self._new_series.get(rollup)
+        self._new_series[rollup] = found if new is None else pl.concat([new, found])
+        return frame.join(self._known_series(rollup), on=KEY, how="inner")
+
+    def _partition_id(self, name: str) -> int:
+        known = self._partitions.get(name) or self._new_partitions.get(name)
+        if known is None:
+            self._db.execute("INSERT OR IGNORE INTO partitions (name) VALUES (?)", (name,))
+            ((known,),) = self._db.execute("SELECT id FROM partitions WHERE name = ?", (name,)).fetchall()
+            self._new_partitions[name] = known
+        return known
 
     # -- reads ----------------------------------------------------------------
 
@@ -261,15 +373,17 @@ class SqliteCountStore:
 
     def buckets(self, rollup: str, key: tuple[str, ...], start_us: int, end_us: int) -> list[tuple[int, int]]:
         rows = self._read(
-            "SELECT window_start, SUM(count) FROM window_counts WHERE rollup=? AND key=? "
-            "AND window_start>=? AND window_start<? GROUP BY window_start ORDER BY window_start",
+            "SELECT window_start, SUM(count) FROM counts "
+            "WHERE series = (SELECT id FROM series WHERE rollup = ? AND key = ?) "
+            "AND window_start >= ? AND window_start < ? GROUP BY window_start ORDER BY window_start",
             (rollup, encode_key(key), start_us, end_us),
         )
         return [(int(s), int(c)) for s, c in rows if c]
 
     def export(self, rollup: str) -> Iterator[tuple[int, tuple[str, ...], int]]:
         rows = self._read(
-            "SELECT window_start, key, SUM(count) FROM window_counts WHERE rollup=? GROUP BY window_start, key",
+            "SELECT c.window_start, s.key, SUM(c.count) FROM series AS s JOIN counts AS c ON c.series = s.id "
+            "WHERE s.rollup = ? GROUP BY s.id, c.window_start",
             (rollup,),
         )
         decoded = sorted((int(s), tuple(json.loads(k)), int(c)) for s, k, c in rows)
@@ -277,7 +391,7 @@ class SqliteCountStore:
 
     def total(self, rollup: str, key: tuple[str, ...]) -> int:
         ((value,),) = self._read(
-            "SELECT COALESCE(SUM(count), 0) FROM window_counts WHERE rollup=? AND key=?",
+            "SELECT COALESCE(SUM(count), 0) FROM counts WHERE series = (SELECT id FROM series WHERE rollup = ? AND key = ?)",
             (rollup, encode_key(key)),
         )
         return int(value)

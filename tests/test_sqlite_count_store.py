@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from consumers.count_sink import CountSink
-from consumers.sqlite_count_store import SqliteCountStore, encode_key, key_column
+from consumers import sqlite_count_store
+from consumers.sqlite_count_store import SqliteCountStore, encode_key, key_column, read_store_status
 from streams.batches import BatchKind, CountedBatch
 from streams.events import WindowCount
 from streams.window_counts import WindowCounts
@@ -189,19 +190,131 @@ def test_a_failed_commit_is_retried_with_everything_since_the_last_commit(tmp_pa
     store.close()
 
 
+# What an earlier version wrote: one table, the texts in every row.
+OLD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS window_counts (
+    rollup       TEXT    NOT NULL,
+    key          TEXT    NOT NULL,  -- JSON array of the key field values
+    window_start INTEGER NOT NULL,  -- UTC epoch microseconds
+    partition    TEXT    NOT NULL,  -- source partition: a file, a spool, a shard
+    count        INTEGER NOT NULL,
+    final        INTEGER NOT NULL,
+    PRIMARY KEY (rollup, key, window_start, partition)
+) WITHOUT ROWID;
+"""
+
+
 def test_keys_written_by_earlier_versions_are_the_same_rows(tmp_path: Path) -> None:
     path = tmp_path / "counts.sqlite3"
     key = ('q"u\\o\x01te', "ü😀")
-    store = SqliteCountStore(path)
-    store.close()
+    file_partition = "file:sha256:" + "ab" * 32
+    old_rows = {  # (rollup, key, start, partition): (count, final)
+        ("r", key, T0, "p"): (5, 0),
+        ("r", key, T0 + H, file_partition): (1, 1),
+        ("r", ("other",), T0, "p"): (2, 1),
+        ("s", key, T0, file_partition): (7, 1),
+        ("s", (), T0 - H, "p"): (3, 0),
+    }
     with sqlite3.connect(path) as old:  # as the per-window json.dumps store wrote it
-        old.execute("INSERT INTO window_counts VALUES (?, ?, ?, ?, ?, ?)",
-                    ("r", json.dumps(list(key), ensure_ascii=False, separators=(",", ":")), T0, "p", 5, 0))
+        old.executescript(OLD_SCHEMA)
+        old.executemany("INSERT INTO window_counts VALUES (?, ?, ?, ?, ?, ?)", [
+            (r, json.dumps(list(k), ensure_ascii=False, separators=(",", ":")), s, p, c, f)
+            for (r, k, s, p), (c, f) in old_rows.items()])
+    old.close()
+    before = read_store_status(path)  # `status` reads a file no new version has opened
+    assert before == [("file:sha256:" + "ab" * 32, 2, 0, T0 + H), ("p", 3, 2, T0)]
+
     store = SqliteCountStore(path)
-    store.upsert(as_frames([WindowCount("r", key, T0, "p", 4, True), WindowCount("r", key, T0 + H, "p", 2, False)]))
+    assert committed_rows(path) == old_rows
+    with sqlite3.connect(path) as other:
+        assert other.execute("SELECT type FROM sqlite_master WHERE name = 'window_counts'").fetchall() == [("view",)]
+    other.close()
+    assert read_store_status(path) == before
+    assert store.total("r", key) == 6 and store.total("s", key) == 7 and store.total("s", ()) == 3
+    assert store.buckets("r", key, T0, T0 + 2 * H) == [(T0, 5), (T0 + H, 1)]
+    assert list(store.export("r")) == [(T0, ("other",), 2), (T0, key, 5), (T0 + H, key, 1)]
+
+    store.upsert(as_frames([WindowCount("r", key, T0, "p", 4, True), WindowCount("r", key, T0 + 2 * H, "p", 2, False),
+                            WindowCount("s", key, T0, file_partition, 9, True)]))
     store.commit()
-    assert committed_rows(path) == {("r", key, T0, "p"): (5, 1), ("r", key, T0 + H, "p"): (2, 0)}
-    assert store.total("r", key) == 7
+    store.close()
+    expected = dict(old_rows)
+    expected[("r", key, T0, "p")] = (5, 1)  # never lowered, final now
+    expected[("r", key, T0 + 2 * H, "p")] = (2, 0)
+    expected[("s", key, T0, file_partition)] = (9, 1)
+    assert committed_rows(path) == expected
+    store = SqliteCountStore(path)  # opened again: nothing left to migrate
+    assert committed_rows(path) == expected and store.total("r", key) == 8
+    store.close()
+
+
+def test_ids_given_in_a_transaction_sqlite_rolled_back_are_not_trusted(tmp_path: Path) -> None:
+    """The ids the store gave new keys and partitions vanish with the rollback;
+    another process may give the same ids to its own keys before the retry."""
+    path = tmp_path / "counts.sqlite3"
+    store = SqliteCountStore(path)
+    store.upsert(as_frames([WindowCount("r", ("kept",), T0, "p0", 1, True)]))
+    store.commit()
+    store.upsert(as_frames([WindowCount("r", ("a",), T0, "p1", 2, True), WindowCount("s", ("b",), T0, "p1", 3, True)]))
+    store._db.execute("ROLLBACK")  # as SQLite does on SQLITE_FULL or an I/O error
+    with sqlite3.connect(path) as other:  # takes the ids the rolled-back keys had
+        other.execute("INSERT INTO series (rollup, key) VALUES ('r', '[\"x\"]'), ('s', '[\"y\"]')")
+        other.execute("INSERT INTO partitions (name) VALUES ('q')")
+    other.close()
+    store.upsert(as_frames([WindowCount("r", ("a",), T0 + H, "p1", 4, False)]))
+    store.commit()
+    assert committed_rows(path) == {
+        ("r", ("kept",), T0, "p0"): (1, 1),
+        ("r", ("a",), T0, "p1"): (2, 1),
+        ("s", ("b",), T0, "p1"): (3, 1),
+        ("r", ("a",), T0 + H, "p1"): (4, 0),
+    }
+    assert store.total("r", ("x",)) == 0 and store.total("r", ("a",)) == 6
+    store.close()
+
+
+def test_two_stores_writing_one_file(tmp_path: Path) -> None:
+    """Each gives ids to keys the other already has: the same rows as one
+    store would write."""
+    path = tmp_path / "counts.sqlite3"
+    first, second = SqliteCountStore(path), SqliteCountStore(path)
+    model: dict = {}
+    steps = [
+        (first, [WindowCount("r", ("a",), T0, "p", 1, True), WindowCount("r", ("b",), T0, "p", 2, True)]),
+        (second, [WindowCount("r", ("b",), T0, "q", 3, True), WindowCount("r", ("c",), T0, "q", 4, True)]),
+        (first, [WindowCount("r", ("c",), T0 + H, "p", 5, False), WindowCount("r", ("d",), T0, "q", 6, True)]),
+        (second, [WindowCount("r", ("a",), T0, "p", 7, True), WindowCount("r", ("d",), T0, "q", 1, False),
+                  WindowCount("s", ("a",), T0, "q", 8, True)]),
+        (first, [WindowCount("s", ("a",), T0, "q", 2, True), WindowCount("r", ("e",), T0, "p", 9, True)]),
+    ]
+    for store, counts in steps:
+        store.upsert(as_frames(counts))
+        store.commit()
+        _apply(model, counts)
+        assert committed_rows(path) == model
+    for store in (first, second):
+        assert store.total("r", ("a",)) == 7 and store.total("r", ("b",)) == 5 and store.total("r", ("d",)) == 6
+        assert store.buckets("r", ("c",), T0, T0 + 2 * H) == [(T0, 4), (T0 + H, 5)]
+    with sqlite3.connect(path) as other:  # one id per key, one per partition
+        assert other.execute("SELECT COUNT(*), COUNT(DISTINCT rollup || key) FROM series").fetchone() == (6, 6)
+        assert other.execute("SELECT name FROM partitions ORDER BY name").fetchall() == [("p",), ("q",)]
+    other.close()
+    first.close()
+    second.close()
+
+
+def test_the_id_cache_restarts_past_its_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_count_store, "KNOWN_SERIES_MAX", 5)
+    path = tmp_path / "counts.sqlite3"
+    store = SqliteCountStore(path)
+    model: dict = {}
+    for hour in range(6):
+        counts = [WindowCount("r", (f"c{(hour * 3 + i) % 11}",), T0 + hour * H, "p", hour + i, True) for i in range(4)]
+        store.upsert(as_frames(counts))
+        store.commit()
+        _apply(model, counts)
+        assert committed_rows(path) == model
+        assert store._series["r"].height <= 5
     store.close()
 
 
