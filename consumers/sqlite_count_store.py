@@ -19,7 +19,8 @@ If SQLite rolls the open transaction back by itself (it does on SQLITE_FULL,
 SQLITE_IOERR, SQLITE_NOMEM), the upserts since the last commit are kept
 (encoded frames, not Python rows) and applied again in a new transaction by
 the next `upsert` or `commit`, so a retried call (`RetryingCountStore`) never
-commits a transaction with a hole in it.
+commits a transaction with a hole in it (the ids it gave new keys are looked
+up again: see below).
 
 Queries (`buckets`, `total`, `export`) read through a second connection, so
 they see what is committed (what survives a crash), and never wait behind the
@@ -27,14 +28,48 @@ writer: WAL lets one writer and readers work at once. Each connection has its
 own lock (a Python sqlite3 connection is not for two threads at once); the
 HTTP API queries from its own threads while a job writes.
 
-Keys on disk
-------------
+Tables
+------
+A series is a (rollup, key) pair, a partition a source partition's name;
+both are interned as integers, and a count is stored once per (series id,
+window start, partition id)::
+
+    series     (id, rollup, key)        UNIQUE (rollup, key)
+    partitions (id, name)               UNIQUE (name)
+    counts     (series, window_start, partition, count, final)
+               PRIMARY KEY (series, window_start, partition), WITHOUT ROWID
+
+and the VIEW `window_counts` (rollup, key, window_start, partition, count,
+final) gives the rows as earlier versions stored them, for SQL written
+against those (reads only). `buckets` and `total` look the series id up in
+`series`' unique index, then read one range of `counts`.
+
 `key` is the compact JSON array of the key field values, byte for byte
 `json.dumps(list(key), ensure_ascii=False, separators=(",", ":"))` (the
-encoding of earlier versions, so existing data directories are read as they
-are). `upsert` builds it for a whole frame with polars string expressions
-(`key_column`): every value is escaped as JSON requires (`"`, `\\`, control
-characters), so two different keys never share a text.
+encoding of earlier versions). `upsert` builds it for a whole frame with
+polars string expressions (`key_column`): every value is escaped as JSON
+requires (`"`, `\\`, control characters), so two different keys never share a
+text.
+
+Ids in bulk: the store keeps, per rollup, a frame of the (key, id) pairs it
+knows, and joins each frame's key column against it (polars, no Python call
+per window). Keys it does not know go to SQLite as one JSON array: one
+`INSERT OR IGNORE ... SELECT FROM json_each(?)`, one select of their ids.
+That runs inside the write transaction (`BEGIN IMMEDIATE`), so an id another
+process gave the same key first is found, not duplicated. Ids given in the
+open transaction are trusted only once it commits: when SQLite rolls it back,
+they are forgotten and the re-applied upserts look their keys up again (the
+ids may be another key's by then). Committed ids never change. The frame is
+bounded (`KNOWN_SERIES_MAX`); past it, it restarts from the last
+transaction's keys.
+
+Migration: a file written by an earlier version has a TABLE `window_counts`
+(the view's columns, primary key (rollup, key, window_start, partition)).
+Opening it copies it into the tables above and drops it, in one transaction
+(a second process opening the file waits, then finds it done). The 1M sparse
+file's 563k windows (78 MB): 2.0 s wall, 1.4 CPU s, every row the same. The
+old table's pages stay in the file as free pages, used again as it grows
+(`VACUUM` gives them back). `read_store_status` reads either layout.
 
 Table layout, measured
 ----------------------
@@ -57,31 +92,56 @@ same, 64 MiB page cache                                 3.0 s   0.03 ms   0.01 m
 PK (rollup, start, key, partition), no index            1.4 s   50 ms     39 ms    (full scans)
 =====================================================  ======  ========  =======  =====
 
-The window-first key does append closed windows, but `buckets` and `total`
-need the key order, and an index in key order takes the same scattered
-writes the table took, on top of the appends (and without `count` in it,
-SQLite's planner does not even use it). So the key-first primary key stays
-(and with it the table and key encoding of earlier versions: no migration).
-What pays is the bulk encoding, one transaction per checkpoint, a page cache
-that holds the hot leaves, and rows sent in key order. At 90 days (1.7M
-windows) key-first costs 10.4 s vs 12.9 s window-first with the index.
-Feeding `executemany` from `zip` of the frame's column lists was the fastest
-way tried (566k windows, one transaction: 1.8 s; 1.96 s with
-`DataFrame.iter_rows()`; 2.7 s with one `json_each` statement per frame).
+(The rows above had a short partition name; a file's partition is
+`file:sha256:<64 hex>`, 76 characters, in every row.) The window-first key
+does append closed windows, but `buckets` and `total` need the key order,
+and an index in key order takes the same scattered writes the table took, on
+top of the appends (and without `count` in it, SQLite's planner does not
+even use it). So the primary key stays key-first: (series id, start,
+partition id) now. What pays is the bulk encoding, one transaction per
+checkpoint, a page cache that holds the hot leaves, rows sent in key order,
+and rows of integers. At 90 days (1.7M windows) key-first cost 10.4 s vs
+12.9 s window-first with the index. Feeding `executemany` from `zip` of the
+frame's column lists was the fastest way tried (566k windows, one
+transaction: 1.8 s; 1.96 s with `DataFrame.iter_rows()`; 2.7 s with one
+`json_each` statement per frame).
 
-This class on the same stream (CPU / wall seconds of the upserts):
-before 6.1 / 12.3 s (half the wall time waiting on I/O after 200 commits),
-now 2.4 / 3.1 s; 1.3 / 2.2 s as one frame per rollup in one call and one
-commit. At 90 days: 21.0 / 36.8 s before, 10.4 / 16.8 s now. The page cache:
-at 30 days 3.2 s CPU with SQLite's default 2 MiB, 2.6 s with 16 MiB, 2.4 s
-with 32 or 64 MiB; at 90 days 13.3 s (16 MiB), 12.1 s (32), 10.4 s (64). It
-costs memory only as pages are used: `run` on bench/counts_only.toml with
-1M sparse events peaks at 180 MB RSS with 64 MiB, 155 MB with 16 MiB,
-138 MB with 2 MiB (5.2, 5.3 and 6.0 s).
+Before the ids, this class on the same stream (CPU / wall seconds of the
+upserts): 6.1 / 12.3 s with per-batch commits (half the wall time waiting
+on I/O after 200 commits), 2.4 / 3.1 s with one transaction per checkpoint.
+The page cache: at 30 days 3.2 s CPU with SQLite's default 2 MiB, 2.6 s with
+16 MiB, 2.4 s with 32 or 64 MiB; it costs memory only as pages are used.
 
-Still open: the table repeats the rollup and partition texts in every row;
-interning (rollup, key) and partition as integers measured 2.0 s instead of
-2.5 s and a 13 MB file instead of 47 MB (7.1 s vs 10.4 s at 90 days).
+The ids (series and partition interned), on the 1M sparse bench file's
+563,377 windows in 61 steps (both rollups a step), a commit every 13 steps,
+the file's 76-character partition, 8 MiB page cache; 5 alternated runs each,
+medians (range), load average 6.6-7.6 on 2 shared cores:
+
+=======================================  ======================  ========================
+                                         text in every row       ids
+=======================================  ======================  ========================
+upserts alone, CPU s                     3.59 (3.35-3.75)        1.62 (1.36-1.74)
+upserts alone, wall s                    5.45 (5.36-7.18)        2.06 (1.76-2.66)
+file                                     77.5 MB                 13.0 MB
+`run` counts_only.toml, CPU s            6.17 (6.01-6.97)        4.63 (4.29-4.85)
+`run`, of which sys                      1.73                    0.46
+`run`, wall s                            10.4 (6.6-11.8)         6.0 (5.2-7.4)
+`run`, peak RSS                          140 MiB                 142 MiB
+`run`, pwrite64 / pread64 / fdatasync    362,526 / 274,658 / 38  23,122 / 9,218 / 17
+`buckets` 30 days / `total`, per key     0.04-0.06 / 0.02 ms     0.04-0.06 / 0.01-0.02 ms
+`export` customer_hourly (371k windows)  1.5-2.1 s               1.7-1.8 s
+`read_store_status`                      0.40-0.45 s             0.22-0.23 s
+=======================================  ======================  ========================
+
+(`run`: `--input` the 1M sparse file, a fresh `--data-dir`, `--json`; the
+syscalls counted with `strace -f -c` in one run each.) Of the 1.9 s of one
+profiled upsert run, `executemany` takes 1.1 s, polars (encoding, join, sort;
+process time over its threads) 0.4 s, new ids and commits 0.2 s. The floor:
+563k inserts in key order into an empty table of this shape take 0.71 s; the
+rest is leaves scattered one per active key. Not kept: the partition id
+written into the statement (one parameter fewer per row; 1.38-1.62 vs
+1.41-1.58 CPU s, 4 alternated runs); a 2 or 16 MiB page cache (1.73-2.18 and
+1.54-1.88 s vs 1.56-1.94 s with 8 MiB, 3 alternated runs).
 """
 
 from __future__ import annotations
@@ -161,9 +221,10 @@ _SERIES_IDS = "SELECT key, id FROM series WHERE rollup = ? AND key IN (SELECT va
 # (see the module docstring). Pages are only taken as they are used.
 CACHE_KIB = 8 * 1024
 
-# Known series ids kept per rollup (a frame of key text and id, about 30 bytes
-# a key): past this, the cache restarts from the keys of the last transaction,
-# and keys it no longer holds are looked up in the table again.
+# Known series ids kept per rollup, a frame of key text and id (20 bytes a key
+# of up to 12 bytes, about 55 for a two-field key of 40): past this, it
+# restarts from the keys of the last transaction, and keys it no longer holds
+# are looked up in the table again.
 KNOWN_SERIES_MAX = 500_000
 
 # How JSON escapes a string (as json.dumps does): `"` and `\`, the short forms,
@@ -394,7 +455,8 @@ class SqliteCountStore:
 
     def total(self, rollup: str, key: tuple[str, ...]) -> int:
         ((value,),) = self._read(
-            "SELECT COALESCE(SUM(count), 0) FROM counts WHERE series = (SELECT id FROM series WHERE rollup = ? AND key = ?)",
+            "SELECT COALESCE(SUM(count), 0) FROM counts "
+            "WHERE series = (SELECT id FROM series WHERE rollup = ? AND key = ?)",
             (rollup, encode_key(key)),
         )
         return int(value)
