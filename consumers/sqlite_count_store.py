@@ -326,6 +326,10 @@ class SqliteCountStore:
         self._new_partitions: dict[str, int] = {}
 
     def _create_or_migrate(self) -> None:
+        # Made already (the common case): no write lock, so opening the store
+        # to query never waits for a writer's open transaction.
+        if _has_table(self._db, "counts") and not _has_table(self._db, "window_counts"):
+            return
         # One transaction, under the write lock: a second process opening the
         # same file waits, then finds the tables made.
         self._db.execute("BEGIN IMMEDIATE")

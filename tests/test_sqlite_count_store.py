@@ -8,6 +8,7 @@ import json
 import sqlite3
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import polars as pl
@@ -301,6 +302,21 @@ def test_two_stores_writing_one_file(tmp_path: Path) -> None:
     other.close()
     first.close()
     second.close()
+
+
+def test_opening_the_store_does_not_wait_for_a_writers_open_transaction(tmp_path: Path) -> None:
+    """`query` and `export` open the store while a job writes."""
+    path = tmp_path / "counts.sqlite3"
+    writer = SqliteCountStore(path)
+    writer.upsert(as_frames([WindowCount("r", ("a",), T0, "p", 1, True)]))
+    writer.commit()
+    writer.upsert(as_frames([WindowCount("r", ("a",), T0 + H, "p", 2, True)]))  # left open
+    started = time.monotonic()
+    reader = SqliteCountStore(path)
+    assert time.monotonic() - started < 5  # the lock's timeout is 30 s
+    assert reader.total("r", ("a",)) == 1
+    reader.close()
+    writer.close()
 
 
 def test_the_id_cache_restarts_past_its_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
