@@ -19,6 +19,13 @@ retention rule no longer answer.
 
 Only the key columns are read, only of the hours asked about, through the
 `ObjectStore` port (a local directory or S3), several objects at a time.
+
+`RunKeys` spares most of those reads for the run summary: the keys the run
+counted itself, remembered as it counts. Every one of them is archived under
+its partition by the final sync, so a late event whose key is among them is
+answered without reading anything; only the others (new late events, and
+re-sends of what earlier runs counted) are looked up in the archive. The
+answer is the archive's either way.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Sequence
 
@@ -33,7 +41,8 @@ import polars as pl
 
 from consumers.ports import ObjectStore
 from consumers.raw_event_writer import FORMATS, raw_event_key
-from streams.event_columns import CORE_FIELDS, KEY_COLUMNS, TIME
+from streams.batches import CountedBatch
+from streams.event_columns import CORE_FIELDS, KEY_COLUMNS, TIME, EventColumns, compact_strings
 from streams.events import Event
 from streams.windowing import HOURLY
 
@@ -49,6 +58,10 @@ _PARQUET_KEY_SCHEMA = {**{name: pl.String for name in CORE_FIELDS}, "timestamp":
 CHUNK_OBJECTS = 64
 CHUNK_BYTES = 32 << 20
 _INDEX = "_row"
+# The keys `RunKeys` holds at most (estimated in-memory size): about 300,000
+# sparse events' keys; a longer run forgets its oldest, which only sends
+# their late re-sends to the archive.
+RUN_KEYS_BYTES = 32 << 20
 
 
 def keys_of_records(records: Iterable[bytes]) -> pl.DataFrame:
@@ -103,6 +116,51 @@ def _matches(name: str, encoded_prefix: str | None) -> str | None:
     return None
 
 
+class RunKeys:
+    """The dedup keys this run counted, per source partition, as long as they
+    fit in `max_bytes` (the oldest batches' keys are forgotten first).
+
+    `add` takes every batch the sinks were given. A key here is in the
+    partition's archive once the final sync is done: the raw-event writer
+    archives every accepted event of every batch, except what it buffered for
+    a partition that restarts from its checkpoint (it drops that, the replay
+    brings it back), so a restarted partition's keys are forgotten here too.
+    A key not here may still be archived (by an earlier run, or forgotten), so
+    only "here" answers without the archive."""
+
+    def __init__(self, max_bytes: int = RUN_KEYS_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._frames: deque[tuple[str, pl.DataFrame, int]] = deque()  # (partition, keys, size), oldest first
+        self._size = 0
+
+    def add(self, batch: CountedBatch) -> None:
+        if batch.restarted:
+            kept = [entry for entry in self._frames if entry[0] != batch.partition]
+            self._frames = deque(kept)
+            self._size = sum(size for _, _, size in kept)
+        if not len(batch.events):
+            return
+        events = batch.events
+        frame = events.frame if isinstance(events, EventColumns) else events_frame(events)
+        # Compacted: a slice of the batch's frame would keep all of its text alive.
+        keys = compact_strings(frame.select(KEY_COLUMNS))
+        size = keys.estimated_size()
+        self._frames.append((batch.partition, keys, size))
+        self._size += size
+        while self._size > self.max_bytes and self._frames:
+            self._size -= self._frames.popleft()[2]
+
+    def holds(self, partition: str | None, keys: pl.DataFrame) -> pl.Series:
+        """One boolean per row of `keys` (columns `KEY_COLUMNS`): whether
+        this run counted that key in `partition`. A row with a null is False."""
+        frames = [frame for part, frame, _ in self._frames if part == partition]
+        if not frames or not keys.height:
+            return pl.Series(_HIT, [False] * keys.height, dtype=pl.Boolean)
+        known = pl.concat(frames).unique().with_columns(pl.lit(True).alias(_HIT))
+        joined = keys.select(KEY_COLUMNS).with_row_index(_INDEX).join(known, on=list(KEY_COLUMNS), how="left")
+        return joined.sort(_INDEX)[_HIT].fill_null(False)
+
+
 class CountedKeys:
     """Answers "already counted?" for keys of one source partition at a time,
     or of any partition (`partition=None`)."""
@@ -112,18 +170,22 @@ class CountedKeys:
         self.threads = threads
         self.objects_read = 0
 
-    def counted(self, partition: str | None, keys: pl.DataFrame) -> pl.Series:
+    def counted(self, partition: str | None, keys: pl.DataFrame, run: RunKeys | None = None) -> pl.Series:
         """One boolean per row of `keys` (columns `KEY_COLUMNS`): whether the
         partition's archive (any partition's, for None) holds that key. A row
-        with a null is False."""
+        with a null is False. With `run` (call after the run's final sync),
+        the keys it holds are answered from it and only the others are read."""
         if not keys.height:
             return pl.Series(_HIT, [], dtype=pl.Boolean)
         keys = keys.select(KEY_COLUMNS).cast(KEY_SCHEMA)  # type: ignore[arg-type]
-        hours = HOURLY.numbers(keys[TIME].drop_nulls())
-        archived = self.archived(partition, sorted(int(h) for h in hours.unique()), keys)
+        known = run.holds(partition, keys) if run is not None and partition is not None else None
+        rest = keys.filter(~known) if known is not None else keys
+        hours = HOURLY.numbers(rest[TIME].drop_nulls())
+        archived = self.archived(partition, sorted(int(h) for h in hours.unique()), rest)
         marked = archived.unique().with_columns(pl.lit(True).alias(_HIT))
         joined = keys.with_row_index(_INDEX).join(marked, on=list(KEY_COLUMNS), how="left")
-        return joined.sort(_INDEX)[_HIT].fill_null(False)
+        hits = joined.sort(_INDEX)[_HIT].fill_null(False)
+        return hits | known if known is not None else hits
 
     def counted_events(self, partition: str | None, events: Sequence[Event]) -> list[bool]:
         return self.counted(partition, events_frame(events)).to_list()

@@ -5,7 +5,9 @@ whose dedup key its partition has already counted (its raw-event archive
 holds the key, consumers/counted_keys.py) is a re-sent duplicate, and no
 lateness would have counted it again; the others are new, and the summary
 names the smallest `--lateness` (rounded up) that would have counted every
-one of them.
+one of them. With `run_keys` the summary remembers the keys the run counted
+(consumers/counted_keys.RunKeys), and the late events that are re-sends of
+them are told apart without reading the archive.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from streams.events import Reason
 from streams.utc import HOUR_US, MINUTE_US, US_PER_SECOND
 
 if TYPE_CHECKING:
-    from consumers.counted_keys import CountedKeys
+    from consumers.counted_keys import CountedKeys, RunKeys
 
 # Late letters kept in memory for the check after the run (a few hundred bytes
 # each); past this many the summary does not check them, and says so, rather
@@ -54,6 +56,9 @@ class RunSummary:
     late_duplicates: int | None = None
     lateness_needed: timedelta | None = None
     late_unchecked: str | None = None  # why the late events could not be checked
+    # The keys this run counted, for `check_late` (None: every late event is
+    # looked up in the archive).
+    run_keys: "RunKeys | None" = field(default=None, repr=False)
 
     def add(self, batch: CountedBatch) -> None:
         self.read += batch.read
@@ -67,6 +72,8 @@ class RunSummary:
         self.max_lateness_us = max(self.max_lateness_us, batch.max_late_by_us)
         for letter in batch.dead_letters:
             self.reasons[letter.reason.value] = self.reasons.get(letter.reason.value, 0) + 1
+        if self.run_keys is not None:
+            self.run_keys.add(batch)
         if batch.late and not self.late_overflow:
             self.late_letters.extend((letter.source, letter.record, letter.late_by_us)
                                      for letter in batch.dead_letters if letter.reason is Reason.LATE)
@@ -78,6 +85,7 @@ class RunSummary:
         """Split the late events into re-sent duplicates and new ones against
         what their partitions have counted (call after the final sync, so the
         archive holds every event of the run)."""
+        run, self.run_keys = self.run_keys, None  # the run is over: nothing more to remember
         if not self.late:
             self.late_duplicates, self.lateness_needed = 0, None
             return
@@ -97,7 +105,8 @@ class RunSummary:
         frame = pl.concat([letters, keys], how="horizontal").with_row_index("_row")
         hits = []
         for (partition,), rows in frame.partition_by("partition", as_dict=True, maintain_order=True).items():
-            hits.append(rows.select("_row").with_columns(counted.counted(partition, rows).alias("_counted")))
+            hits.append(rows.select("_row").with_columns(
+                counted.counted(partition, rows, run).alias("_counted")))
         frame = frame.join(pl.concat(hits), on="_row")
         # A late event is new when its partition has not counted its key. Its
         # copies count once (the first admitted), so the rest are repeats. The

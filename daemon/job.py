@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import timedelta
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import reactivex
 
@@ -34,11 +34,25 @@ from streams.pipeline import build_pipeline, make_counter
 # an fsync, few enough that memory stays that of a handful of batches.
 SINK_QUEUE_BATCHES = 2
 
+if TYPE_CHECKING:
+    from consumers.counted_keys import RunKeys
+
 log = logging.getLogger("rivulet")
 
 
 def parser_for(settings: Settings, fmt: str | None = None) -> RecordParser:
     return make_parser(fmt or settings.format, settings.naive_timezone, settings.max_record_bytes)
+
+
+def _run_keys(settings: Settings) -> RunKeys | None:
+    """What the summary remembers of the run's keys for its late check: only
+    where that check would otherwise read S3 (two requests per hour with a
+    late event); a local archive reads faster than the keys cost to keep."""
+    if settings.backend != "aws" or not settings.raw_events.enabled:
+        return None
+    from consumers.counted_keys import RunKeys
+
+    return RunKeys()
 
 
 def run_job(
@@ -67,7 +81,7 @@ def run_job(
     terminal it draws a progress bar (bytes of `input_file`, when given)."""
     counter = make_counter(settings.rollups, settings.lateness, wall_clock, settings.future_tolerance,
                            settings.provisional_interval if unbounded else timedelta(0))
-    summary = RunSummary()
+    summary = RunSummary(run_keys=_run_keys(settings))
     metrics = PipelineMetrics()
     status = StatusFile(settings.data_dir, name, source_name) if source_name else None
     errors: list[BaseException] = []

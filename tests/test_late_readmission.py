@@ -22,7 +22,7 @@ import polars as pl
 import pytest
 
 from bench.generate_events import generate_sparse, write_events
-from consumers.counted_keys import CountedKeys, keys_frame, keys_of_records
+from consumers.counted_keys import CountedKeys, RunKeys, keys_frame, keys_of_records
 from consumers.local_object_store import LocalObjectStore
 from consumers.raw_event_writer import RawEventWriter
 from consumers.run_summary import format_lateness, round_up_lateness
@@ -388,3 +388,138 @@ def test_past_the_limit_the_summary_says_it_did_not_check(monkeypatch, tmp_path)
     assert summary.render(timedelta(minutes=10)).splitlines()[-2].endswith(
         "--lateness 1h would have admitted them, but re-sent duplicates among them (which count once) were not "
         "told apart: more than 2 late events")
+
+
+# -- the run's own keys answer the late check as the archive would ------------------------------
+
+
+def _keys_batch(partition: str, events: list[Event], restarted: bool = False) -> CountedBatch:
+    return CountedBatch(partition, BatchKind.DATA, EventColumns.from_events(partition, events), restarted=restarted)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_run_keys_answer_every_key_as_the_archive_does(tmp_path, seed):
+    """Per key, `counted(partition, keys, run)` equals reading the archive and
+    a plain set of what the test archived: with keys of an earlier run (only
+    in the archive), of this run, of the other partition, new ones and nulls;
+    a partition that restarts from its checkpoint (the raw-event writer drops
+    what it buffered for it); and budgets that forget some or all keys."""
+    rng = random.Random(seed)
+    base = stamp_to_us("2021-03-01T00:00:00Z")
+    parts = ("kinesis:s/shardId-0", "kinesis:s/shardId-1")
+    serial = iter(range(1, 1 << 30))
+
+    def events(partition: str, n: int, hours: int) -> list[Event]:
+        return [Event(f"c{rng.randrange(40)}", rng.choice(["click", "view"]), f"t{next(serial)}",
+                      base + rng.randrange(hours * HOUR), {}, partition, next(serial)) for _ in range(n)]
+
+    store = LocalObjectStore(tmp_path)
+    writer = RawEventWriter(store, clock=lambda: 0.0)  # no buffer ages out: only flushes and the restart write
+    archive: dict[str, set] = {p: set() for p in parts}
+    for partition in parts:  # an earlier run
+        earlier = events(partition, 120, 6)
+        writer.write(_keys_batch(partition, earlier))
+        archive[partition].update(e.dedup_key for e in earlier)
+    writer.flush()
+
+    runs = [RunKeys(), RunKeys(max_bytes=4_000), RunKeys(max_bytes=0)]
+    this_run: dict[str, list[Event]] = {p: [] for p in parts}
+    since_restart: dict[str, list[Event]] = {p: [] for p in parts}
+
+    def feed(batch: CountedBatch) -> None:  # as the fan-out does: the sinks, then the summary
+        writer.write(batch)
+        for run in runs:
+            run.add(batch)
+
+    for step in range(6):
+        for partition in parts:
+            batch = events(partition, 40, 8)
+            restarted = partition == parts[1] and step == 4
+            if restarted:  # what step 3 buffered is dropped; steps 0-2 were flushed
+                dropped = {e.dedup_key for e in this_run[partition][-40:]}
+                archive[partition] -= dropped - {e.dedup_key for e in this_run[partition][:-40]}
+            feed(_keys_batch(partition, batch, restarted=restarted))
+            this_run[partition].extend(batch)
+            since_restart[partition] = (batch if restarted else since_restart[partition] + batch)
+            archive[partition].update(e.dedup_key for e in batch)
+        if step == 2:
+            writer.flush()
+    writer.flush()
+    # The dropped keys are not archived (else the restart case proves nothing).
+    assert any(e.dedup_key not in archive[parts[1]] for e in this_run[parts[1]])
+
+    asked = [e.dedup_key for p in parts for e in this_run[p]]
+    asked += [key for p in parts for key in archive[p]]
+    asked += [("c1", "click", f"new{i}", base + rng.randrange(8 * HOUR)) for i in range(30)]
+    asked += [(c, t, x, us + 1) for c, t, x, us in asked[:20]]
+    rng.shuffle(asked)
+    keys = keys_frame(asked + [None])
+    for partition in parts:
+        expected = [key in archive[partition] for key in asked] + [False]
+        read_old = CountedKeys(store)
+        assert read_old.counted(partition, keys).to_list() == expected
+        reads = []
+        for run in runs:
+            read_new = CountedKeys(store)
+            assert read_new.counted(partition, keys, run).to_list() == expected, run.max_bytes
+            reads.append(read_new.objects_read)
+        assert reads[0] <= reads[1] <= reads[2] == read_old.objects_read
+        # What this run counted since the partition last restarted needs no read with the whole run remembered.
+        mine = keys_frame([e.dedup_key for e in since_restart[partition]])
+        read_mine = CountedKeys(store)
+        assert read_mine.counted(partition, mine, runs[0]).all() and read_mine.objects_read == 0
+    assert runs[1].holds(parts[0], keys).sum() < runs[0].holds(parts[0], keys).sum()
+
+
+def test_summary_with_run_keys_splits_late_events_as_the_oracle_does(tmp_path):
+    """A second run whose late events are re-sends of its own events, re-sends
+    of the earlier run's (only in the archive) and new ones: the summary that
+    remembers its keys reads fewer archive objects and says what the summary
+    reading the archive says, and both what a plain computation over the two
+    files says."""
+    from consumers.run_summary import RunSummary
+
+    rng = random.Random(11)
+    lines = list(generate_sparse(8_000, seed=5))
+    first, second = lines[:4_000], lines[4_000:]
+    for _ in range(25):  # re-sends of the first run's events, days behind
+        second.insert(rng.randrange(100, len(second)), rng.choice(first[:3_000]))
+    for n in range(8):  # new late events, 15 to 50 minutes behind the newest earlier row
+        spot = rng.randrange(500, len(second))
+        newest = max(e[3] for e in map(event_of_line, second[:spot]) if e)
+        second.insert(spot, f"c{n:05d},purchase,fresh-{n},{format_utc(newest - rng.randrange(15, 50) * MINUTE)}")
+    store = LocalObjectStore(tmp_path)
+
+    def run(rows: list[str], summaries: list) -> None:
+        writer = RawEventWriter(store)
+        counter = make_counter(default_rollups(), timedelta(minutes=10), lambda: FAR_FUTURE_CLOCK).build("p")
+        from streams.csv_parser import EventsCsvParser
+
+        parser = EventsCsvParser()
+        for batch in batches_of(rows, [500] * 100):
+            result = counter.on_batch(parser.parse_batch(batch))
+            writer.write(result)
+            for summary in summaries:
+                summary.add(result)
+        writer.flush()
+
+    run(first, [])
+    remembering, reading = RunSummary(run_keys=RunKeys()), RunSummary()
+    run(second, [remembering, reading])
+    by_run_keys, by_archive = CountedKeys(store), CountedKeys(store)
+    remembering.check_late(by_run_keys, timedelta(minutes=10))
+    reading.check_late(by_archive, timedelta(minutes=10))
+
+    archived = counted_keys_of(file_lines("\n".join(first).encode()), LATENESS) | counted_keys_of(
+        file_lines("\n".join(second).encode()), LATENESS)
+    late = late_events(file_lines("\n".join(second).encode()), LATENESS)
+    lags: dict[tuple, int] = {}
+    for key, lag in late:
+        if key not in archived:
+            lags[key] = min(lag, lags.get(key, lag))
+    assert len(lags) == 8 and len(late) > 60
+    for summary in (remembering, reading):
+        assert summary.late == len(late)
+        assert summary.late_duplicates == len(late) - len(lags)
+        assert summary.lateness_needed == round_up_lateness(max(lags.values()))
+    assert 0 < by_run_keys.objects_read < by_archive.objects_read
