@@ -4,6 +4,9 @@
 `aws_env` (function): dummy credentials, us-east-1 and `AWS_ENDPOINT_URL`
 pointing at the server, in this process's environment (so subprocesses
 inherit it) and without any real AWS profile; yields the endpoint.
+`moto_per_service` (function, on top of `aws_env`): Kinesis, DynamoDB and S3
+each on a moto server of its own, in a process of its own, for timing a
+consumer (`AWS_ENDPOINT_URL_<SERVICE>` point at them; see `MotoServices`).
 
 Tests never reset the server (that would wipe other tests' state): each test
 names its own streams, tables, buckets and queues with `unique()`.
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import uuid
 from typing import Any, Iterator
 
@@ -56,6 +61,82 @@ def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
         monkeypatch.delenv(name)
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
     return moto_endpoint
+
+
+# One service's moto app on a threaded werkzeug server, as ThreadedMotoServer
+# runs the dispatching one; prints its port once it listens.
+_ONE_SERVICE = """
+import logging, sys
+from werkzeug.serving import make_server
+from moto.moto_server.werkzeug_app import MotoRequestHandler
+from moto.server import create_backend_app
+logging.getLogger("werkzeug").setLevel(logging.ERROR)
+server = make_server("127.0.0.1", 0, create_backend_app(sys.argv[1]), threaded=True, request_handler=MotoRequestHandler)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+class MotoServices:
+    """Kinesis, DynamoDB and S3 on moto servers of their own, each in its own
+    process, serving only that service's app.
+
+    The shared server (`moto_endpoint`) is one Python process for every
+    service, and before each request its dispatcher finds the service again
+    (it lists moto's package directory and tries the URL patterns of every
+    service): about a quarter of the CPU of a small PutObject. A consumer's
+    time against it is that one process's CPU time. Here each service is its
+    own process, as AWS services do not share a CPU with each other, and its
+    requests go straight to the service's app (moto's `create_backend_app`,
+    what the dispatcher itself hands each request to)."""
+
+    SERVICES = ("kinesis", "dynamodb", "s3")
+
+    def __init__(self) -> None:
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.endpoints: dict[str, str] = {}
+        try:
+            for service in self.SERVICES:
+                process = subprocess.Popen([sys.executable, "-c", _ONE_SERVICE, service], stdout=subprocess.PIPE,
+                                           text=True)
+                self.processes[service] = process
+                port = process.stdout.readline().strip() if process.stdout else ""
+                if not port.isdigit():
+                    raise RuntimeError(f"moto server for {service} did not start")
+                self.endpoints[service] = f"http://127.0.0.1:{port}"
+        except BaseException:
+            self.close()
+            raise
+
+    def cpu_seconds(self) -> dict[str, float] | None:
+        """User + system CPU seconds of each server so far (None without /proc)."""
+        ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        out = {}
+        for service, process in self.processes.items():
+            try:
+                with open(f"/proc/{process.pid}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                return None
+            out[service] = (int(fields[11]) + int(fields[12])) / ticks
+        return out
+
+    def close(self) -> None:
+        for process in self.processes.values():
+            process.terminate()
+        for process in self.processes.values():
+            process.wait(timeout=10)
+
+
+@pytest.fixture
+def moto_per_service(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServices]:
+    services = MotoServices()
+    for service, endpoint in services.endpoints.items():
+        monkeypatch.setenv(f"AWS_ENDPOINT_URL_{service.upper()}", endpoint)
+    try:
+        yield services
+    finally:
+        services.close()
 
 
 def unique(prefix: str) -> str:

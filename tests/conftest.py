@@ -23,4 +23,4 @@ def cli():
     return run_cli
 
 
-from tests.aws_fixtures import aws_env, moto_endpoint, proxy  # noqa: E402,F401 - AWS emulator fixtures (issue 3)
+from tests.aws_fixtures import aws_env, moto_endpoint, moto_per_service, proxy  # noqa: E402,F401 - AWS emulator fixtures (issue 3)

@@ -33,7 +33,7 @@ import polars as pl
 import pytest
 
 from bench.generate_events import generate, generate_sparse
-from tests.aws_fixtures import client, unique
+from tests.aws_fixtures import MotoServices, client, unique
 from tests.conftest import run_cli
 from tests.oracle import DEFAULT_ROLLUPS, MINUTE, run_oracle
 
@@ -272,10 +272,12 @@ def test_sparse_produce_consume_drain_equals_the_oracle(aws_env: str, tmp_path: 
 @pytest.mark.skipif(os.environ.get("RIVULET_TARGET_TESTS") != "1",
                     reason="issue 12 target measurement, minutes long: RIVULET_TARGET_TESTS=1")
 @pytest.mark.timeout(400)
-def test_sparse_50k_rows_consume_drain_5_the_issue_12_target(aws_env: str, tmp_path: Path) -> None:
+def test_sparse_50k_rows_consume_drain_5_the_issue_12_target(moto_per_service: MotoServices, tmp_path: Path) -> None:
     """Issue 12's single-worker target: `consume --drain 5` of the 50k-row
     sparse file, counts equal to the oracle, and (with
-    RIVULET_ASSERT_TARGETS=1, the machine to itself) within 30 s."""
+    RIVULET_ASSERT_TARGETS=1, the machine to itself) within 30 s. Kinesis,
+    DynamoDB and S3 are moto servers of their own (`MotoServices`): on the
+    shared one the time is mostly that one process's CPU (docs/aws.md)."""
     lines = list(generate_sparse(50_000))
     source = tmp_path / "sparse.csv"
     source.write_text("\n".join(lines) + "\n")
@@ -291,13 +293,22 @@ def test_sparse_50k_rows_consume_drain_5_the_issue_12_target(aws_env: str, tmp_p
     produced = run_cli("produce", "--input", str(source), "--to", f"kinesis:{stream}", "--config", "config/aws.toml",
                        "--create-resources", "--data-dir", str(data_dir), env=env, timeout=300)
     assert produced.returncode == 0, produced.stderr
+    moto_before = moto_per_service.cpu_seconds()
+    load = os.getloadavg()[0]
     started = time.monotonic()
     consumed = run_cli("consume", "--from", f"kinesis:{stream}", "--drain", "5", "--json", "--config", "config/aws.toml",
                        "--data-dir", str(data_dir), env=env, timeout=300)
     took = time.monotonic() - started
     assert consumed.returncode == 0, consumed.stderr
-    print(f"consume --drain 5 of {len(lines):,} sparse rows: {took:.1f} s")
-    assert json.loads(consumed.stdout)["valid"] == result.valid
+    moto_after = moto_per_service.cpu_seconds()
+    moto_cpu = ", ".join(f"{name} {moto_after[name] - moto_before[name]:.1f}" for name in moto_after) \
+        if moto_before and moto_after else "not measured"
+    print(f"consume --drain 5 of {len(lines):,} sparse rows: {took:.1f} s (load average {load:.1f} before; "
+          f"moto CPU s: {moto_cpu})")
+    summary = json.loads(consumed.stdout)
+    assert summary["valid"] == result.valid
+    # Every late event is a re-send of an event its shard counted (a customer's events share a shard).
+    assert summary["late"] > 0 and summary["late_duplicates"] == summary["late"]
     for rollup, counts in result.counts.items():
         assert exported(rollup, env, data_dir) == Counter({(iso(start), key): n for (start, key), n in counts.items()})
     if os.environ.get("RIVULET_ASSERT_TARGETS") == "1":
