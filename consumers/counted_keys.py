@@ -58,9 +58,9 @@ _PARQUET_KEY_SCHEMA = {**{name: pl.String for name in CORE_FIELDS}, "timestamp":
 CHUNK_OBJECTS = 64
 CHUNK_BYTES = 32 << 20
 _INDEX = "_row"
-# The keys `RunKeys` holds at most (estimated in-memory size): about 300,000
-# sparse events' keys; a longer run forgets its oldest, which only sends
-# their late re-sends to the archive.
+# The keys `RunKeys` holds at most (estimated in-memory size): about a million
+# sparse events' keys (31 bytes each); a longer run forgets its oldest, which
+# only sends their late re-sends to the archive.
 RUN_KEYS_BYTES = 32 << 20
 
 
