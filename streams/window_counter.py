@@ -33,8 +33,8 @@ import polars as pl
 
 from streams.batches import BatchKind, CountedBatch, ParsedBatch
 from streams.dedup_keys import DedupKeys
-from streams.event_columns import KEY_COLUMNS, EventColumns
-from streams.events import DeadLetter, Event, Reason
+from streams.event_columns import KEY_COLUMNS, SCHEMA, TIME, EventColumns
+from streams.events import NO_PROPERTIES, DeadLetter, Event, Reason
 from streams.rollup_windows import RollupWindows
 from streams.rollups import RollupSpec
 from streams.timestamps import future_limit_us
@@ -195,69 +195,66 @@ class PartitionCounter:
 
         Why that is exact: the watermark before record i is
         max(watermark at the batch start, newest earlier time − lateness) over
-        the earlier records that were counted. Future records are dropped
-        first, and they alone could raise that maximum wrongly: a late record
-        is older than the watermark, and a duplicate has the time of a record
-        already counted. So a running maximum of the remaining times
-        (`cum_max`) gives every record's watermark. No counted record can
-        fall in a window that closed earlier in the batch (it would have been
-        late), so windows are closed once, after the batch is counted.
+        the earlier records that were counted. Future records are left out of
+        that maximum, and they alone could raise it wrongly: a late record is
+        older than the watermark, and a duplicate has the time of a record
+        counted before it (earlier in the batch, or in an earlier batch, after
+        which the watermark was already at least that time − lateness). So one
+        running maximum (`cum_max`) of the times that are not future gives
+        every record's watermark, the late ones' and the counted ones'. No
+        counted record can fall in a window that closed earlier in the batch
+        (it would have been late), so windows are closed once, after the
+        batch is counted.
         """
         lateness = self.clock.lateness_us
         start_watermark = self.clock.watermark_us
-        times = events.times_us
         future_limit = future_limit_us(self.config.wall_clock_us(), self.config.future_tolerance_us)
-        if times.max() > future_limit:
-            in_time = times <= future_limit
-            out.future += len(in_time) - int(in_time.sum())
-            events = self._drop(events, in_time, out, Reason.FUTURE,
-                                "timestamp is more than the future tolerance after the wall clock")
-            if not len(events):
-                return
-            times = events.times_us
-        oldest = times.min()
-        # A batch that spans less than the lateness, and starts after the
-        # watermark, has no late record: the common case skips the check.
-        if oldest < start_watermark or oldest + lateness < times.max():
-            # newest[i] − lateness is the watermark before record i
-            newest = times.cum_max()
-            on_time = (times + lateness >= newest) & (times >= start_watermark)
-            if not on_time.all():
-                late = ~on_time
-                out.late += int(late.sum())
-                behind = (newest.clip(lower_bound=start_watermark + lateness) - lateness - times).filter(late)
-                out.max_late_by_us = max(out.max_late_by_us, int(behind.max()))
-                events = self._drop(events, on_time, out, Reason.LATE, "older than the partition watermark",
-                                    behind.to_list())
-                if not len(events):
-                    return
-                times = events.times_us
-        watermark_after = max(start_watermark, int(times.max()) - lateness)
-        is_first = self.seen.first_seen(events.frame.select(KEY_COLUMNS), watermark_after)
+        kept, dropped, newest = _decide(events, start_watermark, lateness, future_limit)
+        if dropped:
+            self._drop(events, dropped, out, future_limit)
+        if not kept.height:
+            return
+        is_first = self.seen.first_seen(kept[_KEY_COLUMNS], max(start_watermark, newest - lateness))
         if is_first is not None:
             out.duplicates += len(is_first) - int(is_first.sum())
-            events = events.filter(is_first)
-            if not len(events):
+            kept = kept.filter(is_first)
+            if not kept.height:
                 return
-            times = events.times_us
+        # A duplicate has the time of a record counted before it: the newest
+        # kept time moves the watermark as the newest counted one would.
+        self.clock.on_event(newest)
         if not counting:
-            self.clock.on_event(int(times.max()))
             return
-        watermark_before = (times.cum_max().shift(1, fill_value=WATERMARK_MIN + lateness) - lateness).clip(
-            lower_bound=start_watermark)
+        accepted = EventColumns(events.partition, kept[_SCHEMA_COLUMNS])
+        if events.properties is not None:
+            accepted.properties = [events.properties[i] for i in kept.get_column(_ROW).to_list()]
+        watermark_before = kept.get_column(_WATERMARK_BEFORE)
         for rollup in self.rollups:
-            rollup.add(events, watermark_before)
-        out.events = events
-        self.clock.on_event(int(times.max()))
+            rollup.add(accepted, watermark_before)
+        out.events = accepted
 
-    def _drop(self, events: EventColumns, keep: pl.Series, out: CountedBatch, reason: Reason, error: str,
-              late_by_us: list[int] | None = None) -> EventColumns:
-        """Dead-letter the rows not kept; `late_by_us[i]` is how far the i-th
-        of them fell behind the watermark (late letters)."""
-        for n, index in enumerate((~keep).arg_true().to_list()):
-            out.dead_letters.append(self._dead(events[index], reason, error,
-                                               None if late_by_us is None else late_by_us[n]))
-        return events.filter(keep)
+    def _drop(self, events: EventColumns, rows: list[tuple], out: CountedBatch, future_limit: int) -> None:
+        """Dead-letter the future rows, then the late ones (`rows`: their
+        columns and the watermark before each), in order."""
+        future = [row for row in rows if row[_AT_TIME] > future_limit]
+        late = [row for row in rows if row[_AT_TIME] <= future_limit] if future else rows
+        out.future += len(future)
+        out.late += len(late)
+        for row in future:
+            out.dead_letters.append(self._dead(self._event(events, row), Reason.FUTURE,
+                                               "timestamp is more than the future tolerance after the wall clock"))
+        if late:
+            behind = [row[_AT_WATERMARK] - row[_AT_TIME] for row in late]
+            out.max_late_by_us = max(out.max_late_by_us, max(behind))
+            for row, late_by in zip(late, behind):
+                out.dead_letters.append(self._dead(self._event(events, row), Reason.LATE,
+                                                   "older than the partition watermark", late_by))
+
+    def _event(self, events: EventColumns, row: tuple) -> Event:
+        """The event of a row of `_decide`'s frames."""
+        c, e, x, t, position = row[:_AT_WATERMARK]
+        properties = NO_PROPERTIES if events.properties is None else events.properties[row[_AT_ROW]] or NO_PROPERTIES
+        return Event(c, e, x, t, properties, events.partition, position)
 
     def _close(self, out: CountedBatch) -> None:
         watermark = self.clock.watermark_us
@@ -270,3 +267,38 @@ class PartitionCounter:
     def _dead(self, event: Event, reason: Reason, error: str, late_by_us: int | None = None) -> DeadLetter:
         return DeadLetter(reason, error, self.partition, event.position,
                           json.dumps(event.to_record(), default=list).encode(), late_by_us)
+
+
+_WATERMARK_BEFORE = "_watermark_before"
+_ROW = "_row"
+_ON_TIME = "_on_time"
+# Where `_decide`'s frames hold the time, the watermark before the row and the
+# row's number in the batch (the `SCHEMA` columns come first).
+_AT_TIME = list(SCHEMA).index(TIME)
+_SCHEMA_COLUMNS = list(SCHEMA)
+_KEY_COLUMNS = list(KEY_COLUMNS)
+_AT_WATERMARK = len(SCHEMA)
+_AT_ROW = _AT_WATERMARK + 1
+
+
+def _decide(events: EventColumns, start_watermark: int, lateness: int,
+            future_limit: int) -> tuple[pl.DataFrame, list[tuple], int]:
+    """The rows that are neither future nor late, the rows of those that
+    are, each with the watermark before it (`_WATERMARK_BEFORE`, and its row
+    number `_ROW` when the events have properties), and the newest time of
+    the first (see `PartitionCounter._count`). One native pass over the
+    batch, and one more to split it only when a row is dropped."""
+    times = pl.col(TIME)
+    in_time = times <= future_limit
+    before = ((pl.when(in_time).then(times).otherwise(WATERMARK_MIN).cum_max().shift(1, fill_value=WATERMARK_MIN)
+               - lateness).clip(lower_bound=start_watermark))
+    columns = [before.alias(_WATERMARK_BEFORE)]
+    if events.properties is not None:
+        columns.append(pl.int_range(pl.len(), dtype=pl.Int64).alias(_ROW))
+    frame = events.frame.with_columns(*columns, (in_time & (times >= before)).alias(_ON_TIME))
+    on_time = frame.get_column(_ON_TIME)
+    if on_time.all():
+        kept, dropped = frame, []
+    else:
+        kept, dropped = frame.filter(on_time), frame.filter(~on_time).rows()
+    return kept, dropped, kept.get_column(TIME).max() if kept.height else WATERMARK_MIN
