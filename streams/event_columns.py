@@ -44,6 +44,23 @@ def compact_strings(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(pl.col(pl.String) + pl.lit(""))
 
 
+# The flags DataFrame methods run their one-step plans with: no optimiser pass.
+# A lazy plan collected with them costs ~0.02 ms of fixed overhead instead of
+# ~0.12 ms with the default flags, and batches run a dozen plans each.
+_EAGER_FLAGS = pl.QueryOptFlags._eager() if hasattr(pl.QueryOptFlags, "_eager") else pl.QueryOptFlags()
+
+
+def run_plans(*plans: pl.LazyFrame) -> list[pl.DataFrame]:
+    """Several lazy plans run in one native call, as eager calls run (without
+    the optimiser, so a subplan two of them share is computed twice)."""
+    return pl.collect_all(plans, optimizations=_EAGER_FLAGS)
+
+
+def run_plan(plan: pl.LazyFrame) -> pl.DataFrame:
+    """A lazy plan (several steps fused) run as one eager call."""
+    return plan.collect(optimizations=_EAGER_FLAGS)
+
+
 @dataclass(slots=True, eq=False)
 class EventColumns(Sequence[Event]):
     """Events of one partition, in position order.
