@@ -14,10 +14,10 @@ from datetime import tzinfo
 import polars as pl
 
 from streams.batches import ParsedBatch, RecordBatch
-from streams.event_columns import SCHEMA, EventColumns
+from streams.event_columns import CORE_FIELDS, POSITION, SCHEMA, TIME, EventColumns, run_plan
 from streams.events import NO_PROPERTIES, Event, ParseError, Reason
 from streams.per_record import CONTROL, DEFAULT_MAX_RECORD_BYTES, char_name, clean_then_odd, require_field
-from streams.timestamps import COMMON_STAMP, parse_timestamp_us, timestamp_column_us
+from streams.timestamps import COMMON_STAMP, parse_timestamp_us, with_timestamp_us
 
 CSV_HEADER = "customer_id,event_type,transaction_id,timestamp"
 
@@ -76,6 +76,8 @@ def csv_fields(text: str) -> list[str]:
 # the common shape. Every other record takes the per-record path.
 _BARE = r'[^",\x00-\x1f\x7f]'
 _COMMON_CSV_ROW = rf'^[^",\x00-\x1f\x7f ]{_BARE}*,{_BARE}+,{_BARE}+,{COMMON_STAMP}$'
+_TEXT, _COMMON, _FIELDS, _CLEAN = "_text", "_common", "_fields", "_clean"
+_SCHEMA_COLUMNS = list(SCHEMA)
 
 
 @dataclass
@@ -95,33 +97,37 @@ class EventsCsvParser:
     def parse_batch(self, batch: RecordBatch) -> ParsedBatch:
         return clean_then_odd(batch, *self._clean_rows(batch), self._parse_line, self.max_record_bytes, CSV_STRIP)
 
-    def _clean_rows(self, batch: RecordBatch) -> tuple[EventColumns, list[bool]]:
-        """The common rows of a batch as columns, and which records they were.
+    def _clean_rows(self, batch: RecordBatch) -> tuple[EventColumns, list[int]]:
+        """The common rows of a batch as columns, and the indexes of the other
+        records.
 
         Common: valid UTF-8 within the size limit, four non-empty fields, no
         quote, no control character, no space at either end, not the
         header, and a timestamp of the common shape
         (`timestamp_column_us`). Every step is a native kernel over the whole
-        batch. Every other record takes the general path, which also words
-        its error.
+        batch, all in one plan. Every other record takes the general path,
+        which also words its error.
         """
         records = pl.Series(batch.records, dtype=pl.Binary)
         try:
             texts = records.cast(pl.String)
         except pl.exceptions.ComputeError:  # not UTF-8: find those records, once, and leave them out
             texts = pl.Series([_utf8_or_none(r) for r in batch.records], dtype=pl.String)
-        common = texts.str.contains(_COMMON_CSV_ROW)
-        fields = texts.str.split_exact(",", 3).struct.unnest()
-        c, e, x, stamp = (fields[name] for name in fields.columns)
-        times = timestamp_column_us(stamp, common)
-        clean = (
-            times.is_not_null()
-            & (records.bin.size() <= self.max_record_bytes)
-            & (c != "customer_id")  # the header, or a record the general path must judge
-        ).fill_null(False)
-        frame = pl.DataFrame([c, e, x, times, pl.Series(batch.positions, dtype=pl.Int64)],
-                             schema=list(SCHEMA)).filter(clean)
-        return EventColumns(batch.partition, frame), clean.to_list()
+        # One plan, one native call: split, check, parse the time.
+        plan = pl.DataFrame([texts.alias(_TEXT), pl.Series(POSITION, batch.positions, dtype=pl.Int64)]).lazy()
+        plan = plan.with_columns(pl.col(_TEXT).str.contains(_COMMON_CSV_ROW).alias(_COMMON),
+                                 pl.col(_TEXT).str.split_exact(",", 3).alias(_FIELDS))
+        plan = with_timestamp_us(plan.with_columns(pl.col(_FIELDS).struct.unnest()), "field_3", _COMMON, TIME)
+        fields = [pl.col(f"field_{i}").alias(name) for i, name in enumerate(CORE_FIELDS)]
+        frame = run_plan(plan.select(*fields, TIME, POSITION, (
+            pl.col(TIME).is_not_null()
+            & (pl.col(_TEXT).str.len_bytes() <= self.max_record_bytes)  # the text is the record's bytes
+            & (pl.col("field_0") != "customer_id")  # the header, or a record the general path must judge
+        ).fill_null(False).alias(_CLEAN)))
+        clean = frame.get_column(_CLEAN)
+        if clean.all():
+            return EventColumns(batch.partition, frame[_SCHEMA_COLUMNS]), []
+        return EventColumns(batch.partition, frame.filter(clean)[_SCHEMA_COLUMNS]), (~clean).arg_true().to_list()
 
     def _parse_line(self, text: str) -> Event | None:
         fields = csv_fields(text)

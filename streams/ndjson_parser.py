@@ -18,7 +18,7 @@ import polars as pl
 from streams.batches import ParsedBatch, RecordBatch
 from streams.event_columns import CORE_FIELDS, SCHEMA, EventColumns
 from streams.events import Event, ParseError, Reason
-from streams.per_record import CONTROL, DEFAULT_MAX_RECORD_BYTES, clean_then_odd, mark_unclean, require_field
+from streams.per_record import CONTROL, DEFAULT_MAX_RECORD_BYTES, clean_then_odd, mark_unclean, odd_rows, require_field
 from streams.timestamps import epoch_ms_to_us, parse_timestamp_column, parse_timestamp_us, timestamp_column_us
 
 # The C JSON scanner itself: `json.loads` wraps it in Python code per call.
@@ -67,7 +67,8 @@ class NdjsonParser:
     name: str = "ndjson"
 
     def parse_batch(self, batch: RecordBatch) -> ParsedBatch:
-        return clean_then_odd(batch, *self._clean_rows(batch), self._parse_line, self.max_record_bytes)
+        columns, is_clean = self._clean_rows(batch)
+        return clean_then_odd(batch, columns, odd_rows(is_clean), self._parse_line, self.max_record_bytes)
 
     def _clean_rows(self, batch: RecordBatch) -> tuple[EventColumns, list[bool]]:
         """The common records as columns, and which records they were.

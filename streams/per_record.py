@@ -75,14 +75,20 @@ def mark_unclean(is_clean: list[bool], rows: Sequence[int]) -> None:
         is_clean[clean_indexes[row]] = False
 
 
-def clean_then_odd(batch: RecordBatch, columns: EventColumns, is_clean: list[bool], parse_line: LineParser,
+def odd_rows(is_clean: list[bool]) -> list[int]:
+    """The indexes of the rows not clean."""
+    return list(compress(range(len(is_clean)), map(not_, is_clean)))
+
+
+def clean_then_odd(batch: RecordBatch, columns: EventColumns, odd_rows: Sequence[int], parse_line: LineParser,
                    max_bytes: int, strip: str | None = None) -> ParsedBatch:
-    """A batch's common rows, parsed as columns, with the other rows sent
-    down the per-record path, merged back in position order."""
+    """A batch's common rows, parsed as columns, with the other rows (their
+    indexes in the batch: `odd_rows`, ascending) sent down the per-record
+    path, merged back in position order."""
     out = ParsedBatch.of(batch)
-    if len(columns) < len(batch.records):
-        is_odd = list(map(not_, is_clean))
-        odd = parse_each(out, list(compress(batch.records, is_odd)), list(compress(batch.positions, is_odd)),
+    if odd_rows:
+        records, positions = batch.records, batch.positions
+        odd = parse_each(out, [records[i] for i in odd_rows], [positions[i] for i in odd_rows],
                          parse_line, max_bytes, strip)
         if odd:
             columns = EventColumns.concat(batch.partition, [columns, EventColumns.from_events(batch.partition, odd)])

@@ -183,9 +183,27 @@ def timestamp_column_us(texts: "pl.Series", common: "pl.Series | None" = None) -
         common = texts.str.contains(_COMMON_SHAPE)
     if texts.str.contains(" ", literal=True).any():
         texts = texts.str.replace(" ", "T", literal=True, n=1)
-    parsed = texts.str.to_datetime(_COMMON_FORMAT, time_unit="us", time_zone="UTC", strict=False).dt.epoch("us")
-    in_range = parsed.is_between(MIN_US, MAX_US)
-    return pl.select(pl.when(common & in_range).then(parsed)).to_series().alias("event_time_us")
+    from streams.event_columns import run_plan
+
+    frame = pl.DataFrame([texts.alias("text"), common.alias("common")]).lazy()
+    return run_plan(with_timestamp_us(frame, "text", "common", "event_time_us", spaces=False))["event_time_us"]
+
+
+def with_timestamp_us(plan: "pl.LazyFrame", text: str, common: str, name: str,
+                      spaces: bool = True) -> "pl.LazyFrame":
+    """`plan` with the column `name`: `timestamp_column_us` of its column
+    `text`, where its Boolean column `common` says which texts are of the
+    common shape (`COMMON_STAMP`), for a caller's own plan; `spaces=False`
+    when no text has a space for its `T`."""
+    import polars as pl
+
+    texts = pl.col(text)
+    if spaces:
+        texts = texts.str.replace(" ", "T", literal=True, n=1)
+    plan = plan.with_columns(
+        texts.str.to_datetime(_COMMON_FORMAT, time_unit="us", time_zone="UTC", strict=False).dt.epoch("us").alias(name))
+    parsed = pl.col(name)
+    return plan.with_columns(pl.when(pl.col(common) & parsed.is_between(MIN_US, MAX_US)).then(parsed).alias(name))
 
 
 def _parse_general(text: str, naive_zone: tzinfo | None) -> int:
