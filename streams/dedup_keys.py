@@ -25,7 +25,7 @@ from typing import Callable
 
 import polars as pl
 
-from streams.event_columns import TIME, compact_strings
+from streams.event_columns import TIME, compact_strings, run_plan
 from streams.utc import MINUTE_US
 from streams.windowing import WATERMARK_MAX, WATERMARK_MIN, TumblingWindower
 
@@ -148,10 +148,9 @@ def _first_distinct(keys: pl.DataFrame, hashes: pl.Series) -> pl.Series:
     and exactly (comparing keys) for the few rows whose hash repeats."""
     repeated = hashes.is_duplicated()
     if not repeated.any():
-        return pl.Series([True] * keys.height, dtype=pl.Boolean)
-    rows = repeated.arg_true()
-    exact = keys[rows].select(pl.struct(pl.all()).is_first_distinct()).to_series()
-    return pl.Series([True] * keys.height, dtype=pl.Boolean).scatter(rows, exact)
+        return ~repeated
+    exact = run_plan(keys.lazy().filter(pl.lit(repeated)).select(pl.struct(pl.all()).is_first_distinct())).to_series()
+    return (~repeated).scatter(repeated.arg_true(), exact)
 
 
 def _end_of_minute(time_us: int) -> int:
