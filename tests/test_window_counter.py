@@ -343,3 +343,16 @@ def test_running_counts_of_open_windows_are_emitted_when_they_change():
     out = feed(row("b", BASE + 2))
     assert sorted((c.key, c.count) for c in window_rows(out) if c.rollup == "customer_hourly") == [(("b",), 2)]
     assert out.safe_position == 1  # provisional counts never move the safe point
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(), st.text(), st.text(), st.integers(-62_135_596_800_000_000, 253_402_300_799_999_999),
+       st.dictionaries(st.text(min_size=1), st.one_of(st.text(), st.integers()), max_size=2))
+def test_a_dead_letters_record_is_its_events_json(customer, etype, txn, t_us, properties):
+    import json
+
+    from streams.events import Event
+    from streams.window_counter import _record_json
+
+    event = Event(customer, etype, txn, t_us, properties)
+    assert _record_json(event) == json.dumps(event.to_record(), default=list).encode()
