@@ -14,7 +14,7 @@ from datetime import tzinfo
 import polars as pl
 
 from streams.batches import ParsedBatch, RecordBatch
-from streams.event_columns import CORE_FIELDS, POSITION, SCHEMA, TIME, EventColumns, run_plan
+from streams.event_columns import CORE_FIELDS, POSITION, SCHEMA, TIME, EventColumns, filter_rows, run_plan
 from streams.events import NO_PROPERTIES, Event, ParseError, Reason
 from streams.per_record import CONTROL, DEFAULT_MAX_RECORD_BYTES, char_name, clean_then_odd, require_field
 from streams.timestamps import COMMON_STAMP, parse_timestamp_us, with_timestamp_us
@@ -127,7 +127,7 @@ class EventsCsvParser:
         clean = frame.get_column(_CLEAN)
         if clean.all():
             return EventColumns(batch.partition, frame[_SCHEMA_COLUMNS]), []
-        return EventColumns(batch.partition, frame.filter(clean)[_SCHEMA_COLUMNS]), (~clean).arg_true().to_list()
+        return EventColumns(batch.partition, filter_rows(frame[_SCHEMA_COLUMNS], clean)), (~clean).arg_true().to_list()
 
     def _parse_line(self, text: str) -> Event | None:
         fields = csv_fields(text)

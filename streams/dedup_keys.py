@@ -25,7 +25,7 @@ from typing import Callable
 
 import polars as pl
 
-from streams.event_columns import TIME, compact_strings, run_plan
+from streams.event_columns import TIME, compact_strings, filter_rows, run_plan
 from streams.utc import MINUTE_US
 from streams.windowing import WATERMARK_MAX, WATERMARK_MIN, TumblingWindower
 
@@ -94,11 +94,12 @@ class DedupKeys:
         for generation in (g for g in (self.current, self.previous) if g.rows):
             # A duplicate has its original's time: only rows within the
             # generation's time span can match it.
-            candidates = (times.is_between(generation.oldest_us, generation.newest_us) & is_new).arg_true()
-            if not len(candidates):
+            # (Series comparisons and filters: no query-engine call.)
+            probed = (times >= generation.oldest_us) & (times <= generation.newest_us) & is_new
+            if not probed.any():
                 continue
-            rows = candidates.to_list()
-            found = list(map(generation.by_hash.get, hashes.gather(candidates).to_list()))
+            rows = probed.arg_true().to_list()
+            found = list(map(generation.by_hash.get, hashes.filter(probed).to_list()))
             for i, row_id in zip(rows, found):
                 if row_id is None:
                     continue
@@ -116,7 +117,7 @@ class DedupKeys:
         remember = is_new & (times >= remember_from_us)
         if clash is not None:
             clash = clash.filter(remember)
-        self._remember(keys.filter(remember), hashes.filter(remember), clash)
+        self._remember(filter_rows(keys, remember), hashes.filter(remember), clash)
         return None if is_new.all() else is_new
 
     def _remember(self, keys: pl.DataFrame, hashes: pl.Series, clash: pl.Series | None) -> None:
@@ -132,7 +133,7 @@ class DedupKeys:
         clash = repeated if clash is None else clash | repeated
         if clash.any():
             self.current.collided.update(keys.filter(clash).iter_rows())
-            keys, hash_list = keys.filter(~clash), hashes.filter(~clash).to_list()
+            keys, hash_list = filter_rows(keys, ~clash), hashes.filter(~clash).to_list()
             if not keys.height:
                 return
         self.current.add(keys, hash_list)

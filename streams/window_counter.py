@@ -44,7 +44,7 @@ import polars as pl
 
 from streams.batches import BatchKind, CountedBatch, ParsedBatch
 from streams.dedup_keys import DedupKeys
-from streams.event_columns import KEY_COLUMNS, SCHEMA, TIME, EventColumns
+from streams.event_columns import KEY_COLUMNS, SCHEMA, TIME, EventColumns, filter_rows
 from streams.events import NO_PROPERTIES, SCHEMA_VERSION, DeadLetter, Event, Reason
 from streams.rollup_windows import RollupWindows
 from streams.rollups import RollupSpec
@@ -228,7 +228,7 @@ class PartitionCounter:
         is_first = self.seen.first_seen(kept[_KEY_COLUMNS], max(start_watermark, newest - lateness))
         if is_first is not None:
             out.duplicates += len(is_first) - int(is_first.sum())
-            kept = kept.filter(is_first)
+            kept = filter_rows(kept, is_first)
             if not kept.height:
                 return
         # A duplicate has the time of a record counted before it: the newest
@@ -323,5 +323,7 @@ def _decide(events: EventColumns, start_watermark: int, lateness: int,
     if on_time.all():
         kept, dropped = frame, []
     else:
-        kept, dropped = frame.filter(on_time), frame.filter(~on_time).rows()
+        late = ~on_time
+        kept = filter_rows(frame, on_time)
+        dropped = list(zip(*(column.filter(late).to_list() for column in frame.get_columns())))
     return kept, dropped, kept.get_column(TIME).max() if kept.height else WATERMARK_MIN
