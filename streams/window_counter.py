@@ -22,16 +22,17 @@ their last checkpoints on, decided by the same rules but never counted; they
 leave the parents' dedup keys and watermark behind for the child's own
 records, so a duplicate whose original a parent counted is a duplicate here.
 
-Cost (issue 11): every native polars call costs a fixed ~0.1 ms, more when
-it hands the GIL to the writer thread, so a batch is decided and counted in
-few calls: future and late in one pass (`_decide`), each rollup counted in
-two plans and closed in one (`rollup_windows.py`), plans run with the eager
-engine flags (`run_plan`). On 1M sparse events-csv rows in 16,384-row
-batches: 37 -> 16 engine calls per batch to count, 11 -> 3 to parse
-(`csv_parser.py`); main-thread CPU of parsing 0.92 -> 0.53 s and of counting
-0.60 -> 0.39 s (process, polars threads included: 2.03 -> 1.79 s). In a whole
-`run` the main thread's CPU went 2.2 -> 1.6 s and it now waits on the SQLite
-writer thread, which bounds the run.
+Cost (issue 11): every native polars call through the query engine costs a
+fixed ~0.1 ms and hands the GIL to any thread that wants it (the SQLite
+writer), so a batch takes few: future and late decided in one pass
+(`_decide`), each rollup counted in two plans and closed in one
+(`rollup_windows.py`), plans run with the eager engine flags (`run_plan`),
+and filters done column by column on Series (`filter_rows`), which keep the
+GIL. On 1M sparse events-csv rows in 16,384-row batches: 37 -> 11 engine
+calls per batch to count, 11 -> 2 to parse (`csv_parser.py`); main-thread CPU
+of parsing 0.82 -> 0.54 s and of counting 0.52 -> 0.41 s, the process's
+(polars threads included) 1.78 -> 1.54 s. In a whole `run` the main thread
+now waits on the writer thread, which bounds the run.
 """
 
 from __future__ import annotations
