@@ -14,43 +14,58 @@ break a reader's path parsing.
 
 from __future__ import annotations
 
-import io
 import time
 import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import polars as pl
 
 from consumers.object_keys import encode_name_part
 from consumers.ports import ObjectStore
 from streams.batches import CountedBatch
-from streams.event_columns import POSITION, TIME, EventColumns, compact_strings
+from streams.event_columns import POSITION, TIME, EventColumns
 from streams.events import SCHEMA_VERSION, Event
 from streams.utc import date_and_hour
 from streams.windowing import HOURLY
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 RAW_EVENTS_ROOT = "events"
 _HOUR = "_hour"
 
 
-def _parquet_body(rows: pl.DataFrame, partition: str) -> bytes:
-    """The rows as one zstd Parquet object. No `dt`/`hour` columns: Hive
-    readers add them from the key, and a file column of the same name would
-    clash with the partition column."""
-    table = rows.select(
-        "customer_id",
-        "event_type",
-        "transaction_id",
-        pl.col(TIME).cast(pl.Datetime("us", "UTC")).alias("timestamp"),
-        pl.lit(partition, pl.String).alias("partition"),
-        POSITION,
-        "properties",
-    )
-    out = io.BytesIO()
-    table.write_parquet(out, compression="zstd", statistics=True)
-    return out.getvalue()
+# Columns whose values repeat within an object. The others (customer and
+# transaction ids, times, positions) are mostly distinct in an hour's object:
+# a dictionary there costs a third of the writer's time and, after zstd,
+# makes the object larger, not smaller.
+_DICTIONARY_COLUMNS = ["event_type", "partition", "properties"]
+
+
+def _parquet_body(rows: pa.Table, partition: str) -> bytes:
+    """The rows as one zstd Parquet object, written by pyarrow (polars'
+    writer costs more per object, most of it fixed). No `dt`/`hour` columns:
+    Hive readers add them from the key, and a file column of the same name
+    would clash with the partition column."""
+    # Imported here: pyarrow adds ~30 MB to a process's RSS, which a run
+    # that writes no objects (counts only) should not pay.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({
+        "customer_id": rows["customer_id"],
+        "event_type": rows["event_type"],
+        "transaction_id": rows["transaction_id"],
+        "timestamp": rows[TIME].cast(pa.timestamp("us", tz="UTC")),
+        "partition": pa.repeat(pa.scalar(partition, pa.large_string()), rows.num_rows),
+        POSITION: rows[POSITION],
+        "properties": rows["properties"],
+    })
+    out = pa.BufferOutputStream()
+    pq.write_table(table, out, compression="zstd", use_dictionary=_DICTIONARY_COLUMNS)
+    return out.getvalue().to_pybytes()
 
 
 def ndjson_lines(rows: pl.DataFrame) -> str:
@@ -75,16 +90,16 @@ def ndjson_lines(rows: pl.DataFrame) -> str:
     return rows.select(line.str.join("\n")).item() + "\n"
 
 
-def _ndjson_gzip_body(rows: pl.DataFrame, partition: str) -> bytes:
+def _ndjson_gzip_body(rows: pa.Table, partition: str) -> bytes:
     # mtime 0 (zlib's gzip header has none): the same rows give the same bytes.
     compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
-    return compressor.compress(ndjson_lines(rows).encode()) + compressor.flush()
+    return compressor.compress(ndjson_lines(pl.from_arrow(rows)).encode()) + compressor.flush()  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
 class RawEventFormat:
     suffix: str
-    encode: Callable[[pl.DataFrame, str], bytes]
+    encode: Callable[[pa.Table, str], bytes]  # the buffered columns (EventColumns') and the partition
 
 
 FORMATS: dict[str, RawEventFormat] = {
@@ -111,24 +126,28 @@ def raw_event_key(partition: str, hour: int, first_position: int, suffix: str) -
 
 @dataclass
 class _Buffer:
-    """The rows of one object to be: a list of frames, concatenated once."""
+    """The rows of one object to be, as Arrow tables."""
 
     first_position: int
     opened_at: float
-    frames: list[pl.DataFrame] = field(default_factory=list)
-    size: int = 0  # estimated in-memory bytes
+    tables: list[pa.Table] = field(default_factory=list)
+    size: int = 0  # estimated in-memory bytes (as polars frames)
 
     def add(self, rows: pl.DataFrame) -> int:
         added = rows.estimated_size()
-        self.frames.append(compact_strings(rows))
+        # Arrow's large strings are copied into buffers of the rows' own: a
+        # polars string column cut from a batch views the whole batch's text,
+        # which an hour's buffer would otherwise keep alive (the work of
+        # compact_strings, done by the conversion the writer needs anyway).
+        self.tables.append(rows.to_arrow(compat_level=pl.CompatLevel.oldest()))
         self.size += added
         return added
 
-    def rows(self) -> pl.DataFrame:
-        # Kept concatenated, so a retry after a failed put does not redo it.
-        if len(self.frames) > 1:
-            self.frames = [pl.concat(self.frames, rechunk=True)]
-        return self.frames[0]
+    def rows(self) -> pa.Table:
+        import pyarrow as pa
+
+        # The tables as chunks of one: nothing is copied.
+        return pa.concat_tables(self.tables) if len(self.tables) > 1 else self.tables[0]
 
 
 def _frame_of(batch: CountedBatch) -> pl.DataFrame:
@@ -144,8 +163,9 @@ def split_by_hour(frame: pl.DataFrame) -> list[tuple[int, pl.DataFrame]]:
     first = hours.min()
     if first == hours.max():  # the usual batch: nothing to split
         return [(int(first), frame)]  # type: ignore[arg-type]
-    parts = frame.with_columns(hours.alias(_HOUR)).partition_by(_HOUR, maintain_order=True, as_dict=True)
-    return [(int(hour), rows.drop(_HOUR)) for (hour,), rows in parts.items()]
+    parts = frame.with_columns(hours.alias(_HOUR)).partition_by(
+        _HOUR, maintain_order=True, include_key=False, as_dict=True)
+    return [(int(hour), rows) for (hour,), rows in parts.items()]  # type: ignore[call-overload]
 
 
 class RawEventWriter:
@@ -232,7 +252,7 @@ class RawEventWriter:
         del self._buffers[key]
         self._buffered_bytes -= buffer.size
         self.objects_written += 1
-        self.events_written += rows.height
+        self.events_written += rows.num_rows
 
     def flush(self) -> None:
         for key in list(self._buffers):
