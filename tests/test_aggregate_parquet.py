@@ -219,6 +219,30 @@ def test_partitions_add_and_hours_split(tmp_path):
     assert reader_rule_totals_of(tmp_path) == expected
 
 
+def test_the_same_rows_give_the_same_objects_whatever_their_batches_and_order(tmp_path):
+    rows = [(START + i * 7 * MINUTE, kind, 1 + i % 4, True) for i in range(30) for kind in ("view", "click", "a b")]
+    shuffled = rows[::-1][1::2] + rows[::-1][0::2]
+    first, second = LocalObjectStore(tmp_path / "1"), LocalObjectStore(tmp_path / "2")
+    one = AggregateWriter(first)
+    one.write(batch([counts(rows, "shard-1"), counts(rows[:30], "shard-0")]))
+    one.close()
+    other = AggregateWriter(second)
+    other.write(batch([counts(shuffled[:40], "shard-1")]))
+    other.write(batch([counts(rows[:30][::-1], "shard-0"), counts(shuffled[40:], "shard-1")]))
+    other.close()
+    keys = list(first.list())
+    assert keys == list(second.list()) and len(keys) == 6  # hours 0-3 of shard-1, 0-1 of shard-0
+    assert all(first.get(k) == second.get(k) for k in keys)
+    for key in keys:  # each object: its partition's rows of its hour, in (window, key) order
+        table = pl.read_parquet(first.get(key))
+        partition = "shard-0" if "part-shard-0-" in key else "shard-1"
+        hour = int(key.split("/hour=")[1].split("/")[0])
+        source = rows[:30] if partition == "shard-0" else rows
+        expected = sorted((utc(s), k, n) for s, k, n, _ in source if (s - START) // (60 * MINUTE) == hour)
+        assert table.select("window_start", "event_type", "count").rows() == expected
+        assert table["partition"].unique().to_list() == [partition]
+
+
 class CountingStore(LocalObjectStore):
     def __init__(self, root: Path) -> None:
         super().__init__(root)

@@ -113,12 +113,23 @@ def test_local_object_store_makes_each_directory_once(tmp_path, monkeypatch):
     store = LocalObjectStore(tmp_path)
     store.put("t/dt=1/hour=0/a", b"a")
     made = []
-    original = type(tmp_path).mkdir
-    monkeypatch.setattr(type(tmp_path), "mkdir", lambda self, *a, **k: made.append(self) or original(self, *a, **k))
+    original = os.mkdir
+    monkeypatch.setattr(os, "mkdir", lambda path, *a, **k: made.append(os.path.basename(path)) or original(path, *a, **k))
     for i in range(20):
         store.put(f"t/dt=1/hour=0/{i}", b"x")
     store.put("t/dt=1/hour=1/a", b"y")
-    assert [p.name for p in made] == ["hour=1"]
+    assert made == ["hour=1"]
+    store.put("t/dt=2/hour=0/b", b"z")  # two new levels: the deeper one is tried first
+    assert made == ["hour=1", "hour=0", "dt=2", "hour=0"]
+    assert store.get("t/dt=2/hour=0/b") == b"z" and (tmp_path / "t" / "dt=2").parent in store._unsynced_dirs
+
+
+def test_a_put_over_an_existing_directory_level_fails_instead_of_writing_elsewhere(tmp_path):
+    store = LocalObjectStore(tmp_path)
+    (tmp_path / "t").write_bytes(b"not a directory")
+    with pytest.raises(OSError):
+        store.put("t/dt=1/a", b"x")
+    assert (tmp_path / "t").read_bytes() == b"not a directory"
 
 
 def event(etype: str, position: int, t: int = 1_614_556_800_000_000) -> Event:
