@@ -28,6 +28,7 @@ import polars as pl
 
 from consumers.object_keys import check_key, encode_name_part
 from consumers.ports import ObjectStore, Sink
+from consumers.raw_event_writer import arrow_parquet
 from streams.batches import BatchKind
 from streams.utc import date_and_hour, us_to_datetime
 from streams.window_counts import COUNT, FINAL, RESERVED_COLUMNS, WINDOW_START, WindowCounts
@@ -189,6 +190,7 @@ def _arrow_table(frame: pl.DataFrame, key_fields: tuple[str, ...]) -> pa.Table:
     """The table's columns but `partition` (added per object: a constant),
     strings as Arrow's large strings, the type the tables had when polars
     wrote them."""
+    arrow_parquet()  # the memory pool, before Arrow allocates the strings
     return frame.select(
         pl.from_epoch(WINDOW_START, time_unit="us").dt.replace_time_zone("UTC").alias("window_start"),
         *key_fields,
@@ -204,10 +206,7 @@ def _parquet(rows: pa.Table, partition: str) -> bytes:
     pyarrow version). Only `partition`, one value per object, is dictionary
     encoded: the other columns are mostly distinct within an object, where a
     dictionary costs time and saves nothing after zstd."""
-    # Imported here, as pyarrow costs ~30 MB of RSS: see raw_event_writer.
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    pa, pq = arrow_parquet()
     rows = rows.append_column(PARTITION, pa.repeat(pa.scalar(partition, pa.large_string()), rows.num_rows))
     out = pa.BufferOutputStream()
     pq.write_table(rows, out, compression="zstd", use_dictionary=[PARTITION])
