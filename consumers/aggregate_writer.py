@@ -204,8 +204,8 @@ def _parquet(rows: pa.Table, partition: str) -> bytes:
     CPU of polars' writer for a table of a few hundred rows, whose cost is
     mostly fixed per object. The same rows give the same bytes (for one
     pyarrow version). Only `partition`, one value per object, is dictionary
-    encoded: the other columns are mostly distinct within an object, where a
-    dictionary costs time and saves nothing after zstd."""
+    encoded: on the other columns a dictionary costs time and, after zstd,
+    saved nothing measurable (0.2% on event_type_minutely, whose key repeats)."""
     pa, pq = arrow_parquet()
     rows = rows.append_column(PARTITION, pa.repeat(pa.scalar(partition, pa.large_string()), rows.num_rows))
     out = pa.BufferOutputStream()
