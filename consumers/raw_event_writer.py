@@ -14,7 +14,6 @@ break a reader's path parsing.
 
 from __future__ import annotations
 
-import os
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -46,13 +45,7 @@ def arrow_parquet() -> tuple[ModuleType, ModuleType]:
     libraries' pages), which a run that writes no objects (counts only)
     should not pay.
 
-    Arrow allocates from the C library's malloc, not its default mimalloc
-    pool, unless ARROW_DEFAULT_MEMORY_POOL says otherwise: mimalloc kept the
-    buffers of large objects, +15 to +30 MB peak RSS for 1M dense rows
-    (16 MiB raw-event objects) at the same CPU. Arrow reads the variable
-    once, before its first allocation: it is set before the first import
-    (pa.set_memory_pool would not reach the Parquet writer's C++ code)."""
-    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    The process picks Arrow's allocator before this import (daemon/__init__.py)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
