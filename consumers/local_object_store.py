@@ -83,32 +83,31 @@ class LocalObjectStore:
         missing = []
         while directory not in self._known_dirs:
             try:
-                os.mkdir(directory)
+                self._mkdir(directory)
             except FileNotFoundError:  # its parent is missing too
                 missing.append(directory)
                 directory = directory.parent
                 continue
-            except FileExistsError:
-                if not directory.is_dir():
-                    raise
-            else:
-                with self._lock:
-                    # A new directory is durable only once its parent's entry is.
-                    self._unsynced_dirs.add(directory.parent)
             break
         for new in reversed(missing):
-            try:
-                os.mkdir(new)
-            except FileExistsError:
-                if not new.is_dir():
-                    raise
-            else:
-                with self._lock:
-                    self._unsynced_dirs.add(new.parent)
+            self._mkdir(new)
         if len(self._known_dirs) >= MAX_KNOWN_DIRS:
             self._known_dirs = {self.root}
         self._known_dirs.update(missing)
         self._known_dirs.add(directory)
+
+    def _mkdir(self, directory: Path) -> None:
+        """One directory, unless it is there already; FileNotFoundError when
+        its parent is missing."""
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+            return
+        with self._lock:
+            # A new directory is durable only once its parent's entry is.
+            self._unsynced_dirs.add(directory.parent)
 
     def sync(self) -> None:
         """Make every object put so far durable (fsync of each file, then of
