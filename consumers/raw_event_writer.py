@@ -17,13 +17,13 @@ from __future__ import annotations
 import time
 import zlib
 from dataclasses import dataclass, field
-from functools import cache, lru_cache
-from types import ModuleType
+from functools import lru_cache
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import polars as pl
 
 from consumers.object_keys import encode_name_part
+from consumers.parquet_objects import arrow_parquet, constant_column, zstd_parquet
 from consumers.ports import ObjectStore
 from streams.batches import CountedBatch
 from streams.event_columns import POSITION, TIME, EventColumns
@@ -38,45 +38,25 @@ RAW_EVENTS_ROOT = "events"
 _HOUR = "_hour"
 
 
-@cache
-def arrow_parquet() -> tuple[ModuleType, ModuleType]:
-    """`pyarrow` and `pyarrow.parquet`, imported when the first object is
-    buffered or written: pyarrow adds ~30 MB to a process's RSS (mostly its
-    libraries' pages), which a run that writes no objects (counts only)
-    should not pay.
-
-    The process picks Arrow's allocator before this import (daemon/__init__.py)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    return pa, pq
-
-
-# Columns whose values repeat within an object. The others (customer and
-# transaction ids, times, positions) are mostly distinct in an hour's object:
-# a dictionary there costs a third of the writer's time and, after zstd,
-# makes the object larger, not smaller.
+# Columns whose values repeat within an object (see `zstd_parquet`).
 _DICTIONARY_COLUMNS = ["event_type", "partition", "properties"]
 
 
 def _parquet_body(rows: pa.Table, partition: str) -> bytes:
-    """The rows as one zstd Parquet object, written by pyarrow (polars'
-    writer costs more per object, most of it fixed). No `dt`/`hour` columns:
+    """The rows as one zstd Parquet object. No `dt`/`hour` columns:
     Hive readers add them from the key, and a file column of the same name
     would clash with the partition column."""
-    pa, pq = arrow_parquet()
+    pa, _ = arrow_parquet()
     table = pa.table({
         "customer_id": rows["customer_id"],
         "event_type": rows["event_type"],
         "transaction_id": rows["transaction_id"],
         "timestamp": rows[TIME].cast(pa.timestamp("us", tz="UTC")),
-        "partition": pa.repeat(pa.scalar(partition, pa.large_string()), rows.num_rows),
+        "partition": constant_column(partition, rows.num_rows),
         POSITION: rows[POSITION],
         "properties": rows["properties"],
     })
-    out = pa.BufferOutputStream()
-    pq.write_table(table, out, compression="zstd", use_dictionary=_DICTIONARY_COLUMNS)
-    return out.getvalue().to_pybytes()
+    return zstd_parquet(table, _DICTIONARY_COLUMNS)
 
 
 def ndjson_lines(rows: pl.DataFrame) -> str:
@@ -150,7 +130,6 @@ class _Buffer:
         # polars string column cut from a batch views the whole batch's text,
         # which an hour's buffer would otherwise keep alive (the work of
         # compact_strings, done by the conversion the writer needs anyway).
-        arrow_parquet()  # the memory pool, before Arrow allocates the copies
         self.tables.append(rows.to_arrow(compat_level=pl.CompatLevel.oldest()))
         self.size += added
         return added
