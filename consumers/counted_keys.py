@@ -156,9 +156,16 @@ class RunKeys:
         frames = [frame for part, frame, _ in self._frames if part == partition]
         if not frames or not keys.height:
             return pl.Series(_HIT, [False] * keys.height, dtype=pl.Boolean)
-        known = pl.concat(frames).unique().with_columns(pl.lit(True).alias(_HIT))
-        joined = keys.select(KEY_COLUMNS).with_row_index(_INDEX).join(known, on=list(KEY_COLUMNS), how="left")
-        return joined.sort(_INDEX)[_HIT].fill_null(False)
+        return _rows_in(keys.select(KEY_COLUMNS), pl.concat(frames))
+
+
+def _rows_in(keys: pl.DataFrame, found: pl.DataFrame) -> pl.Series:
+    """One boolean per row of `keys`, in order: whether `found` (the same
+    `KEY_COLUMNS`) has that row. A row with a null is False (a join never
+    matches a null)."""
+    marked = found.unique().with_columns(pl.lit(True).alias(_HIT))
+    joined = keys.with_row_index(_INDEX).join(marked, on=list(KEY_COLUMNS), how="left")
+    return joined.sort(_INDEX)[_HIT].fill_null(False)
 
 
 class CountedKeys:
@@ -182,9 +189,7 @@ class CountedKeys:
         rest = keys.filter(~known) if known is not None else keys
         hours = HOURLY.numbers(rest[TIME].drop_nulls())
         archived = self.archived(partition, sorted(int(h) for h in hours.unique()), rest)
-        marked = archived.unique().with_columns(pl.lit(True).alias(_HIT))
-        joined = keys.with_row_index(_INDEX).join(marked, on=list(KEY_COLUMNS), how="left")
-        hits = joined.sort(_INDEX)[_HIT].fill_null(False)
+        hits = _rows_in(keys, archived)
         return hits | known if known is not None else hits
 
     def counted_events(self, partition: str | None, events: Sequence[Event]) -> list[bool]:
