@@ -173,7 +173,7 @@ class OptimizelyBulkSink:
         built = self.conversions.build(batch.events)
         if built.unknown:
             letters = [
-                DeadLetter(Reason.SINK_REJECTED, error, e.partition, e.position, json.dumps(e.to_record(), default=list).encode())
+                DeadLetter(Reason.SINK_REJECTED, error, e.partition, e.position, e.to_letter_record())
                 for e, error in built.unknown
             ]
             self._write_dead_letters(letters)

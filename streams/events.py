@@ -22,6 +22,7 @@ SCHEMA_VERSION = 1
 NO_PROPERTIES: Mapping[str, Any] = MappingProxyType({})
 
 _json_string = json.encoder.encode_basestring  # type: ignore[attr-defined]  # C, non-ASCII kept as is
+_json_ascii = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # what json.dumps quotes with
 # Tuples (GDELT's countries) are written as lists.
 _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=list).encode
 
@@ -64,11 +65,25 @@ class Event:
         """
         if self.properties:
             return _encode_json(self.to_record()).encode() + b"\n"
+        return (self._plain_json(",", ":", _json_string) + "\n").encode()
+
+    def to_letter_record(self) -> bytes:
+        """`to_record()` as `json.dumps` writes it: the record of a dead
+        letter the pipeline itself made (late, future, rejected by a sink).
+        The common case (no properties: every events-csv letter) is formatted
+        directly, about four times faster, byte for byte the same."""
+        if self.properties:
+            return json.dumps(self.to_record(), default=list).encode()
+        return self._plain_json(", ", ": ", _json_ascii).encode()
+
+    def _plain_json(self, comma: str, colon: str, quote: Any) -> str:
+        """`to_record()` of an event without properties, as a JSON encoder
+        with these separators and this string quoting writes it."""
         return (
-            f'{{"v":{SCHEMA_VERSION},"customer_id":{_json_string(self.customer_id)},'
-            f'"event_type":{_json_string(self.event_type)},"transaction_id":{_json_string(self.transaction_id)},'
-            f'"timestamp":"{format_utc(self.event_time_us)}"}}\n'
-        ).encode()
+            f'{{"v"{colon}{SCHEMA_VERSION}{comma}"customer_id"{colon}{quote(self.customer_id)}{comma}'
+            f'"event_type"{colon}{quote(self.event_type)}{comma}"transaction_id"{colon}{quote(self.transaction_id)}'
+            f'{comma}"timestamp"{colon}"{format_utc(self.event_time_us)}"}}'
+        )
 
     def to_record(self) -> dict[str, Any]:
         """The NDJSON wire form, as written to spools, Kinesis, SQS and S3."""

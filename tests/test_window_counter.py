@@ -352,7 +352,6 @@ def test_a_dead_letters_record_is_its_events_json(customer, etype, txn, t_us, pr
     import json
 
     from streams.events import Event
-    from streams.window_counter import _record_json
 
     event = Event(customer, etype, txn, t_us, properties)
-    assert _record_json(event) == json.dumps(event.to_record(), default=list).encode()
+    assert event.to_letter_record() == json.dumps(event.to_record(), default=list).encode()
