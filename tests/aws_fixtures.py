@@ -110,16 +110,12 @@ class MotoServices:
 
     def cpu_seconds(self) -> dict[str, float] | None:
         """User + system CPU seconds of each server so far (None without /proc)."""
-        ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        out = {}
-        for service, process in self.processes.items():
-            try:
-                with open(f"/proc/{process.pid}/stat") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
-            except OSError:
-                return None
-            out[service] = (int(fields[11]) + int(fields[12])) / ticks
-        return out
+        from bench.aws_calls import cpu_seconds
+
+        try:
+            return {service: cpu_seconds(process.pid) for service, process in self.processes.items()}
+        except OSError:
+            return None
 
     def close(self) -> None:
         for process in self.processes.values():
