@@ -157,6 +157,11 @@ class ShardSet:
         shard.resume_watermark_us = lease.watermark_us if lease.watermark_us is not None else WATERMARK_MIN
         if lease.checkpoint is not None and lease.watermark_us is not None and lease.watermark_us < WATERMARK_MAX:
             shard.tail = Tail(lease.checkpoint, lease.sub_sequence, lease.watermark_us)
+        if shard_id not in self._parents or not set(lease.parents) <= set(self._parents[shard_id]):
+            # Another worker discovered this child and made its lease before our
+            # own discovery listed it: without its parents here it would inherit
+            # no dedup keys and count its parents' re-sent events again.
+            self.list_shards()
         shard.inherits = self.ancestors(shard_id)
         return shard
 

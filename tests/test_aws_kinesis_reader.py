@@ -16,11 +16,12 @@ from aws_kinesis_agg.aggregator import RecordAggregator
 from observability.health import PipelineHealth
 from aws.resources import ensure_table
 from aws.settings import AwsConfig
-from producers.kinesis_lease_table import HASH_KEY, LeaseTable
+from producers.kinesis_lease_table import HASH_KEY, Lease, LeaseTable
 from producers.kinesis_positions import SequenceMarks
 from producers.kinesis_reader import KinesisReader
 from producers.kinesis_settings import KinesisReaderSettings
 from producers.kinesis_shard_poller import OUTAGE_AFTER_FAILED_POLLS
+from producers.kinesis_shard_set import ShardSet
 from streams.batches import BatchKind, RecordBatch
 from tests.aws_fixtures import read_batches, client, unique
 from tests.fault_proxy import GET_RECORDS, FaultProxy
@@ -411,3 +412,22 @@ def test_the_constructor_makes_no_aws_call() -> None:
     reader = KinesisReader(KinesisReaderSettings("events", worker_id="w"), NoCalls(), LeaseTable(NoCalls(), "leases", "events"))
     assert reader.partition_of("shardId-000000000000") == "kinesis:events/shardId-000000000000"
     reader.close()  # nothing held: nothing to hand back
+
+
+def test_a_child_whose_lease_another_worker_made_inherits_its_parent(aws_env: str) -> None:
+    """A split seen first by another worker: it made the children's leases, and
+    we take one before our own discovery has listed the child. Our reader must
+    still replay the parent (for its dedup keys), not start the child bare."""
+    stream = make_stream(aws_env, 1)
+    kinesis = client("kinesis", aws_env)
+    shards = ShardSet(KinesisReaderSettings(stream, worker_id="late"), kinesis, checkpoints(aws_env, stream), "late",
+                      start_poller=lambda shard: None, stopped=lambda: False)
+    shards.list_shards()  # our last discovery: before the split
+    (parent,) = [s["ShardId"] for s in kinesis.list_shards(StreamName=stream)["Shards"]]
+    kinesis.split_shard(StreamName=stream, ShardToSplit=parent, NewStartingHashKey=str(2**127))
+    children = [s["ShardId"] for s in kinesis.list_shards(StreamName=stream)["Shards"] if s.get("ParentShardId") == parent]
+    assert len(children) == 2
+    for child in children:
+        state = shards.start_of(Lease(child, parents=(parent,)))
+        assert [ancestor for ancestor, _ in state.inherits] == [parent]
+        assert state.start == {"ShardIteratorType": "TRIM_HORIZON"}
