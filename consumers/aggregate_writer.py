@@ -131,6 +131,9 @@ class AggregateWriter(Sink):
         buffer.sorted = False
         self._buffered_rows += frame.height
 
+    def send(self) -> None:
+        self._write_buffers()
+
     def flush(self) -> None:
         self._write_buffers()
         self.store.sync()

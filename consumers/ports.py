@@ -74,14 +74,20 @@ class Sink(Protocol):
     """A consumer of counted batches (raw events, aggregates, counts, ...).
 
     A sink may subclass `Sink` to inherit the defaults of what it does not
-    need: `flush` and `close` do nothing, `pending_floor` is None (nothing
-    is left pending once `flush` returned)."""
+    need: `send`, `flush` and `close` do nothing, `pending_floor` is None
+    (nothing is left pending once `flush` returned)."""
 
     name: str
 
     def write(self, batch: CountedBatch) -> None:
         """Take the batch; it may buffer, but must not lose it."""
         raise NotImplementedError
+
+    def send(self) -> None:
+        """Start making everything taken so far durable, without waiting: hand
+        what is buffered to the backend. A checkpoint calls it on every sink
+        before it waits on any `flush`, so that one sink's uploads overlap
+        another's encoding and uploads instead of following them."""
 
     def flush(self) -> None:
         """Make everything taken so far durable."""

@@ -244,9 +244,12 @@ class RawEventWriter:
         self.objects_written += 1
         self.events_written += rows.num_rows
 
-    def flush(self) -> None:
+    def send(self) -> None:
         for key in list(self._buffers):
             self._write(key)
+
+    def flush(self) -> None:
+        self.send()
         # Puts need not be durable; the checkpoint after this flush must be.
         self.store.sync()
 

@@ -145,14 +145,16 @@ class PipelineMetrics:
 
 class timed_sink:
     """`with timed_sink(sink.name, SINK_LATENCY):` counts one write (or
-    failure) of a sink and observes its duration."""
+    failure) of a sink and observes its duration; `observe=False` counts
+    only a failure (the first half of a two-step flush)."""
 
-    __slots__ = ("name", "histogram", "count", "started")
+    __slots__ = ("name", "histogram", "count", "observe", "started")
 
-    def __init__(self, name: str, histogram: Histogram = SINK_LATENCY, count: bool = True) -> None:
+    def __init__(self, name: str, histogram: Histogram = SINK_LATENCY, count: bool = True, observe: bool = True) -> None:
         self.name = name
         self.histogram = histogram
         self.count = count and name not in SELF_REPORTING_SINKS
+        self.observe = observe
         self.started = 0.0
 
     def __enter__(self) -> "timed_sink":
@@ -164,6 +166,8 @@ class timed_sink:
             return
         if kind is not None:
             SINK_FAILURES.labels(self.name).inc()
+            return
+        if not self.observe:
             return
         self.histogram.labels(self.name).observe(time.perf_counter() - self.started)
         if self.histogram is SINK_LATENCY:

@@ -322,6 +322,9 @@ class OptimizelyBulkSink:
 
     # -- lifecycle -----------------------------------------------------------------
 
+    def send(self) -> None:
+        """Nothing to start ahead of `flush`, which only hands due bodies to the sender."""
+
     def flush(self) -> None:
         """Seal bodies whose flush interval is due (non-blocking but for backpressure)."""
         with self._batch_lock:

@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumers.fan_out import SinkFanOut
+from consumers.ports import Sink
 from consumers.run_summary import RunSummary
 from observability import metrics
 from streams.batches import BatchKind, CountedBatch
@@ -147,7 +148,7 @@ def test_every_declared_metric_is_fed_per_batch_with_bounded_labels():
                           "final": [True, False]})
     counts = WindowCounts("unit_rollup", ("customer_id",), 3_600_000_000, partition, frame)
 
-    class UnitSink:
+    class UnitSink(Sink):
         name = "unit-sink"
 
         def __init__(self):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.generate_events import generate
+from consumers.ports import Sink
 from tests.conftest import ROOT, run_cli
 from tests.oracle import DEFAULT_ROLLUPS, MINUTE, run_oracle
 from tests.test_end_to_end_local import exported, oracle_counts
@@ -152,7 +153,7 @@ def test_a_slow_sink_throttles_the_source_and_memory_stays_flat():
     from daemon.job import parser_for, run_job
     from producers.random_source import RandomEventSource
 
-    class SleepySink:
+    class SleepySink(Sink):
         name = "sleepy"
         batches = 0
 
