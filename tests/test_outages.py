@@ -55,8 +55,10 @@ def test_consume_rides_out_an_outage_of_every_aws_service(aws_env: str, tmp_path
         if fault == "refuse":
             proxy.refuse(seconds=6)
         else:
+            # 10 in a row take the reader's backoff to its 10 s cap (0.2 s
+            # doubling); more would only repeat the capped wait.
             for target in ("DynamoDB_20120810.UpdateItem", "Kinesis_20131202.GetRecords"):
-                proxy.error(target, "ProvisionedThroughputExceededException", times=40)
+                proxy.error(target, "ProvisionedThroughputExceededException", times=10)
             proxy.error("PUT /", "SlowDown", status=503, times=20)
         out, err = proc.communicate(timeout=180)
     finally:
