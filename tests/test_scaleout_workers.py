@@ -25,8 +25,9 @@ pytestmark = pytest.mark.timeout(150)
 SHARDS = 4
 # Workers exit once the stream has been quiet this long (and they processed
 # it): longer than a `produce` of the next chunk takes on a loaded machine,
-# so no worker leaves between the chunks of a test.
-DRAIN = 8
+# so no worker leaves between the chunks of a test. 8 s was once too short
+# on a slow machine: every worker had left before the second chunk.
+DRAIN = 12
 POLL_SLACK = 1.5  # one poll of the lease table by the taker, plus process scheduling
 
 
