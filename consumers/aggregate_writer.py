@@ -135,7 +135,7 @@ class AggregateWriter(Sink):
         self._write_buffers()
 
     def flush(self) -> None:
-        self._write_buffers()
+        self.send()
         self.store.sync()
 
     def close(self) -> None:
