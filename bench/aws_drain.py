@@ -5,6 +5,7 @@ between variants: issue 12's single-worker target (30 s).
     python bench/aws_drain.py                        # the default settings, 3 runs
     python bench/aws_drain.py --pairs 3 \\
         --variant "threads4=RIVULET__AWS__WRITE_THREADS=4"   # A/B against the default
+    python bench/aws_drain.py --variant base= --variant-checkout ../base   # this code against another checkout's
 
 Kinesis, DynamoDB and S3 are moto servers of their own (each its own
 process, as the target test runs them: tests/aws_fixtures.py MotoServices).
@@ -35,11 +36,10 @@ sys.path.insert(0, str(ROOT))
 from bench.generate_events import generate_sparse  # noqa: E402
 from tests.aws_fixtures import MotoServices  # noqa: E402
 
-CLI = [sys.executable, str(ROOT / "run_stream_processing.py")]
 
-
-def cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(CLI + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+def cli(args: list[str], env: dict[str, str], checkout: Path = ROOT) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(checkout / "run_stream_processing.py")]
+    result = subprocess.run(command + args, cwd=checkout, env=env, capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
         sys.exit(f"{' '.join(args[:3])} failed: {result.stderr.strip().splitlines()[-1:]}")
     return result
@@ -56,11 +56,14 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--variant", help="NAME=VAR=VALUE[,VAR=VALUE]: environment of the B side")
+    parser.add_argument("--variant-checkout", type=Path, default=ROOT,
+                        help="the B side runs this checkout's run_stream_processing.py (another commit)")
     args = parser.parse_args()
-    variants: list[tuple[str, dict[str, str]]] = [("default", {})]
+    variants: list[tuple[str, dict[str, str], Path]] = [("default", {}, ROOT)]
     if args.variant:
         name, _, assignments = args.variant.partition("=")
-        variants.append((name, dict(a.split("=", 1) for a in assignments.split(","))))
+        extra = dict(a.split("=", 1) for a in assignments.split(",") if a)
+        variants.append((name, extra, args.variant_checkout.resolve()))
     services = MotoServices()
     try:
         base = {k: v for k, v in os.environ.items() if not k.startswith("RIVULET__")}
@@ -75,14 +78,14 @@ def main() -> None:
             stream = f"drain-{uuid.uuid4().hex[:8]}"
             cli(["produce", "--input", str(source), "--to", f"kinesis:{stream}", "--config", "config/aws.toml",
                  "--create-resources", "--data-dir", f"{tmp}/produce"], resources(base))
-            walls: dict[str, list[float]] = {name: [] for name, _ in variants}
+            walls: dict[str, list[float]] = {name: [] for name, _, _ in variants}
             for run in range(args.pairs):
-                for name, extra in variants:
+                for name, extra, checkout in variants:
                     env = resources({**base, **extra})
                     before = services.cpu_seconds() or {}
                     started = time.monotonic()
                     result = cli(["consume", "--from", f"kinesis:{stream}", "--drain", "5", "--json", "--config",
-                                  "config/aws.toml", "--create-resources", "--data-dir", f"{tmp}/{name}-{run}"], env)
+                                  "config/aws.toml", "--create-resources", "--data-dir", f"{tmp}/{name}-{run}"], env, checkout)
                     took = time.monotonic() - started
                     after = services.cpu_seconds() or {}
                     summary = json.loads(result.stdout)
@@ -94,7 +97,7 @@ def main() -> None:
         for name, median in medians.items():
             print(f"{name:>12}: median {median:.1f} s of {len(walls[name])} runs, {args.rows / median:,.0f} events/s")
         if len(variants) == 2:
-            a, b = (medians[name] for name, _ in variants)
+            a, b = (medians[name] for name, _, _ in variants)
             print(f"ratio {variants[1][0]} / default: {a / b:.2f}x faster")
     finally:
         services.close()

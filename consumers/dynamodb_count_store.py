@@ -13,7 +13,18 @@ A count is stored as an immutable *version* item, never updated in place::
                      TTL is configured (DynamoDB TTL deletes the item after it)
 
 `f` marks a final count (the window closed in that partition), `p` a
-provisional one. An item's content is a function of its key, so a put can
+provisional one.
+
+Windows of one key that start in the same UTC day and come in one frame share
+a *chunk* item instead (at most `CHUNK_WINDOWS` to an item)::
+
+    sk       "<day start + 10^18, 20 digits>|c<hash of windows>|<partition>"
+    windows  S   "<start - day start>,<count><f|p> ..." for each window
+
+A chunk is content-addressed like a version item (the same windows written
+again rewrite the same item), and each of its windows is one more version of
+that window, read by the same rule. On sparse traffic a minute rollup packs a
+day's windows of a key into one item instead of hundreds. An item's content is a function of its key, so a put can
 never overwrite a count with a different one: writing the same version again
 (a replay) rewrites the same item, and any other version is another item.
 **The count of (rollup, key, window, partition) is the largest version
@@ -34,8 +45,10 @@ Why this keeps the contract with plain puts (no condition, no read):
 
 Garbage collection: when this process has a provisional version acknowledged
 and later a larger version of the same (window, partition) (a newer running
-count, or the final count), it deletes the smaller one, in the same
-BatchWriteItem requests as the puts. Deleting a version below an acknowledged
+count, or the final count), it deletes the item holding the smaller one once
+that item holds no window's largest acknowledged version any more (an item
+with a final version is never deleted), in the same BatchWriteItem requests
+as the puts. Deleting a version below an acknowledged
 larger one never lowers the maximum, whoever wrote it. What a stop or crash
 leaves (the last provisional version of each window open at that moment, a
 partial rebuild next to a complete count) is harmless: readers take the
@@ -43,8 +56,8 @@ maximum. At most one such item per open window and stop.
 
 Writes
 ------
-`upsert` encodes whole frames with polars column expressions (keys, sort keys,
-counts), then queues the items; every full request of 25 goes out at once on a
+`upsert` groups and encodes whole frames with polars column expressions (keys,
+sort keys, chunk contents), then queues the items; every full request of 25 goes out at once on a
 bounded pool (`threads`, default 16, concurrent requests), so the pipeline
 keeps counting while DynamoDB writes. `commit()` sends the last, partial
 request and waits for every request: only then is anything acknowledged to
@@ -61,8 +74,9 @@ still read: they are one more version of their window.
 
 Reads
 -----
-- `buckets`: one Query on pk with `sk BETWEEN` the window-start range (the
-  offset keeps the zero-padded start sortable for pre-1970 windows too),
+- `buckets`: one Query on pk with `sk BETWEEN` the start of the range's first
+  day (where its chunk sorts) and its end (the offset keeps the zero-padded
+  start sortable for pre-1970 windows too),
   following `LastEvaluatedKey`; max per (window, partition), summed.
 - `total`: one Query on pk; `export`: a parallel Scan filtered on the pk
   prefix of the rollup. A GSI on rollup would make every write of a rollup
@@ -80,6 +94,7 @@ Usage::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -104,6 +119,10 @@ _SK_MAX = 10**20 - 1
 BATCH_ITEMS = 25  # BatchWriteItem's limit
 VERSION_SEP = "|"  # a version item: "<start>|<count><f|p>|<partition>"
 LEGACY_SEP = "#"  # an item of the update-in-place design: "<start>#<partition>"
+CHUNK_MARK = "c"  # a chunk item: "<day start>|c<hash of its windows>|<partition>"
+CHUNK_SPAN_US = 86_400_000_000  # a chunk holds windows that start in one UTC day
+CHUNK_WINDOWS = 1000  # at most this many windows per chunk (~20 KB: far below the 400 KB item limit)
+WINDOWS_ATTRIBUTE = "windows"
 _HI = "~"  # sorts after both separators
 THROTTLING_CODES = frozenset({
     "ProvisionedThroughputExceededException",
@@ -138,26 +157,32 @@ def item_sk(window_start_us: int, partition: str, count: int, final: bool) -> st
 
 def parse_sk(sk: str) -> tuple[int, str, int | None, bool | None]:
     """(window start, partition, count, final) of a sort key; count and final
-    are None for an item of the update-in-place design (read its attributes)."""
+    are None for an item of the update-in-place design (read its attributes)
+    and for a chunk item (whose start is its day's; read its `windows`)."""
     start = int(sk[:20]) - SK_OFFSET
     if sk[20] == LEGACY_SEP:
         return start, sk[21:], None, None
     version, partition = sk[21:].split(VERSION_SEP, 1)
+    if version.startswith(CHUNK_MARK):
+        return start, partition, None, None
     return start, partition, int(version[:-1]), version[-1] == "f"
-
-
-def _slot(pk: str, sk: str) -> str:
-    """What versions of one (rollup, key, window, partition) share."""
-    start, _, rest = sk.partition(VERSION_SEP)
-    return f"{pk}\x00{start}\x00{rest.split(VERSION_SEP, 1)[1]}"
 
 
 @dataclass(slots=True)
 class _Put:
+    """One item: a version of one window, or a chunk of several windows'."""
+
     pk: str
     sk: str
-    count: int
-    final: bool
+    partition: str
+    starts: list[int]
+    counts: list[int]
+    finals: list[bool]
+    windows: str | None  # a chunk's `windows` attribute; None for a one-window version item
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.pk, self.sk
 
 
 @dataclass
@@ -171,31 +196,61 @@ class _Request:
         return len(self.puts) + len(self.deletes)
 
 
-class _Encoded:
-    """The version items of one frame, as columns."""
+def _flag(final: pl.Expr) -> pl.Expr:
+    return pl.when(final).then(pl.lit("f")).otherwise(pl.lit("p"))
 
-    __slots__ = ("pk", "sk", "count", "final")
 
-    def __init__(self, counts: WindowCounts) -> None:
-        frame = counts.frame
-        starts = frame[WINDOW_START]
-        if frame.height and not (-SK_OFFSET <= starts.min() and starts.max() <= _SK_MAX - SK_OFFSET):  # type: ignore[operator]
-            raise ValueError(f"window start out of range in {counts.rollup}: {starts.min()}..{starts.max()}")
-        nullable = [name for name in counts.key_fields if frame[name].null_count()]
-        pk = pl.concat_str([pl.lit(f"{counts.rollup}#"), key_column(counts.key_fields, nullable)])
-        count_text = pl.col(COUNT).cast(pl.String)
-        sk = pl.concat_str([
-            (pl.col(WINDOW_START) + SK_OFFSET).cast(pl.String).str.zfill(20),
-            pl.lit(VERSION_SEP),
-            count_text,
-            pl.when(pl.col(FINAL)).then(pl.lit("f")).otherwise(pl.lit("p")),
-            pl.lit(VERSION_SEP + counts.partition),
-        ])
-        out = frame.select(pk.alias("pk"), sk.alias("sk"), pl.col(COUNT), pl.col(FINAL))
-        self.pk: list[str] = out["pk"].to_list()
-        self.sk: list[str] = out["sk"].to_list()
-        self.count: list[int] = out[COUNT].to_list()
-        self.final: list[bool] = out[FINAL].to_list()
+def _encode(counts: WindowCounts) -> list[_Put]:
+    """The items of one frame: its windows grouped by (key, UTC day), one
+    version item for a window alone in its day, a chunk item for the rest.
+    Strings are built as columns; Python only sees one row per item."""
+    frame = counts.frame
+    starts = frame[WINDOW_START]
+    if frame.height and not (-SK_OFFSET <= starts.min() and starts.max() <= _SK_MAX - SK_OFFSET):  # type: ignore[operator]
+        raise ValueError(f"window start out of range in {counts.rollup}: {starts.min()}..{starts.max()}")
+    nullable = [name for name in counts.key_fields if frame[name].null_count()]
+    start, count, final = pl.col(WINDOW_START), pl.col(COUNT), pl.col(FINAL)
+    day = (start // CHUNK_SPAN_US) * CHUNK_SPAN_US
+    items = (
+        frame.select(
+            pl.concat_str([pl.lit(f"{counts.rollup}#"), key_column(counts.key_fields, nullable)]).alias("pk"),
+            day.alias("day"), start, count, final,
+        )
+        .sort("pk", "day", WINDOW_START)
+        # A day of many small windows (seconds) is cut into several chunks.
+        .with_columns((pl.int_range(pl.len()).over("pk", "day") // CHUNK_WINDOWS).alias("part"))
+        .group_by("pk", "day", "part", maintain_order=True)
+        .agg(
+            start, count, final,
+            pl.concat_str([(start - pl.col("day")).cast(pl.String), pl.lit(","), count.cast(pl.String), _flag(final)])
+            .str.join(" ").alias("windows"),
+            pl.concat_str([
+                (start.first() + SK_OFFSET).cast(pl.String).str.zfill(20), pl.lit(VERSION_SEP),
+                count.first().cast(pl.String), _flag(final.first()), pl.lit(VERSION_SEP + counts.partition),
+            ]).alias("version_sk"),
+        )
+    )
+    suffix = VERSION_SEP + counts.partition
+    puts = []
+    for pk, day, starts_, counts_, finals, windows, version_sk in zip(
+        items["pk"].to_list(), items["day"].to_list(), items[WINDOW_START].to_list(), items[COUNT].to_list(),
+        items[FINAL].to_list(), items["windows"].to_list(), items["version_sk"].to_list(),
+    ):
+        if len(starts_) == 1:
+            puts.append(_Put(pk, version_sk, counts.partition, starts_, counts_, finals, None))
+        else:
+            digest = hashlib.blake2b(windows.encode(), digest_size=12).hexdigest()
+            sk = f"{_sk_start(day)}{VERSION_SEP}{CHUNK_MARK}{digest}{suffix}"
+            puts.append(_Put(pk, sk, counts.partition, starts_, counts_, finals, windows))
+    return puts
+
+
+def _chunk_windows(sk: str, windows: str) -> Iterator[tuple[int, int]]:
+    """(window start, count) of each window of a chunk item."""
+    day = int(sk[:20]) - SK_OFFSET
+    for entry in windows.split(" "):
+        offset, version = entry.split(",")
+        yield day + int(offset), int(version[:-1])
 
 
 class DynamoDbCountStore:
@@ -233,9 +288,13 @@ class DynamoDbCountStore:
         self._in_flight: set[Future] = set()
         self._failed: list[_Request] = []  # sent, failed for good: sent again by the next upsert/commit
         self._errors: list[BaseException] = []
-        # Provisional versions this process wrote and had acknowledged, by
-        # slot: (count, sk), so a larger acknowledged version can delete them.
-        self._provisional: dict[str, tuple[int, str]] = {}
+        # The largest provisional version of each (pk, window start,
+        # partition) this process had acknowledged: (count, the item holding
+        # it), so that a larger acknowledged version can retire it.
+        self._provisional: dict[tuple[str, int, str], tuple[int, tuple[str, str]]] = {}
+        # Items without a final version, by how many of their windows'
+        # largest acknowledged versions they still hold: at 0 they go.
+        self._holding: dict[tuple[str, str], int] = {}
         self._deletes: list[tuple[str, str]] = []
         # Figures for tests and the bench.
         self.requests = 0
@@ -252,7 +311,7 @@ class DynamoDbCountStore:
         self._resend_failed()
         for counts in windows:
             if len(counts):
-                self._queue(_Encoded(counts))
+                self._queue(_encode(counts))
 
     def commit(self) -> None:
         """Send what is queued and wait until every write so far is acknowledged."""
@@ -265,8 +324,8 @@ class DynamoDbCountStore:
         self._wait_all()
         self._raise_failures()
 
-    def _queue(self, encoded: _Encoded) -> None:
-        for put in map(_Put, encoded.pk, encoded.sk, encoded.count, encoded.final):
+    def _queue(self, puts: list[_Put]) -> None:
+        for put in puts:
             self._open.puts.append(put)
             if len(self._open) >= BATCH_ITEMS:
                 request, self._open = self._open, _Request()
@@ -335,10 +394,13 @@ class DynamoDbCountStore:
     def _request_items(self, request: _Request) -> list[dict]:
         items: dict[tuple[str, str], dict] = {}  # DynamoDB refuses one key twice in a request
         for put in request.puts:
-            item = {HASH_KEY: {"S": put.pk}, RANGE_KEY: {"S": put.sk}, "count": {"N": str(put.count)}}
-            if self.ttl_seconds:
-                start = int(put.sk[:20]) - SK_OFFSET
-                item[TTL_ATTRIBUTE] = {"N": str(start // 1_000_000 + self.ttl_seconds)}
+            item: dict[str, dict[str, str]] = {HASH_KEY: {"S": put.pk}, RANGE_KEY: {"S": put.sk}}
+            if put.windows is None:
+                item["count"] = {"N": str(put.counts[0])}
+            else:
+                item[WINDOWS_ATTRIBUTE] = {"S": put.windows}
+            if self.ttl_seconds:  # a chunk lives as long as its last window
+                item[TTL_ATTRIBUTE] = {"N": str(put.starts[-1] // 1_000_000 + self.ttl_seconds)}
             items[(put.pk, put.sk)] = {"PutRequest": {"Item": item}}
         for pk, sk in request.deletes:
             # A put of the same version in the same request wins: the delete is
@@ -347,26 +409,48 @@ class DynamoDbCountStore:
         return list(items.values())
 
     def _acknowledged(self, request: _Request) -> None:
-        """Every item of `request` is written: versions it superseded may go."""
+        """Every item of `request` is written: items whose every window now has
+        a larger (or equal) acknowledged version elsewhere may go."""
         with self._lock:
             self.items_put += len(request.puts)
             self.items_deleted += len(request.deletes)
             tracked = self._provisional
-            deletes = self._deletes
             for put in request.puts:
-                if not put.final:
-                    slot = _slot(put.pk, put.sk)
+                item = put.key
+                held = 0
+                for start, count, final in zip(put.starts, put.counts, put.finals):
+                    slot = (put.pk, start, put.partition)
+                    if final:
+                        old = tracked.pop(slot, None) if tracked else None
+                        if old is not None and old[0] <= count:
+                            self._release(old[1])
+                        continue
                     old = tracked.get(slot)
-                    if old is None or old[0] < put.count:
-                        tracked[slot] = (put.count, put.sk)
+                    if old is None or old[0] < count:
+                        tracked[slot] = (count, item)
+                        held += 1
                         if old is not None:
-                            deletes.append((put.pk, old[1]))
-                    elif old[1] != put.sk:
-                        deletes.append((put.pk, put.sk))  # acknowledged after a larger one
-                elif tracked:
-                    old = tracked.pop(_slot(put.pk, put.sk), None)
-                    if old is not None and old[0] <= put.count:
-                        deletes.append((put.pk, old[1]))
+                            self._release(old[1])
+                    elif old[1] == item:
+                        held += 1  # the same item again (a replay): still holding
+                if any(put.finals):  # a final version is never deleted
+                    continue
+                if held:
+                    self._holding[item] = held
+                else:  # acknowledged after larger versions of all its windows
+                    self._holding.pop(item, None)
+                    self._deletes.append(item)
+
+    def _release(self, item: tuple[str, str]) -> None:
+        """One window of `item` has a larger acknowledged version elsewhere."""
+        left = self._holding.get(item)
+        if left is None:  # holds a final version, or was never tracked
+            return
+        if left > 1:
+            self._holding[item] = left - 1
+        else:
+            del self._holding[item]
+            self._deletes.append(item)
 
     def _wait_all(self) -> None:
         while True:
@@ -417,18 +501,18 @@ class DynamoDbCountStore:
     def buckets(self, rollup: str, key: tuple[str, ...], start_us: int, end_us: int) -> list[tuple[int, int]]:
         if end_us <= start_us:
             return []
-        # Sort keys start with the zero-padded window start; "<end-1>~" sorts
-        # after every sort key of start end-1 ('~' > '|' > '#') and before any
-        # of start end.
+        # Sort keys start with the zero-padded window start (a chunk's: its
+        # day's); "<end-1>~" sorts after every sort key of start end-1
+        # ('~' > '|' > '#') and before any of start end.
         items = self._query(
             KeyConditionExpression="#pk = :pk AND #sk BETWEEN :lo AND :hi",
-            ExpressionAttributeNames={"#pk": HASH_KEY, "#sk": RANGE_KEY, "#c": "count"},
+            ExpressionAttributeNames={"#pk": HASH_KEY, "#sk": RANGE_KEY, "#c": "count", "#w": WINDOWS_ATTRIBUTE},
             ExpressionAttributeValues={
                 ":pk": {"S": item_pk(rollup, key)},
-                ":lo": {"S": _sk_start(start_us)},
+                ":lo": {"S": _sk_start(start_us // CHUNK_SPAN_US * CHUNK_SPAN_US)},  # the chunk of start_us's day
                 ":hi": {"S": _sk_start(end_us - 1) + _HI},
             },
-            ProjectionExpression="#sk, #c",
+            ProjectionExpression="#sk, #c, #w",
         )
         sums: dict[int, int] = defaultdict(int)
         for (start, _), count in _max_per_slot(items).items():
@@ -439,9 +523,9 @@ class DynamoDbCountStore:
     def total(self, rollup: str, key: tuple[str, ...]) -> int:
         items = self._query(
             KeyConditionExpression="#pk = :pk",
-            ExpressionAttributeNames={"#pk": HASH_KEY, "#sk": RANGE_KEY, "#c": "count"},
+            ExpressionAttributeNames={"#pk": HASH_KEY, "#sk": RANGE_KEY, "#c": "count", "#w": WINDOWS_ATTRIBUTE},
             ExpressionAttributeValues={":pk": {"S": item_pk(rollup, key)}},
-            ProjectionExpression="#sk, #c",
+            ProjectionExpression="#sk, #c, #w",
         )
         return sum(_max_per_slot(items).values())
 
@@ -470,17 +554,18 @@ class DynamoDbCountStore:
             TotalSegments=total_segments,
             # The key's JSON array starts with '[': "a#[" never matches rollup "a#b".
             FilterExpression="begins_with(#pk, :prefix)",
-            ExpressionAttributeNames={"#pk": HASH_KEY, "#sk": RANGE_KEY, "#c": "count"},
+            ExpressionAttributeNames={"#pk": HASH_KEY, "#sk": RANGE_KEY, "#c": "count", "#w": WINDOWS_ATTRIBUTE},
             ExpressionAttributeValues={":prefix": {"S": f"{rollup}#["}},
-            ProjectionExpression="#pk, #sk, #c",
+            ProjectionExpression="#pk, #sk, #c, #w",
             **self._paging,
         )
         for page in pages:
             for item in page.get("Items", ()):
-                start, partition, count = _version(item)
-                ident = (item[HASH_KEY]["S"], start, partition)
-                if count > best.get(ident, -1):
-                    best[ident] = count
+                pk = item[HASH_KEY]["S"]
+                for start, partition, count in _versions(item):
+                    ident = (pk, start, partition)
+                    if count > best.get(ident, -1):
+                        best[ident] = count
         return best
 
     def close(self) -> None:
@@ -492,18 +577,22 @@ class DynamoDbCountStore:
             self._read_pool.shutdown(wait=True)
 
 
-def _version(item: dict) -> tuple[int, str, int]:
-    start, partition, count, _ = parse_sk(item[RANGE_KEY]["S"])
-    if count is None:
-        count = int(item["count"]["N"])
-    return start, partition, count
+def _versions(item: dict) -> Iterator[tuple[int, str, int]]:
+    """(window start, partition, count) of each window an item holds."""
+    sk = item[RANGE_KEY]["S"]
+    start, partition, count, _ = parse_sk(sk)
+    if WINDOWS_ATTRIBUTE in item:
+        for window_start, count in _chunk_windows(sk, item[WINDOWS_ATTRIBUTE]["S"]):
+            yield window_start, partition, count
+    else:
+        yield start, partition, count if count is not None else int(item["count"]["N"])
 
 
 def _max_per_slot(items: Iterable[dict]) -> dict[tuple[int, str], int]:
     """The largest version per (window start, partition) of one pk's items."""
     best: dict[tuple[int, str], int] = {}
     for item in items:
-        start, partition, count = _version(item)
-        if count > best.get((start, partition), -1):
-            best[(start, partition)] = count
+        for start, partition, count in _versions(item):
+            if count > best.get((start, partition), -1):
+                best[(start, partition)] = count
     return best

@@ -28,6 +28,7 @@ from tests.fault_proxy import BATCH_WRITE_ITEM, FaultProxy
 pytestmark = pytest.mark.timeout(60)
 
 H = 3_600_000_000
+D = 24 * H
 T0 = 1_614_556_800_000_000  # 2021-03-01T00:00:00Z
 
 
@@ -123,14 +124,15 @@ def test_queries_page_through_results(aws_env: str) -> None:
     store = dynamodb_store(aws_env, page_size=7)
     calls: list[str] = []
     store.client.meta.events.register("provide-client-params.dynamodb.*", lambda model, **_: calls.append(model.name))
-    upsert(store, [wc(("c1",), T0 + i * H, f"p{j}", i + j) for i in range(30) for j in range(2)])
+    # A day apart: one item per window (windows of one day share a chunk item).
+    upsert(store, [wc(("c1",), T0 + i * D, f"p{j}", i + j) for i in range(30) for j in range(2)])
 
-    buckets = store.buckets("r", ("c1",), T0, T0 + 30 * H)
+    buckets = store.buckets("r", ("c1",), T0, T0 + 30 * D)
     queries = calls.count("Query")
     total = store.total("r", ("c1",))
     exported = list(store.export("r"))
 
-    assert buckets == [(T0 + i * H, 2 * i + 1) for i in range(30)]
+    assert buckets == [(T0 + i * D, 2 * i + 1) for i in range(30)]
     assert queries >= 60 // 7  # 60 items, 7 a page
     assert total == sum(2 * i + 1 for i in range(30))
     assert exported == [(s, ("c1",), n) for s, n in buckets]
@@ -282,9 +284,87 @@ def test_items_carry_expires_at_when_ttl_is_configured(aws_env: str) -> None:
     store.ttl_seconds = 30 * 86_400
     enable_ttl(store.client, store.table, "expires_at")
     enable_ttl(store.client, store.table, "expires_at")  # already on: fine
-    upsert(store, [wc(("c",), T0, "p", 1)])
+    upsert(store, [wc(("c",), T0, "p", 1), wc(("d",), T0, "p", 1), wc(("d",), T0 + H, "p", 2)])
+    (chunk,) = raw_items(store, key=("d",))
+    assert int(chunk["expires_at"]["N"]) == (T0 + H) // 1_000_000 + 30 * 86_400  # its last window's
     item = store.client.get_item(TableName=store.table, Key={HASH_KEY: {"S": item_pk("r", ("c",))}, RANGE_KEY: {"S": item_sk(T0, "p", 1, True)}})["Item"]
     assert int(item["expires_at"]["N"]) == T0 // 1_000_000 + 30 * 86_400
     ttl = store.client.describe_time_to_live(TableName=store.table)["TimeToLiveDescription"]
     assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", "expires_at")
+    store.close()
+
+
+def raw_items(store: DynamoDbCountStore, rollup: str = "r", key: tuple[str, ...] = ("c",)) -> list[dict]:
+    return store.client.query(
+        TableName=store.table, ConsistentRead=True, KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": item_pk(rollup, key)}},
+    )["Items"]
+
+
+M = 60_000_000
+MIDNIGHT = T0 + D  # T0 is a UTC midnight
+
+
+def test_windows_of_one_key_and_day_share_a_chunk_item(aws_env: str) -> None:
+    store = dynamodb_store(aws_env)
+    # 90 minute windows either side of midnight, two partitions, and a lone window on another day.
+    counts = [wc(("c",), MIDNIGHT + i * M, "p", (i * 7) % 11 + 1) for i in range(-40, 50)]
+    counts += [wc(("c",), MIDNIGHT + i * M, "q", 3, final=i % 2 == 0) for i in range(-5, 5)]
+    counts += [wc(("c",), MIDNIGHT + 5 * D, "p", 9)]
+    upsert(store, counts)
+    oracle: dict[int, int] = {}
+    for c in counts:
+        oracle[c.window_start_us] = oracle.get(c.window_start_us, 0) + c.count
+
+    items = raw_items(store)
+    assert len(items) == 5  # (day before, day of) x (p, q) chunks, and one version item
+    assert sum("windows" in item for item in items) == 4
+    assert store.items_put == 5
+    for lo, hi in [(T0, T0 + 9 * D), (MIDNIGHT - 3 * M, MIDNIGHT + 4 * M), (MIDNIGHT + 17 * M, MIDNIGHT + 18 * M),
+                   (MIDNIGHT - 40 * M + 1, MIDNIGHT), (MIDNIGHT + 5 * D, MIDNIGHT + 5 * D + 1)]:
+        assert store.buckets("r", ("c",), lo, hi) == sorted((s, n) for s, n in oracle.items() if lo <= s < hi)
+    assert store.total("r", ("c",)) == sum(oracle.values())
+    assert list(store.export("r")) == sorted((s, ("c",), n) for s, n in oracle.items())
+    store.close()
+
+
+def test_a_replayed_chunk_rewrites_the_same_item_and_the_max_still_wins(aws_env: str) -> None:
+    store = dynamodb_store(aws_env)
+    first = [wc(("c",), T0 + i * M, "p", 5, final=False) for i in range(10)]
+    upsert(store, first)
+    upsert(store, first)  # a replay: the same content is the same item
+    assert len(raw_items(store)) == 1
+    upsert(store, [wc(("c",), T0 + i * M, "p", 3) for i in range(10)])  # a partial rebuild, final
+    upsert(store, [wc(("c",), T0 + i * M, "p", 2, final=False) for i in range(0, 10, 3)])  # a lower running count
+    assert store.buckets("r", ("c",), T0, T0 + H) == [(T0 + i * M, 5) for i in range(10)]
+    store.close()
+
+
+def test_a_provisional_chunk_goes_once_each_of_its_windows_has_a_larger_version(aws_env: str) -> None:
+    store = dynamodb_store(aws_env)
+    upsert(store, [wc(("c",), T0 + i * M, "p", 2, final=False) for i in range(3)])
+    upsert(store, [wc(("c",), T0 + i * M, "p", 4, final=False) for i in range(2)])  # windows 0 and 1 only
+    assert store.items_deleted == 0
+    upsert(store, [wc(("c",), T0 + 2 * M, "p", 6)])  # window 2, final: the first chunk holds nothing now
+    store.commit()
+    store.flush_deletes()
+    assert store.items_deleted == 1
+    upsert(store, [wc(("c",), T0 + i * M, "p", 4) for i in range(2)])  # final: the second chunk goes too
+    store.close()
+    assert store.items_deleted == 2
+    items = raw_items(store)
+    assert len(items) == 2  # the final chunk of windows 0 and 1, the final version of window 2
+    assert store.buckets("r", ("c",), T0, T0 + H) == [(T0, 4), (T0 + M, 4), (T0 + 2 * M, 6)]
+
+
+def test_a_day_of_many_windows_is_cut_into_chunks_of_bounded_size(aws_env: str) -> None:
+    store = dynamodb_store(aws_env)
+    second = 1_000_000
+    counts = [wc(("c",), T0 + i * second, "p", i % 5 + 1) for i in range(2500)]
+    upsert(store, counts)
+    items = raw_items(store)
+    assert sorted(len(item["windows"]["S"].split(" ")) for item in items) == [500, 1000, 1000]
+    assert store.total("r", ("c",)) == sum(c.count for c in counts)
+    assert store.buckets("r", ("c",), T0 + 1234 * second, T0 + 1240 * second) == [
+        (T0 + i * second, i % 5 + 1) for i in range(1234, 1240)]
     store.close()
