@@ -99,7 +99,6 @@ class LeaseCoordinator:
         self.all_finished = False  # every lease of the stream is finished (a closed stream)
         self.workers_seen = 1
         self._known_shards: set[str] = set()
-        self._shard_parents: dict[str, tuple[str, ...]] = {}
 
     # -- discovery --------------------------------------------------------------
 
@@ -110,7 +109,6 @@ class LeaseCoordinator:
         shards = self.list_shards()
         listed = {s.shard_id for s in shards}
         for shard in shards:
-            self._shard_parents[shard.shard_id] = shard.parents
             if shard.shard_id in self._known_shards:
                 continue
             # A parent that ListShards no longer returns (past retention) has
