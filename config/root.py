@@ -92,7 +92,7 @@ class Components:
                 return self._backend.object_store(self._backend_config)
             from consumers.local_object_store import LocalObjectStore
 
-            return LocalObjectStore(self.settings.store_dir)
+            return LocalObjectStore(self.settings.store_dir, background=True)
 
         return self._once("object_store", build)
 

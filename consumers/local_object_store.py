@@ -7,6 +7,7 @@ import functools
 import itertools
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -22,6 +23,10 @@ MAX_KNOWN_DIRS = 10_000
 # one syncfs(2) of the store's file system makes them all durable at once.
 SYNCFS_FROM = 64
 
+# Bodies handed to the background writer and not yet written: beyond this,
+# `put` waits (a slow disk slows the pipeline instead of growing memory).
+MAX_PENDING_BYTES = 32 << 20
+
 
 class LocalObjectStore:
     """`put("events/dt=2021-03-01/part-1.jsonl.gz", body)` writes
@@ -35,9 +40,19 @@ class LocalObjectStore:
     once each. The sinks call it at every checkpoint, before the source is
     committed, so an object is durable by the checkpoint that covers it, for
     one fsync per object and directory per checkpoint instead of per put.
+
+    With `background=True` a put only hands the body to one writer thread
+    (in order, so a later put of a key overwrites an earlier one) and
+    returns: the directory, temp file and rename, which hold no lock a
+    Python thread needs, then overlap the caller's encoding of the next
+    object. `get` and `list` wait for the writes before them; `sync` waits,
+    writes again what failed, and raises if something still failed (the
+    next sync tries again), so a checkpoint still covers only written
+    objects.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], background: bool = False,
+                 max_pending_bytes: int = MAX_PENDING_BYTES) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self._known_dirs: set[Path] = {self.root}
@@ -46,6 +61,12 @@ class LocalObjectStore:
         self._lock = threading.Lock()
         self._unsynced_files: dict[Path, None] = {}  # insertion-ordered set
         self._unsynced_dirs: set[Path] = set()
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="object-put") if background else None
+        self.max_pending_bytes = max_pending_bytes
+        self._written = threading.Condition()
+        self._pending_bytes = 0
+        self._pending_puts = 0
+        self._failed: dict[str, tuple[bytes, BaseException]] = {}  # key -> its last failed body, written again by sync
 
     def _path(self, key: str) -> Path:
         # check_key rejects every part that could leave the root ("..", ".",
@@ -54,6 +75,54 @@ class LocalObjectStore:
         return self.root / check_key(key)
 
     def put(self, key: str, body: bytes) -> None:
+        if self._writer is None:
+            self._write(key, body)
+            return
+        self._path(key)  # a bad key is the caller's error, raised here
+        with self._written:
+            while self._pending_bytes and self._pending_bytes + len(body) > self.max_pending_bytes:
+                self._written.wait()
+            self._pending_bytes += len(body)
+            self._pending_puts += 1
+        self._writer.submit(self._write_in_background, key, body)
+
+    def _write_in_background(self, key: str, body: bytes) -> None:
+        try:
+            self._write(key, body)
+        except BaseException as exc:  # noqa: BLE001 - raised by the next sync, on the sinks' thread
+            failed: tuple[bytes, BaseException] | None = (body, exc)
+        else:
+            failed = None
+        with self._written:
+            if failed is None:
+                self._failed.pop(key, None)  # a later put of the key was written: nothing to redo
+            else:
+                self._failed[key] = failed
+            self._pending_bytes -= len(body)
+            self._pending_puts -= 1
+            self._written.notify_all()
+
+    def _wait_for_writes(self) -> None:
+        with self._written:
+            while self._pending_puts:
+                self._written.wait()
+
+    def _settle(self) -> None:
+        """Wait for every put so far, writing the failed ones once more;
+        raise if one still fails."""
+        if self._writer is None:
+            return
+        self._wait_for_writes()
+        with self._written:
+            failed, self._failed = self._failed, {}
+        for key, (body, _) in failed.items():
+            self.put(key, body)
+        self._wait_for_writes()
+        with self._written:
+            if self._failed:
+                raise next(iter(self._failed.values()))[1]
+
+    def _write(self, key: str, body: bytes) -> None:
         path = self._path(key)
         self._make_dirs(path.parent)
         # Hidden and not ending in the object's extension: neither `list` nor
@@ -112,6 +181,7 @@ class LocalObjectStore:
     def sync(self) -> None:
         """Make every object put so far durable (fsync of each file, then of
         each directory it or a new directory was added to)."""
+        self._settle()
         with self._lock:
             files, self._unsynced_files = self._unsynced_files, {}
             dirs, self._unsynced_dirs = self._unsynced_dirs, set()
@@ -131,12 +201,14 @@ class LocalObjectStore:
             raise
 
     def get(self, key: str) -> bytes:
+        self._wait_for_writes()
         return self._path(key).read_bytes()
 
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys that start with `prefix`, in order. Only the directory the
         prefix names is walked (`events/dt=2021-03-01/hour=4/part-` walks one
         hour), not the whole store."""
+        self._wait_for_writes()
         base = self.root
         directory = prefix.rpartition("/")[0]
         if directory:

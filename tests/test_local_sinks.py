@@ -109,6 +109,78 @@ def test_a_failed_sync_keeps_the_objects_pending(tmp_path, monkeypatch):
     assert [p.rsplit("/", 1)[1] for p in synced[:2]] == ["a", "b"]
 
 
+def test_background_puts_are_in_order_seen_by_get_and_list_and_durable_after_sync(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    store = LocalObjectStore(tmp_path, background=True)
+    writers: set[str] = set()
+    original = store._write
+
+    def slow_write(key, body):
+        writers.add(threading.current_thread().name)
+        time.sleep(0.002)
+        original(key, body)
+
+    monkeypatch.setattr(store, "_write", slow_write)
+    for i in range(30):
+        store.put(f"t/dt=1/hour={i % 3}/k", f"v{i}".encode())  # the same three keys, overwritten in turn
+    store.put("t/dt=2/hour=0/z", b"z")
+    assert store.get("t/dt=1/hour=2/k") == b"v29"  # the last put of the key, though written later
+    assert list(store.list("t/")) == ["t/dt=1/hour=0/k", "t/dt=1/hour=1/k", "t/dt=1/hour=2/k", "t/dt=2/hour=0/z"]
+    assert [(tmp_path / "t/dt=1" / f"hour={h}" / "k").read_bytes() for h in range(3)] == [b"v27", b"v28", b"v29"]
+    assert writers and all(name.startswith("object-put") for name in writers)  # not the caller's thread
+    synced = fsync_recorder(monkeypatch)
+    store.sync()
+    assert synced and store.unsynced == []
+    with pytest.raises(ValueError):
+        store.put("../escape", b"x")  # a bad key is raised by put itself
+
+
+def test_a_failed_background_put_is_raised_by_sync_and_written_by_the_next(tmp_path, monkeypatch):
+    import consumers.local_object_store as module
+
+    store = LocalObjectStore(tmp_path, background=True)
+    original = module.os.replace
+    failures = [2]  # x/a's put and sync's own second try
+
+    def flaky_replace(src, dst):
+        if str(dst).endswith("/a") and failures[0]:
+            failures[0] -= 1
+            raise OSError(28, "No space left on device")
+        original(src, dst)
+
+    monkeypatch.setattr(module.os, "replace", flaky_replace)
+    store.put("x/a", b"1")
+    store.put("x/b", b"2")
+    with pytest.raises(OSError, match="No space"):
+        store.sync()  # the checkpoint must not move past x/a
+    assert sorted(os.listdir(tmp_path / "x")) == ["b"]  # no temp file left behind
+    store.sync()  # x/a written again
+    assert (store.get("x/a"), store.get("x/b")) == (b"1", b"2")
+
+
+def test_a_background_put_waits_while_the_pending_bytes_are_at_the_bound(tmp_path, monkeypatch):
+    import time
+
+    store = LocalObjectStore(tmp_path, background=True, max_pending_bytes=3000)
+    most = [0]
+    original = store._write
+
+    def slow_write(key, body):
+        most[0] = max(most[0], store._pending_bytes)
+        time.sleep(0.005)
+        original(key, body)
+
+    monkeypatch.setattr(store, "_write", slow_write)
+    for i in range(20):
+        store.put(f"k/{i}", b"x" * 1000)
+    store.put("big", b"y" * 5000)  # larger than the bound: goes alone
+    store.sync()
+    assert 2000 <= most[0] <= 5000
+    assert len(list(store.list())) == 21
+
+
 def test_local_object_store_makes_each_directory_once(tmp_path, monkeypatch):
     store = LocalObjectStore(tmp_path)
     store.put("t/dt=1/hour=0/a", b"a")
