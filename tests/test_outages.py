@@ -69,4 +69,4 @@ def test_consume_rides_out_an_outage_of_every_aws_service(aws_env: str, tmp_path
     for rollup, counts in expected.items():
         assert exported(rollup, env, data_dir) == counts, rollup
     in_s3 = s3_events(bucket)
-    assert set(in_s3) == valid_events and max(in_s3.values()) == 1
+    assert set(in_s3) == valid_events and max(in_s3.values()) == 1, err[-3000:]
