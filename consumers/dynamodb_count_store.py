@@ -24,9 +24,11 @@ a *chunk* item instead (at most `CHUNK_WINDOWS` to an item)::
 A chunk is content-addressed like a version item (the same windows written
 again rewrite the same item), and each of its windows is one more version of
 that window, read by the same rule. On sparse traffic a minute rollup packs a
-day's windows of a key into one item instead of hundreds. An item's content is a function of its key, so a put can
-never overwrite a count with a different one: writing the same version again
-(a replay) rewrites the same item, and any other version is another item.
+day's windows of a key into one item instead of hundreds.
+
+An item's content is a function of its key, so a put can never overwrite a
+count with a different one: writing the same version again (a replay)
+rewrites the same item, and any other version is another item.
 **The count of (rollup, key, window, partition) is the largest version
 stored**, and readers sum that over partitions: the reader rule of the S3
 aggregates (docs/store.md), applied by `buckets`, `total` and `export`.
@@ -48,8 +50,8 @@ and later a larger version of the same (window, partition) (a newer running
 count, or the final count), it deletes the item holding the smaller one once
 that item holds no window's largest acknowledged version any more (an item
 with a final version is never deleted), in the same BatchWriteItem requests
-as the puts. Deleting a version below an acknowledged
-larger one never lowers the maximum, whoever wrote it. What a stop or crash
+as the puts. Deleting a version below an acknowledged larger one never
+lowers the maximum, whoever wrote it. What a stop or crash
 leaves (the last provisional version of each window open at that moment, a
 partial rebuild next to a complete count) is harmless: readers take the
 maximum. At most one such item per open window and stop.
@@ -57,8 +59,8 @@ maximum. At most one such item per open window and stop.
 Writes
 ------
 `upsert` groups and encodes whole frames with polars column expressions (keys,
-sort keys, chunk contents), then queues the items; every full request of 25 goes out at once on a
-bounded pool (`threads`, default 16, concurrent requests), so the pipeline
+sort keys, chunk contents), then queues the items; every full request of 25
+goes out at once on a bounded pool (`threads`, default 16, concurrent requests), so the pipeline
 keeps counting while DynamoDB writes. `commit()` sends the last, partial
 request and waits for every request: only then is anything acknowledged to
 the checkpoint. `UnprocessedItems` and throttling are retried with capped,
@@ -245,9 +247,8 @@ def _encode(counts: WindowCounts) -> list[_Put]:
     return puts
 
 
-def _chunk_windows(sk: str, windows: str) -> Iterator[tuple[int, int]]:
-    """(window start, count) of each window of a chunk item."""
-    day = int(sk[:20]) - SK_OFFSET
+def _chunk_windows(day: int, windows: str) -> Iterator[tuple[int, int]]:
+    """(window start, count) of each window of a chunk item of `day`."""
     for entry in windows.split(" "):
         offset, version = entry.split(",")
         yield day + int(offset), int(version[:-1])
@@ -579,10 +580,9 @@ class DynamoDbCountStore:
 
 def _versions(item: dict) -> Iterator[tuple[int, str, int]]:
     """(window start, partition, count) of each window an item holds."""
-    sk = item[RANGE_KEY]["S"]
-    start, partition, count, _ = parse_sk(sk)
-    if WINDOWS_ATTRIBUTE in item:
-        for window_start, count in _chunk_windows(sk, item[WINDOWS_ATTRIBUTE]["S"]):
+    start, partition, count, _ = parse_sk(item[RANGE_KEY]["S"])
+    if WINDOWS_ATTRIBUTE in item:  # a chunk: its sort key starts with its day
+        for window_start, count in _chunk_windows(start, item[WINDOWS_ATTRIBUTE]["S"]):
             yield window_start, partition, count
     else:
         yield start, partition, count if count is not None else int(item["count"]["N"])
