@@ -21,6 +21,7 @@ from observability.health import HEALTH
 from observability.metrics import QUEUE_DEPTH, PipelineMetrics
 from observability.status_file import StatusFile
 from consumers.fan_out import Commit, SinkFanOut
+from consumers.sink_lane import SinkLane
 from consumers.sink_thread import on_sink_thread
 from consumers.ports import Sink
 from consumers.run_summary import RunSummary
@@ -102,6 +103,8 @@ def run_job(
             QUEUE_DEPTH.labels(depth_label).set(queue_depth())
         progress.update(summary)
 
+    if sinks_thread:  # and each sink on a thread of its own: consumers/sink_lane.py
+        sinks = [SinkLane(sink) for sink in sinks]
     fan_out = SinkFanOut(sinks, summary, commit, settings.checkpoint_interval, metrics=metrics,
                          on_checkpoint=(lambda points: status.update(points, metrics.newest_us, summary))
                          if status is not None else None, after_batch=after_batch)

@@ -1,0 +1,119 @@
+"""Sink lanes: each sink on its own thread, in order, with checkpoints that
+wait for every lane, and a sink's error raised on the caller's thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from consumers.fan_out import SinkFanOut
+from consumers.ports import Sink
+from consumers.run_summary import RunSummary
+from consumers.sink_lane import SinkLane
+from streams.batches import BatchKind, CountedBatch
+
+
+def _batch(position: int) -> CountedBatch:
+    return CountedBatch("p", BatchKind.DATA, read=1, safe_position=position)
+
+
+class _Recording(Sink):
+    """Records its calls and the thread of each; holds `pending` positions
+    until a flush, like a buffering writer."""
+
+    def __init__(self, name: str, delay: float = 0.0, fail_at: int | None = None) -> None:
+        self.name = name
+        self.delay = delay
+        self.fail_at = fail_at
+        self.calls: list[tuple[str, int | None]] = []
+        self.threads: set[str] = set()
+        self.pending: list[int] = []
+        self.durable: list[int] = []
+
+    def write(self, batch: CountedBatch) -> None:
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self.delay)
+        if batch.safe_position == self.fail_at:
+            raise OSError(f"{self.name}: disk full at {batch.safe_position}")
+        self.calls.append(("write", batch.safe_position))
+        self.pending.append(batch.safe_position)
+
+    def send(self) -> None:
+        self.calls.append(("send", None))
+
+    def flush(self) -> None:
+        time.sleep(self.delay)
+        self.calls.append(("flush", None))
+        self.durable.extend(self.pending)
+        self.pending.clear()
+
+    def pending_floor(self, partition: str) -> int | None:
+        return min(self.pending, default=None)
+
+    def close(self) -> None:
+        self.flush()
+        self.calls.append(("close", None))
+
+
+def test_each_sink_takes_every_batch_in_order_on_a_thread_of_its_own():
+    sinks = [_Recording("slow", delay=0.002), _Recording("fast")]
+    lanes = [SinkLane(sink, max_behind=2) for sink in sinks]
+    for position in range(50):
+        for lane in lanes:
+            lane.write(_batch(position))
+    for lane in lanes:
+        lane.close()
+    for sink in sinks:
+        assert sink.calls == [("write", p) for p in range(50)] + [("flush", None), ("close", None)]
+        assert sink.threads == {f"sink-{sink.name}"}
+    assert sinks[0].threads != sinks[1].threads
+
+
+def test_flush_returns_only_once_every_batch_before_it_is_durable():
+    sink = _Recording("slow", delay=0.01)
+    lane = SinkLane(sink, max_behind=8)
+    for position in range(6):
+        lane.write(_batch(position))
+    lane.flush()  # the lane was up to six writes behind
+    assert sink.durable == list(range(6))
+    assert lane.pending_floor("p") is None
+    lane.close()
+
+
+def test_the_fan_out_commits_only_what_every_lane_holds_durably():
+    """A checkpoint through lanes: the commit comes after every sink's
+    flush, at the position every sink made durable."""
+    sinks = [_Recording("raw", delay=0.003), _Recording("counts")]
+    commits: list[tuple[str, int]] = []
+    durable_at_commit: list[list[list[int]]] = []
+
+    def commit(partition, position, watermark):
+        commits.append((partition, position))
+        durable_at_commit.append([list(s.durable) for s in sinks])
+
+    fan_out = SinkFanOut([SinkLane(s) for s in sinks], RunSummary(), commit, checkpoint_interval=0.0)
+    for position in range(1, 21):
+        fan_out.on_next(_batch(position))
+    fan_out.close()
+    assert commits and commits[-1] == ("p", 20)
+    for (_, position), durable in zip(commits, durable_at_commit):
+        for held in durable:  # every sink had made every batch up to the commit durable
+            assert held[:position] == list(range(1, position + 1))
+
+
+def test_a_sink_error_is_raised_on_the_callers_thread_and_the_lane_takes_nothing_more():
+    sink = _Recording("raw", delay=0.01, fail_at=3)
+    lane = SinkLane(sink, max_behind=4)  # writes 4 to 7 are queued behind the failing one
+    with pytest.raises(OSError, match="disk full at 3"):
+        for position in range(100):
+            lane.write(_batch(position))
+    assert sink.calls == [("write", p) for p in range(3)]
+    with pytest.raises(OSError, match="disk full at 3"):
+        lane.flush()
+    with pytest.raises(OSError, match="disk full at 3"):
+        lane.close()
+    # close() joined the lane: what was queued behind the failure was dropped, not written past the hole
+    assert sink.calls == [("write", p) for p in range(3)]
+    assert not any(t.name == "sink-raw" for t in threading.enumerate()), "the lane's thread is still running"
