@@ -199,8 +199,11 @@ def measure(args, rows: int, project: Path, work: Path) -> None:
         if plain_out:
             remove_later(plain_out)
     load_after = os.getloadavg()
-    for data_dir in spent:
-        shutil.rmtree(data_dir)
+    if args.keep_data:
+        print(f"kept {len(spent)} data dirs under {work} (side-*, warm-*)", file=sys.stderr)
+    else:
+        for data_dir in spent:
+            shutil.rmtree(data_dir)
 
     valid = {name: {r["summary"]["valid"] for r in runs} for name, runs in results.items()}
     if len(set().union(*valid.values())) != 1:
@@ -250,6 +253,9 @@ def main() -> None:
     parser.add_argument("--delete-between", action="store_true",
                         help="delete each side's data dir right after it ran, not after all rounds (slows the next "
                              "side's file creation on ext4: see measure())")
+    parser.add_argument("--keep-data", action="store_true",
+                        help="keep every side's data dir in the work dir: a bench run right after another one then "
+                             "does not pay for the other's deletions either")
     args = parser.parse_args()
     if args.pairs < 1:
         raise SystemExit("--pairs must be at least 1")
