@@ -130,7 +130,10 @@ class FaultProxy:
         self._add(_Rule(target, "rewrite", times, transform=transform))
 
     def refuse(self, seconds: float) -> None:
-        """Stop listening for `seconds` (clients get ECONNREFUSED), then listen again on the same port."""
+        """Stop listening for `seconds` (clients get ECONNREFUSED), then listen again on the same port.
+        A connection accepted before is dropped at its next request over that time: closing the
+        listener alone would leave a client's kept-alive connections served all along."""
+        self._reset_until = time.monotonic() + seconds
         self._shutdown()
         threading.Timer(seconds, self._listen).start()
 

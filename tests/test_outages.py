@@ -36,6 +36,10 @@ def test_consume_rides_out_an_outage_of_every_aws_service(aws_env: str, tmp_path
         "RIVULET__AWS__SHARD_COUNT": "1",
         "RIVULET__AWS__GET_RECORDS_LIMIT": "200",  # many polls, so the outage lands mid-stream
     }
+    if fault == "refuse":
+        # botocore's own retries (5 attempts, up to ~15 s of backoff) could outlast the 6 s outage
+        # unseen; with one retry the daemon's own retry layer meets it, and says so.
+        env["RIVULET__AWS__MAX_ATTEMPTS"] = "2"
     data_dir = tmp_path / "data"
     produced = run_cli("produce", "--input", str(source), "--to", f"kinesis:{stream}", "--config", "config/aws.toml",
                        "--create-resources", "--data-dir", str(data_dir), env=env)
