@@ -38,6 +38,8 @@ class SinkFanOut:
         self.sinks = list(sinks)
         self.metrics = metrics or PipelineMetrics()
         self._named = [(getattr(sink, "name", type(sink).__name__), sink) for sink in self.sinks]
+        # A sink on a lane of its own (consumers/sink_lane.py) times its writes where they run.
+        self._timed_here = [not getattr(sink, "times_own_writes", False) for sink in self.sinks]
         self.summary = summary
         self.commit = commit
         self.checkpoint_interval = checkpoint_interval
@@ -54,8 +56,8 @@ class SinkFanOut:
         self.batches = 0
 
     def on_next(self, batch: CountedBatch) -> None:
-        for name, sink in self._named:
-            with timed_sink(name):
+        for (name, sink), timed_here in zip(self._named, self._timed_here):
+            with timed_sink(name, count=timed_here):
                 sink.write(batch)
         self.summary.add(batch)
         self.metrics.on_batch(batch)

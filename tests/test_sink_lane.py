@@ -117,3 +117,25 @@ def test_a_sink_error_is_raised_on_the_callers_thread_and_the_lane_takes_nothing
     # close() joined the lane: what was queued behind the failure was dropped, not written past the hole
     assert sink.calls == [("write", p) for p in range(3)]
     assert not any(t.name == "sink-raw" for t in threading.enumerate()), "the lane's thread is still running"
+
+
+def test_metrics_time_each_write_on_its_lane_and_count_it_once():
+    """Behind a lane the fan-out's own timing would measure the hand-off: the
+    lane times the write where it runs, and the fan-out leaves it alone."""
+    from prometheus_client import REGISTRY
+
+    def value(name: str) -> float:
+        return REGISTRY.get_sample_value(name, {"sink": "lane-metrics"}) or 0.0
+
+    writes, seconds = value("rivulet_sink_writes_total"), value("rivulet_sink_latency_seconds_sum")
+    failures = value("rivulet_sink_failures_total")
+    sink = _Recording("lane-metrics", delay=0.02, fail_at=5)
+    fan_out = SinkFanOut([SinkLane(sink, max_behind=8)], RunSummary())
+    for position in range(5):
+        fan_out.on_next(_batch(position))
+    with pytest.raises(OSError):
+        fan_out.on_next(_batch(5))
+        fan_out.close()
+    assert value("rivulet_sink_writes_total") - writes == 5
+    assert value("rivulet_sink_latency_seconds_sum") - seconds >= 5 * 0.02  # the writes, not the hand-offs
+    assert value("rivulet_sink_failures_total") - failures == 1
