@@ -250,10 +250,13 @@ def main() -> None:
     parser.add_argument("--compare", metavar="PROJECT",
                         help="also run the same sides of another checkout (a before/after in the same rounds)")
     parser.add_argument("--no-check", action="store_true", help="skip comparing the plain loop with `export`")
-    parser.add_argument("--delete-between", action="store_true",
+    # Where the sides' data dirs go: deleted after all rounds (the default), or
+    # one of these.
+    cleanup = parser.add_mutually_exclusive_group()
+    cleanup.add_argument("--delete-between", action="store_true",
                         help="delete each side's data dir right after it ran, not after all rounds (slows the next "
                              "side's file creation on ext4: see measure())")
-    parser.add_argument("--keep-data", action="store_true",
+    cleanup.add_argument("--keep-data", action="store_true",
                         help="keep every side's data dir in the work dir: a bench run right after another one then "
                              "does not pay for the other's deletions either")
     args = parser.parse_args()
