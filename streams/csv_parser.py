@@ -17,7 +17,7 @@ from streams.batches import ParsedBatch, RecordBatch
 from streams.event_columns import CORE_FIELDS, POSITION, SCHEMA, TIME, EventColumns, filter_rows, run_plan
 from streams.events import NO_PROPERTIES, Event, ParseError, Reason
 from streams.per_record import CONTROL, DEFAULT_MAX_RECORD_BYTES, char_name, clean_then_odd, require_field
-from streams.timestamps import COMMON_STAMP, parse_timestamp_us, with_timestamp_us
+from streams.timestamps import COMMON_STAMP, parse_timestamp_us, timestamp_column_us
 
 CSV_HEADER = "customer_id,event_type,transaction_id,timestamp"
 
@@ -76,7 +76,7 @@ def csv_fields(text: str) -> list[str]:
 # the common shape. Every other record takes the per-record path.
 _BARE = r'[^",\x00-\x1f\x7f]'
 _COMMON_CSV_ROW = rf'^[^",\x00-\x1f\x7f ]{_BARE}*,{_BARE}+,{_BARE}+,{COMMON_STAMP}$'
-_TEXT, _COMMON, _FIELDS, _CLEAN = "_text", "_common", "_fields", "_clean"
+_TEXT, _COMMON, _FIELDS = "_text", "_common", "_fields"
 _SCHEMA_COLUMNS = list(SCHEMA)
 
 
@@ -113,18 +113,19 @@ class EventsCsvParser:
             texts = records.cast(pl.String)
         except pl.exceptions.ComputeError:  # not UTF-8: find those records, once, and leave them out
             texts = pl.Series([_utf8_or_none(r) for r in batch.records], dtype=pl.String)
-        # One plan, one native call: split, check, parse the time.
+        # One plan, one native call: split and check; then the time.
         plan = pl.DataFrame([texts.alias(_TEXT), pl.Series(POSITION, batch.positions, dtype=pl.Int64)]).lazy()
-        plan = plan.with_columns(pl.col(_TEXT).str.contains(_COMMON_CSV_ROW).alias(_COMMON),
-                                 pl.col(_TEXT).str.split_exact(",", 3).alias(_FIELDS))
-        plan = with_timestamp_us(plan.with_columns(pl.col(_FIELDS).struct.unnest()), "field_3", _COMMON, TIME)
+        plan = plan.with_columns(pl.col(_TEXT).str.split_exact(",", 3).alias(_FIELDS)).with_columns(
+            pl.col(_FIELDS).struct.unnest())
         fields = [pl.col(f"field_{i}").alias(name) for i, name in enumerate(CORE_FIELDS)]
-        frame = run_plan(plan.select(*fields, TIME, POSITION, (
-            pl.col(TIME).is_not_null()
+        frame = run_plan(plan.select(*fields, "field_3", POSITION, (
+            pl.col(_TEXT).str.contains(_COMMON_CSV_ROW)
             & (pl.col(_TEXT).str.len_bytes() <= self.max_record_bytes)  # the text is the record's bytes
             & (pl.col("field_0") != "customer_id")  # the header, or a record the general path must judge
-        ).fill_null(False).alias(_CLEAN)))
-        clean = frame.get_column(_CLEAN)
+        ).fill_null(False).alias(_COMMON)))
+        times = timestamp_column_us(frame.get_column("field_3"), frame.get_column(_COMMON))
+        frame = frame.with_columns(times.alias(TIME))
+        clean = times.is_not_null()
         if clean.all():
             return EventColumns(batch.partition, frame[_SCHEMA_COLUMNS]), []
         return EventColumns(batch.partition, filter_rows(frame[_SCHEMA_COLUMNS], clean)), (~clean).arg_true().to_list()

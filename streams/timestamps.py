@@ -159,51 +159,54 @@ def parse_timestamp_column(texts: Sequence[str]) -> list[int | None]:
     return out
 
 
-# The common shape, as a native regex: what `timestamp_column_us` parses with
-# chrono, which then agrees with the contract. Leap seconds (`:60`), years
-# before 1000, missing seconds and odd offsets are left to the per-text path.
-COMMON_STAMP = (r"[1-9]\d{3}-\d{2}-\d{2}[T ](?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,9})?"
+# The common shape, as a native regex: what `timestamp_column_us` hands to
+# Arrow's ISO 8601 cast, which then agrees with the contract. The date is a
+# real one (February 29th only in leap years), since one impossible date
+# fails the cast of a whole column. Leap seconds (`:60`), years before 1000,
+# missing seconds and odd offsets are left to the per-text path.
+_LEAP_YEAR = r"(?:[1-9]\d(?:0[48]|[2468][048]|[13579][26])|(?:[2468][048]|[13579][26])00)"
+_REAL_DATE = (r"(?:[1-9]\d{3}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1\d|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)"
+              rf"|(?:0[13578]|1[02])-31)|{_LEAP_YEAR}-02-29)")
+COMMON_STAMP = (_REAL_DATE + r"[T ](?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,9})?"
                 r"(?:Z|[+-](?:[01]\d|2[0-3])(?::?[0-5]\d)?)")
 _COMMON_SHAPE = rf"^{COMMON_STAMP}$"
-_COMMON_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%#z"
+# Arrow's cast to microseconds refuses more than six fraction digits; the
+# contract truncates them.
+_BEYOND_MICROSECONDS = r"(\.\d{6})\d+"
 
 
 def timestamp_column_us(texts: "pl.Series", common: "pl.Series | None" = None) -> "pl.Series":
     """UTC epoch microseconds of a column of timestamp texts (Int64), null
-    where a text is not of the common shape, not a real instant (Feb 30) or
-    outside years 1 to 9999 in UTC (`9999-12-31T23:00:00-14:00`):
-    those take the per-text path, which parses the rest of the contract and
-    words every error. Native kernels only: a regex, chrono's parser.
+    where a text is not of the common shape or lies outside years 1 to 9999
+    in UTC (`9999-12-31T23:00:00-14:00`): those take the per-text path,
+    which parses the rest of the contract and words every error.
+
+    Native kernels only: a regex, then Arrow's ISO 8601 cast, ten times
+    faster than chrono's `%.f%#z` parser (0.03 against 0.37 s per 1M texts in
+    16k batches). The shape regex lets through only what the cast reads as
+    `fromisoformat` does; a column it refuses anyway goes wholly to the
+    per-text path rather than fail.
 
     `common`: which texts are of the common shape, when the caller's own
     regex already checked (with `COMMON_STAMP` in it); null elsewhere."""
     import polars as pl
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     if common is None:
         common = texts.str.contains(_COMMON_SHAPE)
-    if texts.str.contains(" ", literal=True).any():
-        texts = texts.str.replace(" ", "T", literal=True, n=1)
-    from streams.event_columns import run_plan
-
-    frame = pl.DataFrame([texts.alias("text"), common.alias("common")]).lazy()
-    return run_plan(with_timestamp_us(frame, "text", "common", "event_time_us", spaces=False))["event_time_us"]
-
-
-def with_timestamp_us(plan: "pl.LazyFrame", text: str, common: str, name: str,
-                      spaces: bool = True) -> "pl.LazyFrame":
-    """`plan` with the column `name`: `timestamp_column_us` of its column
-    `text`, where its Boolean column `common` says which texts are of the
-    common shape (`COMMON_STAMP`), for a caller's own plan; `spaces=False`
-    when no text has a space for its `T`."""
-    import polars as pl
-
-    texts = pl.col(text)
-    if spaces:
-        texts = texts.str.replace(" ", "T", literal=True, n=1)
-    plan = plan.with_columns(
-        texts.str.to_datetime(_COMMON_FORMAT, time_unit="us", time_zone="UTC", strict=False).dt.epoch("us").alias(name))
-    parsed = pl.col(name)
-    return plan.with_columns(pl.when(pl.col(common) & parsed.is_between(MIN_US, MAX_US)).then(parsed).alias(name))
+    utc_us = pa.timestamp("us", tz="UTC")
+    arrow = texts.to_arrow()
+    arrow = pc.if_else(common.fill_null(False).to_arrow(), arrow, pa.scalar(None, arrow.type))
+    try:
+        stamps = pc.cast(arrow, utc_us)
+    except pa.ArrowInvalid:
+        try:  # rare: seven to nine fraction digits
+            stamps = pc.cast(pc.replace_substring_regex(arrow, _BEYOND_MICROSECONDS, r"\1"), utc_us)
+        except pa.ArrowInvalid:
+            return pl.Series(texts.name, [None] * len(texts), dtype=pl.Int64)
+    us = pl.Series(texts.name, stamps.cast(pa.int64()))
+    return us.set(~us.is_between(MIN_US, MAX_US).fill_null(False), None)
 
 
 def _parse_general(text: str, naive_zone: tzinfo | None) -> int:

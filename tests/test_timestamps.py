@@ -182,6 +182,24 @@ def test_the_native_column_parser_takes_the_common_shapes():
     assert timestamp_column_us(pl.Series(texts)).to_list() == [stamp_to_us(t) for t in texts]
 
 
+def test_an_impossible_date_leaves_the_rest_of_its_column_native():
+    """The native cast reads a column at once, and one date it cannot read
+    would fail all of it: the shape lets through only real dates, so the
+    valid texts beside one keep their instants (a leap day only in a leap
+    year, seven to nine fraction digits truncated)."""
+    import polars as pl
+
+    from streams.timestamps import timestamp_column_us
+
+    valid = ["2020-02-29T23:59:59Z", "2000-02-29T00:00:00+01:00", "2021-03-01T00:01:11.123456789-05:30",
+             "2021-04-30 10:00:00.5Z"]
+    impossible = ["2021-02-29T00:00:00Z", "1900-02-29T00:00:00Z", "2021-04-31T00:00:00Z", "2021-02-30T09:41:16+00:00"]
+    for bad in impossible:
+        got = timestamp_column_us(pl.Series([*valid, bad])).to_list()
+        assert got == [*(stamp_to_us(t) for t in valid), None], bad
+        assert stamp_to_us(bad) is None
+
+
 @pytest.mark.parametrize("text", ["2021-W09-1T00:05Z", "2021-03-01T00:05:00 Z", "2021-03-01T00:05:00-08.0",
                                   "2021-03-01T00:05:00+05,30", "2021-060T00:05:00Z", "2021-03-01T00:05:00+05:30:00"])
 def test_forms_fromisoformat_reads_but_the_contract_refuses(text):
