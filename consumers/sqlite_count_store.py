@@ -3,8 +3,8 @@
 Batch at a time
 ---------------
 `upsert` takes the counter's frames (`WindowCounts`, one per rollup and
-partition) and writes each with one `executemany` of a max-upsert into a
-transaction that stays open; `commit()` ends it. `CountSink.flush()` calls
+partition) and writes each with one max-upsert statement (its rows as one
+JSON array) into a transaction that stays open; `commit()` ends it. `CountSink.flush()` calls
 `commit()` at every checkpoint, before the source commits its position, so
 the store writes ONE transaction per checkpoint instead of one per batch.
 
@@ -71,6 +71,19 @@ file's 563k windows (78 MB): 2.0 s wall, 1.4 CPU s, every row the same. The
 old table's pages stay in the file as free pages, used again as it grows
 (`VACUUM` gives them back). `read_store_status` reads either layout.
 
+One statement per frame
+-----------------------
+Python's sqlite3 lets go of the GIL around each step of a statement, and
+`executemany` steps once per row: each row then waits to take the GIL back
+from whichever thread holds it. Alone that is cheap, but the store writes on
+its own thread beside the parser and the other sinks (`SinkLane`). The 1M
+sparse file's 563k windows in 44 frames, one transaction (a throwaway
+script, single runs): `executemany` 1.38 s alone and 217 s beside a thread
+running Python; one `INSERT ... SELECT FROM json_each(?)` per frame 1.19 s
+alone and 1.59 s beside it. So each frame's rows go as one JSON array of
+integer arrays, built by polars (`_rows_json`), and SQLite inserts them in
+one step with the GIL let go.
+
 Table layout, measured
 ----------------------
 Synthetic sparse stream like the bench's (10k customers over 30 days, 516 of
@@ -102,9 +115,10 @@ partition id) now. What pays is the bulk encoding, one transaction per
 checkpoint, a page cache that holds the hot leaves, rows sent in key order,
 and rows of integers. At 90 days (1.7M windows) key-first cost 10.4 s vs
 12.9 s window-first with the index. Feeding `executemany` from `zip` of the
-frame's column lists was the fastest way tried (566k windows, one
-transaction: 1.8 s; 1.96 s with `DataFrame.iter_rows()`; 2.7 s with one
-`json_each` statement per frame).
+frame's column lists was the fastest way tried on one thread (566k windows,
+one transaction: 1.8 s; 1.96 s with `DataFrame.iter_rows()`; 2.7 s with one
+`json_each` statement per frame, of key texts), before the store wrote
+beside other threads (above).
 
 Before the ids, this class on the same stream (CPU / wall seconds of the
 upserts): 6.1 / 12.3 s with per-batch commits (half the wall time waiting
@@ -150,7 +164,6 @@ import json
 import os
 import sqlite3
 import threading
-from itertools import repeat
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -206,8 +219,14 @@ ORDER BY 1, 2, 3""",
 )
 
 # max(): a replay or a provisional count never lowers nor doubles a count.
+# A frame's rows come as one JSON array of [series, start, count, final]
+# arrays (`_rows_json`), so that SQLite writes them all in one statement:
+# Python's sqlite3 lets go of the GIL around each statement, and
+# `executemany` took it back after every row, behind whichever thread held
+# it (module docstring, "One statement per frame").
 _UPSERT = """
-INSERT INTO counts (series, window_start, partition, count, final) VALUES (?, ?, ?, ?, ?)
+INSERT INTO counts (series, window_start, partition, count, final)
+SELECT value ->> 0, value ->> 1, ?2, value ->> 2, value ->> 3 FROM json_each(?1) WHERE true
 ON CONFLICT (series, window_start, partition) DO UPDATE SET
     count = max(count, excluded.count),
     final = max(final, excluded.final)
@@ -263,6 +282,13 @@ def key_column(key_fields: Sequence[str], nullable: Sequence[str] = ()) -> pl.Ex
         return pl.repeat("[]", pl.len(), dtype=pl.String).alias(KEY)
     parts = [_json_string(name, name in nullable) for name in key_fields]
     return pl.concat_str([pl.lit("["), pl.concat_str(parts, separator=","), pl.lit("]")]).alias(KEY)
+
+
+def _rows_json(rows: pl.DataFrame) -> str:
+    """The rows' (series id, window start, count, final) as one JSON array of
+    arrays, integers only, built by native kernels."""
+    row = pl.concat_str([pl.col(_ID), pl.col(WINDOW_START), pl.col(COUNT), pl.col(FINAL)], separator=",")
+    return "[[" + rows.select(row.str.join("],[")).item() + "]]"
 
 
 class _Encoded:
@@ -407,8 +433,7 @@ class SqliteCountStore:
     def _write(self, part: _Encoded) -> None:
         partition = self._partition_id(part.partition)
         rows = self._with_series_ids(part.rollup, part.frame).sort(_ID, WINDOW_START)
-        self._db.executemany(_UPSERT, zip(rows[_ID].to_list(), rows[WINDOW_START].to_list(), repeat(partition),
-                                          rows[COUNT].to_list(), rows[FINAL].to_list()))
+        self._db.execute(_UPSERT, (_rows_json(rows), partition))
 
     def _known_series(self, rollup: str) -> pl.DataFrame:
         parts = [ids for ids in (self._series.get(rollup), self._new_series.get(rollup)) if ids is not None]
