@@ -162,32 +162,97 @@ def test_close_commits_what_is_open(tmp_path: Path) -> None:
     assert committed_rows(tmp_path / "counts.sqlite3") == {("r", ("c",), T0, "p"): (3, 1)}
 
 
-def test_a_transaction_sqlite_rolls_back_is_applied_again_by_the_retry(tmp_path: Path) -> None:
-    """SQLITE_FULL rolls the whole open transaction back; the retried upsert
-    (RetryingCountStore) must not commit a transaction missing earlier upserts."""
+def test_a_commit_the_disk_refuses_is_retried_with_everything_since_the_last_commit(tmp_path: Path) -> None:
+    """SQLITE_FULL rolls the whole transaction back; the retried commit
+    (RetryingCountStore) must not commit a transaction missing upserts."""
     path = tmp_path / "counts.sqlite3"
     store = SqliteCountStore(path)
     first = [WindowCount("r", (f"a{i}",), T0, "p", i + 1, True) for i in range(50)]
     second = [WindowCount("r", (f"b{i}" * 40,), T0, "p", i + 1, True) for i in range(2000)]
     store.upsert(as_frames(first))
+    store.upsert(as_frames(second))
+    store._db.execute("PRAGMA max_page_count=3")  # the disk is "full"
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        store.commit()
+    assert not store._db.in_transaction
+    assert committed_rows(path) == {}
+    store._db.execute("PRAGMA max_page_count=1073741823")
+    store.commit()  # the retry
+    assert len(committed_rows(path)) == 2050
+    store.close()
+
+
+def test_an_upsert_written_into_a_transaction_sqlite_rolls_back_is_written_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Upserts are written before the commit once enough wait (here every
+    one): when SQLite rolls that transaction back, by itself or on the
+    failed write of a later upsert, whose retry (RetryingCountStore) follows,
+    the commit still holds every upsert since the last commit, once."""
+    monkeypatch.setattr(sqlite_count_store, "WRITE_ROWS", 1)
+    path = tmp_path / "counts.sqlite3"
+    store = SqliteCountStore(path)
+    first = [WindowCount("r", (f"a{i}",), T0, "p", i + 1, True) for i in range(50)]
+    second = [WindowCount("r", (f"b{i}" * 40,), T0, "p", i + 1, True) for i in range(2000)]
+    third = [WindowCount("r", ("c",), T0, "p", 7, False)]
+    store.upsert(as_frames(first))
+    assert store._db.in_transaction  # written, not committed
     store._db.execute("PRAGMA max_page_count=3")  # the disk is "full"
     with pytest.raises(sqlite3.OperationalError, match="full"):
         store.upsert(as_frames(second))
     assert not store._db.in_transaction  # SQLite dropped the first upsert too
     store._db.execute("PRAGMA max_page_count=1073741823")
     store.upsert(as_frames(second))  # the retry
+    assert sum(len(part) for part in store._pending) == 2050  # the failed call left nothing behind
+    store._db.execute("ROLLBACK")  # as SQLite does on an I/O error
+    store.upsert(as_frames(third))
     store.commit()
-    assert len(committed_rows(path)) == 2050
+    assert committed_rows(path) == {**{("r", c.key, T0, "p"): (c.count, 1) for c in first + second},
+                                    ("r", ("c",), T0, "p"): (7, 0)}
+    assert len(store._pending) == 0
     store.close()
 
 
-def test_a_failed_commit_is_retried_with_everything_since_the_last_commit(tmp_path: Path) -> None:
+# As SQLite does on an I/O error: the write fails, and the whole transaction
+# is rolled back (a trigger on the store's own connection, through SQLite).
+_ROLL_BACK_THE_WRITE = ("CREATE TEMP TRIGGER roll_back BEFORE INSERT ON main.counts "
+                        "BEGIN SELECT RAISE(ROLLBACK, 'injected I/O error'); END")
+
+
+@pytest.mark.parametrize("write_rows", [1, sqlite_count_store.WRITE_ROWS])
+def test_ids_given_in_a_transaction_sqlite_rolled_back_are_not_trusted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_rows: int) -> None:
+    """The ids the store gave new keys and partitions vanish with the rollback;
+    another process may give the same ids to its own keys before the retry."""
+    monkeypatch.setattr(sqlite_count_store, "WRITE_ROWS", write_rows)
     path = tmp_path / "counts.sqlite3"
     store = SqliteCountStore(path)
-    store.upsert(as_frames([WindowCount("r", ("a",), T0, "p", 1, True)]))
-    store._db.execute("ROLLBACK")  # as SQLite does on an I/O error
+    store.upsert(as_frames([WindowCount("r", ("kept",), T0, "p0", 1, True)]))
     store.commit()
-    assert committed_rows(path) == {("r", ("a",), T0, "p"): (1, 1)}
+    batch = as_frames([WindowCount("r", ("a",), T0, "p1", 2, True), WindowCount("s", ("b",), T0, "p1", 3, True)])
+    store._db.execute(_ROLL_BACK_THE_WRITE)
+    # Ids given to ("a",), ("b",) and p1, then rolled back: by the write of
+    # the upsert itself (one window is enough), else by the commit's.
+    with pytest.raises(sqlite3.IntegrityError, match="injected"):
+        store.upsert(batch)
+        assert write_rows > 1
+        store.commit()
+    assert not store._db.in_transaction
+    store._db.execute("DROP TRIGGER temp.roll_back")
+    with sqlite3.connect(path) as other:  # takes the ids the rolled-back keys had
+        other.execute("INSERT INTO series (rollup, key) VALUES ('r', '[\"x\"]'), ('s', '[\"y\"]')")
+        other.execute("INSERT INTO partitions (name) VALUES ('q')")
+    other.close()
+    if write_rows == 1:
+        store.upsert(batch)  # the failed call's retry (RetryingCountStore)
+    store.upsert(as_frames([WindowCount("r", ("a",), T0 + H, "p1", 4, False)]))
+    store.commit()
+    assert committed_rows(path) == {
+        ("r", ("kept",), T0, "p0"): (1, 1),
+        ("r", ("a",), T0, "p1"): (2, 1),
+        ("s", ("b",), T0, "p1"): (3, 1),
+        ("r", ("a",), T0 + H, "p1"): (4, 0),
+    }
+    assert store.total("r", ("x",)) == 0 and store.total("r", ("a",)) == 6
     store.close()
 
 
@@ -246,31 +311,6 @@ def test_keys_written_by_earlier_versions_are_the_same_rows(tmp_path: Path) -> N
     assert committed_rows(path) == expected
     store = SqliteCountStore(path)  # opened again: nothing left to migrate
     assert committed_rows(path) == expected and store.total("r", key) == 8
-    store.close()
-
-
-def test_ids_given_in_a_transaction_sqlite_rolled_back_are_not_trusted(tmp_path: Path) -> None:
-    """The ids the store gave new keys and partitions vanish with the rollback;
-    another process may give the same ids to its own keys before the retry."""
-    path = tmp_path / "counts.sqlite3"
-    store = SqliteCountStore(path)
-    store.upsert(as_frames([WindowCount("r", ("kept",), T0, "p0", 1, True)]))
-    store.commit()
-    store.upsert(as_frames([WindowCount("r", ("a",), T0, "p1", 2, True), WindowCount("s", ("b",), T0, "p1", 3, True)]))
-    store._db.execute("ROLLBACK")  # as SQLite does on SQLITE_FULL or an I/O error
-    with sqlite3.connect(path) as other:  # takes the ids the rolled-back keys had
-        other.execute("INSERT INTO series (rollup, key) VALUES ('r', '[\"x\"]'), ('s', '[\"y\"]')")
-        other.execute("INSERT INTO partitions (name) VALUES ('q')")
-    other.close()
-    store.upsert(as_frames([WindowCount("r", ("a",), T0 + H, "p1", 4, False)]))
-    store.commit()
-    assert committed_rows(path) == {
-        ("r", ("kept",), T0, "p0"): (1, 1),
-        ("r", ("a",), T0, "p1"): (2, 1),
-        ("s", ("b",), T0, "p1"): (3, 1),
-        ("r", ("a",), T0 + H, "p1"): (4, 0),
-    }
-    assert store.total("r", ("x",)) == 0 and store.total("r", ("a",)) == 6
     store.close()
 
 
