@@ -87,15 +87,17 @@ with the GIL let go.
 
 Sparse windows land all over the table (key first, see below), and each
 frame's rows touched the leaves of most keys again. So upserts wait until
-`WRITE_ROWS` windows (or a commit) can go as one statement, sorted by the
-table's key across frames, and reach each leaf once per write. Synthetic rows
-of the same shape, single runs: the 563k windows as 44 sorted statements
-took 0.90 to 1.13 s, as 4 statements 0.71 to 0.80 s, as one 0.55 to 0.59 s.
-In `run` counts-only on the 1M sparse file the count lane's CPU went from
-1.3-1.4 s to 0.8-1.0 s. The wait costs memory: the pending frames and one
-statement's JSON text and SQLite's parse of it; peak RSS 220-228 MiB with
-32,768 windows a write, 222 MiB with 8,192 (but 1.2 s of lane CPU), 240-246
-MiB with 65,536 (2 runs each).
+`WRITE_ROWS` windows (or a commit) can go in one pass, sorted by the table's
+key across frames, which reaches each leaf once. Synthetic rows of the same
+shape, single runs: the 563k windows as 44 sorted statements took 0.90 to
+1.13 s, as 4 statements 0.71 to 0.80 s, as one 0.55 to 0.59 s. At 10M
+sparse rows (2.1M windows, a table larger than the page cache, so every
+pass also reads and spills most leaves) the count lane of the default `run`
+took 5.0 CPU s with passes of 32,768 windows, 3.5 to 3.75 s with 131,072,
+3.3 s with 262,144 (single runs). A pass goes as statements of
+`STATEMENT_ROWS` (consecutive slices of the sorted rows): as one statement,
+131,072 windows took 57 MiB more peak RSS (402 against 345 MiB) for the
+JSON text and SQLite's parse of it; as slices, 352 MiB.
 
 Table layout, measured
 ----------------------
@@ -261,12 +263,14 @@ _SERIES_IDS = "SELECT key, id FROM series WHERE rollup = ? AND key IN (SELECT va
 # Pages are only taken as they are used.
 CACHE_KIB = 8 * 1024
 
-# Upserted windows wait until this many can be written as one sorted
-# statement (or a commit comes): each write takes the leaves of all active
-# keys once, so fewer, larger writes touch fewer pages, while SQLite's JSON
-# parse of one statement's rows (about 100 bytes a window) and the rows'
-# text bound the memory it costs (module docstring).
-WRITE_ROWS = 32_768
+# Upserted windows wait until this many can be written in one sorted pass
+# (or a commit comes): a pass takes the leaves of all active keys once, so
+# fewer, larger passes touch fewer pages. A pass goes as statements of
+# `STATEMENT_ROWS`, consecutive slices of the sorted rows: the memory of a
+# statement (its JSON text, twice, and SQLite's parse of it: about 100 bytes
+# a window) stays bounded while the pass grows (module docstring).
+WRITE_ROWS = 131_072
+STATEMENT_ROWS = 32_768
 
 # Known series ids kept per rollup, a frame of key text and id (20 bytes a key
 # of up to 12 bytes, about 55 for a two-field key of 40): past this, it
@@ -486,7 +490,11 @@ class SqliteCountStore:
             by_rollup.setdefault(part.rollup, []).append(
                 part.frame.with_columns(pl.lit(self._partition_id(part.partition), pl.Int64).alias(_PARTITION)))
         rows = pl.concat([self._with_series_ids(rollup, pl.concat(frames)) for rollup, frames in by_rollup.items()])
-        self._db.execute(_UPSERT, (_rows_json(rows.sort(_ID, WINDOW_START, _PARTITION)),))
+        rows = rows.sort(_ID, WINDOW_START, _PARTITION)
+        # Consecutive slices of the sorted rows: each leaf is still reached
+        # once, and one statement's JSON stays small.
+        for offset in range(0, rows.height, STATEMENT_ROWS):
+            self._db.execute(_UPSERT, (_rows_json(rows.slice(offset, STATEMENT_ROWS)),))
 
     def _known_series(self, rollup: str) -> pl.DataFrame:
         parts = [ids for ids in (self._series.get(rollup), self._new_series.get(rollup)) if ids is not None]

@@ -106,9 +106,13 @@ def _check(store: SqliteCountStore, path: Path, committed: dict) -> None:
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(OPS)
-def test_the_store_keeps_the_max_per_window_and_partition_like_the_model(ops: list[tuple]) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+@given(OPS, st.sampled_from([(1, 1), (4, 2), (sqlite_count_store.WRITE_ROWS, sqlite_count_store.STATEMENT_ROWS)]))
+def test_the_store_keeps_the_max_per_window_and_partition_like_the_model(ops: list[tuple], sizes: tuple) -> None:
+    """`sizes`: windows a write waits for, and per statement (tiny ones write
+    before the commit, in passes of several statements)."""
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sqlite_count_store, "WRITE_ROWS", sizes[0])
+        patch.setattr(sqlite_count_store, "STATEMENT_ROWS", sizes[1])
         path = Path(tmp) / "counts.sqlite3"
         store = SqliteCountStore(path)
         current: dict = {}
