@@ -3,11 +3,13 @@
 Batch at a time
 ---------------
 `upsert` takes the counter's frames (`WindowCounts`, one per rollup and
-partition) and keeps them, encoded; `commit()` writes all of them in one
-transaction, as one max-upsert statement whose rows, sorted by the table's
-key, come as one JSON array. `CountSink.flush()` calls `commit()` at every
-checkpoint, before the source commits its position, so the store writes ONE
-transaction per checkpoint instead of one per batch.
+partition) and keeps them, encoded, until `WRITE_ROWS` windows wait; then
+it writes them into a transaction that stays open, in one pass sorted by the
+table's key (max-upsert statements whose rows come as JSON arrays), and
+`commit()` writes what still waits and ends the transaction.
+`CountSink.flush()` calls `commit()` at every checkpoint, before the source
+commits its position, so the store writes ONE transaction per checkpoint
+instead of one per batch.
 
 A crash between checkpoints loses only what was not committed: all of it
 came from records after the source's last committed checkpoint, so the
@@ -21,7 +23,8 @@ itself on SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM) it rolls back, and the
 upserts since the last commit stay pending (encoded frames, not Python rows)
 for the next `commit`, so a retried call (`RetryingCountStore`) never commits
 a transaction with a hole in it (the ids it gave new keys are looked up
-again: see below). Nothing holds SQLite's write lock between commits.
+again: see below). A failed pass does the same, and its `upsert` call leaves
+nothing pending of its own, since its retry brings the frames again.
 
 Queries (`buckets`, `total`, `export`) read through a second connection, so
 they see what is committed (what survives a crash), and never wait behind the
@@ -72,8 +75,8 @@ file's 563k windows (78 MB): 2.0 s wall, 1.4 CPU s, every row the same. The
 old table's pages stay in the file as free pages, used again as it grows
 (`VACUUM` gives them back). `read_store_status` reads either layout.
 
-One sorted statement per commit
--------------------------------
+Sorted passes, one statement at a time
+--------------------------------------
 Python's sqlite3 lets go of the GIL around each step of a statement, and
 `executemany` steps once per row: each row then waits to take the GIL back
 from whichever thread holds it. Alone that is cheap, but the store writes on
@@ -234,11 +237,11 @@ ORDER BY 1, 2, 3""",
 )
 
 # max(): a replay or a provisional count never lowers nor doubles a count.
-# A commit's rows come as one JSON array of [series, start, partition, count,
-# final] arrays (`_rows_json`), so that SQLite writes them all in one
+# A statement's rows come as one JSON array of [series, start, partition,
+# count, final] arrays (`_rows_json`), so that SQLite writes them all in one
 # statement: Python's sqlite3 lets go of the GIL around each statement, and
 # `executemany` took it back after every row, behind whichever thread held
-# it (module docstring, "One sorted statement per commit").
+# it (module docstring, "Sorted passes, one statement at a time").
 _UPSERT = """
 INSERT INTO counts (series, window_start, partition, count, final)
 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each(?) WHERE true
@@ -482,9 +485,9 @@ class SqliteCountStore:
         self._new_partitions.clear()
 
     def _write(self, parts: list[_Encoded]) -> None:
-        """All of `parts` as one statement, in key order: sorted across many
+        """All of `parts` in one pass, in key order: sorted across many
         frames, the rows reach each leaf of the table once (module
-        docstring, "One sorted statement per write")."""
+        docstring, "Sorted passes, one statement at a time")."""
         by_rollup: dict[str, list[pl.DataFrame]] = {}
         for part in parts:
             by_rollup.setdefault(part.rollup, []).append(

@@ -348,13 +348,16 @@ def test_two_stores_writing_one_file(tmp_path: Path) -> None:
     second.close()
 
 
-def test_opening_the_store_does_not_wait_for_a_writers_open_transaction(tmp_path: Path) -> None:
+def test_opening_the_store_does_not_wait_for_a_writers_open_transaction(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`query` and `export` open the store while a job writes."""
+    monkeypatch.setattr(sqlite_count_store, "WRITE_ROWS", 1)  # written at once, into a transaction left open
     path = tmp_path / "counts.sqlite3"
     writer = SqliteCountStore(path)
     writer.upsert(as_frames([WindowCount("r", ("a",), T0, "p", 1, True)]))
     writer.commit()
-    writer.upsert(as_frames([WindowCount("r", ("a",), T0 + H, "p", 2, True)]))  # left open
+    writer.upsert(as_frames([WindowCount("r", ("a",), T0 + H, "p", 2, True)]))
+    assert writer._db.in_transaction
     started = time.monotonic()
     reader = SqliteCountStore(path)
     assert time.monotonic() - started < 5  # the lock's timeout is 30 s
