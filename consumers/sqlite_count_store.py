@@ -382,7 +382,6 @@ class SqliteCountStore:
         # open transaction (see the module docstring).
         self._pending: list[_Encoded] = []
         self._written = 0  # of `_pending`, in the open transaction
-        self._unwritten_rows = 0  # windows in the rest
         # Ids that are committed (they never change once they are), and ids
         # given in the open transaction, trusted only once it commits.
         self._series: dict[str, pl.DataFrame] = {}
@@ -423,15 +422,13 @@ class SqliteCountStore:
             return
         with self._lock:
             self._pending.extend(encoded)
-            self._unwritten_rows += sum(len(part) for part in encoded)
-            if self._unwritten_rows < WRITE_ROWS:
+            if sum(len(part) for part in self._pending[self._written:]) < WRITE_ROWS:
                 return
             try:
                 self._write_unwritten()
             except BaseException:
                 # The call failed as a whole: its retry brings these again.
                 del self._pending[-len(encoded):]
-                self._unwritten_rows = sum(len(part) for part in self._pending)
                 raise
 
     def commit(self) -> None:
@@ -448,7 +445,7 @@ class SqliteCountStore:
                 self._rolled_back()
                 raise
             self._pending.clear()
-            self._written = self._unwritten_rows = 0
+            self._written = 0
             for rollup, new in self._new_series.items():
                 known = self._series.get(rollup)
                 self._series[rollup] = (new if known is None or known.height + new.height > KNOWN_SERIES_MAX
@@ -471,7 +468,6 @@ class SqliteCountStore:
             self._rolled_back()
             raise
         self._written = len(self._pending)
-        self._unwritten_rows = 0
 
     def _rolled_back(self) -> None:
         """After a failed write or commit: nothing of the transaction is kept,
@@ -480,7 +476,6 @@ class SqliteCountStore:
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
         self._written = 0
-        self._unwritten_rows = sum(len(part) for part in self._pending)
         self._new_series.clear()
         self._new_partitions.clear()
 
