@@ -9,6 +9,7 @@ a position (raw events) or a window start and content digest (aggregates).
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 
 def check_key(key: str) -> str:
@@ -32,6 +33,8 @@ _NAME_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 MAX_NAME_CHARS = 160
 
 
+# Writers name thousands of objects after the same few partitions per run.
+@lru_cache(maxsize=4096)
 def encode_name_part(value: str) -> str:
     """A value as part of an object's file name, encoded injectively.
 

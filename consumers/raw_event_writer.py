@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 import zlib
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import polars as pl
@@ -100,18 +99,13 @@ FORMATS: dict[str, RawEventFormat] = {
 DEFAULT_FORMAT = "parquet"
 
 
-@lru_cache(maxsize=4096)
-def _partition_name(partition: str) -> str:
-    return encode_name_part(partition)
-
-
 def raw_event_key(partition: str, hour: int, first_position: int, suffix: str) -> str:
     """The key of the object holding `partition`'s rows of UTC hour `hour`
     (hours since the epoch), starting at `first_position`."""
     day, hour_of_day = date_and_hour(HOURLY.start_of_number(hour))
     return (
         f"{RAW_EVENTS_ROOT}/dt={day}/hour={hour_of_day}/"
-        f"part-{_partition_name(partition)}-{first_position:012d}{suffix}"
+        f"part-{encode_name_part(partition)}-{first_position:012d}{suffix}"
     )
 
 
