@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from consumers.count_sink import CountSink
 from consumers import sqlite_count_store
-from consumers.sqlite_count_store import SqliteCountStore, encode_key, key_column, read_store_status
+from consumers.sqlite_count_store import PAGE_BYTES, SqliteCountStore, encode_key, key_column, read_store_status
 from streams.batches import BatchKind, CountedBatch
 from streams.events import WindowCount
 from streams.window_counts import WindowCounts
@@ -315,7 +315,19 @@ def test_keys_written_by_earlier_versions_are_the_same_rows(tmp_path: Path) -> N
     assert committed_rows(path) == expected
     store = SqliteCountStore(path)  # opened again: nothing left to migrate
     assert committed_rows(path) == expected and store.total("r", key) == 8
+    # An existing file keeps its page size (SQLite's default when it was made).
+    assert store._db.execute("PRAGMA page_size").fetchone() == (4096,)
     store.close()
+
+
+def test_a_new_file_has_the_larger_pages(tmp_path: Path) -> None:
+    store = SqliteCountStore(tmp_path / "counts.sqlite3")
+    store.upsert(as_frames([WindowCount("r", ("c",), T0, "p", 3, True)]))
+    store.close()
+    with sqlite3.connect(tmp_path / "counts.sqlite3") as db:
+        assert db.execute("PRAGMA page_size").fetchone() == (PAGE_BYTES,) != (4096,)
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    db.close()
 
 
 def test_two_stores_writing_one_file(tmp_path: Path) -> None:
