@@ -193,7 +193,22 @@ def test_local_object_store_makes_each_directory_once(tmp_path, monkeypatch):
     assert made == ["hour=1"]
     store.put("t/dt=2/hour=0/b", b"z")  # two new levels: the deeper one is tried first
     assert made == ["hour=1", "hour=0", "dt=2", "hour=0"]
-    assert store.get("t/dt=2/hour=0/b") == b"z" and (tmp_path / "t" / "dt=2").parent in store._unsynced_dirs
+    assert store.get("t/dt=2/hour=0/b") == b"z" and str(tmp_path / "t") in store._unsynced_dirs
+
+
+def test_list_gives_the_keys_in_s3_order_and_no_temp_files(tmp_path):
+    """S3 lists by key: `a-c` before `a/b` ('-' < '/'), which a walk of the
+    directory tree in path order would not give."""
+    store = LocalObjectStore(tmp_path)
+    keys = ["a/b", "a-c", "a/b-1/x", "a/b0", "a.d/e", "z", "a/.hidden-dir/f", "é/1"]
+    for key in keys:
+        store.put(key, key.encode())
+    (tmp_path / "a" / ".b.123-0.tmp").write_bytes(b"a put's temp file")
+    assert list(store.list()) == sorted(keys)
+    assert list(store.list("a/b")) == sorted(k for k in keys if k.startswith("a/b"))
+    assert list(store.list("a/")) == sorted(k for k in keys if k.startswith("a/"))
+    assert list(store.list("nothing/")) == [] and list(store.list("../")) == []
+    assert [store.get(k) for k in store.list()] == [k.encode() for k in sorted(keys)]
 
 
 def test_a_put_over_an_existing_directory_level_fails_instead_of_writing_elsewhere(tmp_path):
