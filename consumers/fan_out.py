@@ -106,7 +106,13 @@ class SinkFanOut:
 
     def close(self) -> None:
         # Close (drain) the sinks first, so what they deliver while closing is
-        # committed now rather than replayed by the next run.
+        # committed now rather than replayed by the next run. Every sink's
+        # last writes start before any close is waited on, as at a
+        # checkpoint: on lanes, the aggregates' last objects (0.2-0.3 s at
+        # the end of 1M sparse rows) are then encoded beside the raw events'
+        # instead of after them.
+        for sink in self.sinks:
+            sink.send()
         for sink in self.sinks:
             sink.close()
         self._commit()

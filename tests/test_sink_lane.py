@@ -139,3 +139,40 @@ def test_metrics_time_each_write_on_its_lane_and_count_it_once():
     assert value("rivulet_sink_writes_total") - writes == 5
     assert value("rivulet_sink_latency_seconds_sum") - seconds >= 5 * 0.02  # the writes, not the hand-offs
     assert value("rivulet_sink_failures_total") - failures == 1
+
+
+class _Meeting(Sink):
+    """Its last writes (`send`) wait, up to a few seconds, for the other
+    sink's to have started: they meet only if neither waits for the other
+    to be closed first."""
+
+    def __init__(self, name: str, started: dict[str, threading.Event]) -> None:
+        self.name = name
+        self.started = started
+        self.met: bool | None = None
+        self.closed_after_send = False
+
+    def write(self, batch: CountedBatch) -> None:
+        pass
+
+    def send(self) -> None:
+        self.started[self.name].set()
+        other = next(event for name, event in self.started.items() if name != self.name)
+        self.met = other.wait(timeout=3)
+
+    def close(self) -> None:
+        self.closed_after_send = self.met is not None
+
+
+def test_closing_starts_every_lanes_last_writes_before_waiting_on_any():
+    """At the end of a run, as at a checkpoint, one lane's last objects are
+    encoded beside another's instead of after them."""
+    started = {"a": threading.Event(), "b": threading.Event()}
+    sinks = [_Meeting("a", started), _Meeting("b", started)]
+    fan_out = SinkFanOut([SinkLane(sink) for sink in sinks], RunSummary())
+    fan_out.on_next(_batch(1))
+    began = time.monotonic()
+    fan_out.close()
+    assert [sink.met for sink in sinks] == [True, True]
+    assert all(sink.closed_after_send for sink in sinks)
+    assert time.monotonic() - began < 2.5
