@@ -160,7 +160,7 @@ class RunKeys:
         if not frames or not keys.height:
             return pl.Series(_HIT, [False] * keys.height, dtype=pl.Boolean)
         # Frame by frame: one join over all of them (a million keys after a
-        # 1M-row run) took 250 MB more peak RSS than the keys themselves.
+        # 1M-row run) took 250 MiB more peak RSS than the keys themselves.
         asked = keys.select(KEY_COLUMNS).with_row_index(_INDEX)
         found = pl.concat([asked.join(frame, on=list(KEY_COLUMNS), how="semi").get_column(_INDEX)
                            for frame in frames])

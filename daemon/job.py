@@ -51,7 +51,7 @@ def _run_keys(settings: Settings) -> RunKeys | None:
     late event). Locally the archive is cheap enough to read, and the keys
     cost memory: on 1M sparse rows (the keys hold about 600k of the 989k)
     two pairs of runs took 2.89-3.10 s with them against 3.42-3.71 s
-    without, on a noisy hour, for 25-28 MiB more peak RSS."""
+    without, on a noisy hour, for 24-27 MiB more peak RSS."""
     if settings.backend != "aws" or not settings.raw_events.enabled:
         return None
     from consumers.counted_keys import RunKeys
