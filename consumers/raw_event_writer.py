@@ -157,11 +157,11 @@ def split_by_hour(frame: pl.DataFrame) -> list[tuple[int, pl.DataFrame]]:
 
 
 class RawEventWriter:
-    """Buffers valid events per (source partition, UTC hour) as frames, and
-    writes each buffer as one object when it reaches `max_bytes` (bytes of
-    its Arrow buffers in memory, about the uncompressed size) or `max_age_seconds`, when
-    it is the oldest of more than `max_open_objects`, when all buffers
-    together pass `max_buffered_bytes`, and on `flush()`.
+    """Buffers valid events per (source partition, UTC hour) as Arrow
+    tables, and writes each buffer as one object when it reaches `max_bytes`
+    (the bytes of its tables in memory, about the uncompressed size) or
+    `max_age_seconds`, when it is the oldest of more than `max_open_objects`,
+    when all buffers together pass `max_buffered_bytes`, and on `flush()`.
 
     An object is named by its partition and the position of its first event,
     so a replay of the same input with the same batch boundaries rewrites the
