@@ -110,9 +110,9 @@ class AggregateWriter(Sink):
         self.rows_written = 0
 
     def write(self, batch: CountedBatch) -> None:
-        # A restarted partition keeps what is buffered for it (unlike raw
-        # events): its replay may rebuild those windows only in part, and the
-        # reader's max needs the complete version.
+        # A restarted partition keeps what is buffered for it: its replay may
+        # rebuild those windows only in part, and the reader's max needs the
+        # complete version.
         stop_flush = batch.kind is BatchKind.EOF
         for counts in batch.windows:
             frame = counts.frame if stop_flush else counts.frame.filter(pl.col(FINAL))

@@ -125,11 +125,11 @@ class RunKeys:
 
     `add` takes every batch the sinks were given. A key here is in the
     partition's archive once the final sync is done: the raw-event writer
-    archives every accepted event of every batch, except what it buffered for
-    a partition that restarts from its checkpoint (it drops that, the replay
-    brings it back), so a restarted partition's keys are forgotten here too.
-    A key not here may still be archived (by an earlier run, or forgotten), so
-    only "here" answers without the archive."""
+    archives every accepted event of every batch once. A partition that
+    restarts from its checkpoint replays events the writer already took
+    (it skips them), and what the replay accepts anew before that point are
+    duplicates of archived keys. A key not here may still be archived (by an
+    earlier run, or forgotten), so only "here" answers without the archive."""
 
     def __init__(self, max_bytes: int = RUN_KEYS_BYTES) -> None:
         self.max_bytes = max_bytes
@@ -137,10 +137,6 @@ class RunKeys:
         self._size = 0
 
     def add(self, batch: CountedBatch) -> None:
-        if batch.restarted:
-            kept = [entry for entry in self._frames if entry[0] != batch.partition]
-            self._frames = deque(kept)
-            self._size = sum(size for _, _, size in kept)
         if not len(batch.events):
             return
         events = batch.events

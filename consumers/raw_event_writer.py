@@ -194,24 +194,39 @@ class RawEventWriter:
         self.max_buffered_bytes = max_buffered_bytes
         self._buffers: dict[tuple[str, int], _Buffer] = {}  # insertion order = opening order
         self._buffered_bytes = 0
+        self._taken: dict[str, int] = {}  # partition -> the last position taken (positions only grow)
         self.objects_written = 0
         self.events_written = 0
 
     def write(self, batch: CountedBatch) -> None:
         now = self.clock()
-        if batch.restarted:
-            self._drop_partition(batch.partition)
         if len(batch.events):
-            for hour, rows in split_by_hour(_frame_of(batch)):
-                self._append((batch.partition, hour), rows, now)
+            rows = self._not_taken(batch.partition, _frame_of(batch))
+            if rows.height:
+                for hour, part in split_by_hour(rows):
+                    self._append((batch.partition, hour), part, now)
         self._roll(now)
 
-    def _drop_partition(self, partition: str) -> None:
-        # The partition replays from its checkpoint, which is at or before
-        # everything buffered for it (see pending_floor): writing the buffers
-        # as well would store those events twice.
-        for key in [k for k in self._buffers if k[0] == partition]:
-            self._buffered_bytes -= self._buffers.pop(key).size
+    def _not_taken(self, partition: str, frame: pl.DataFrame) -> pl.DataFrame:
+        """The rows past the last position this writer took of `partition`.
+
+        A partition that restarts from its checkpoint in this process (a
+        Kinesis lease lost and taken back) replays events this writer already
+        has, buffered or written, and with other batch boundaries: written
+        again, they would land in objects of other first positions, beside
+        the first ones. The replay decides as the first run did (it starts
+        with the checkpoint's watermark), and what it accepts anew before
+        that point are duplicates whose key the first run dropped, so every
+        event is archived once. After a crash the new process remembers
+        nothing, and the replay may write an event twice (docs/store.md)."""
+        positions = frame.get_column(POSITION)
+        taken = self._taken.get(partition)
+        if taken is not None and positions.min() <= taken:  # type: ignore[operator]
+            frame = frame.filter(pl.col(POSITION) > taken)
+            if not frame.height:
+                return frame
+        self._taken[partition] = int(positions.max())  # type: ignore[arg-type]
+        return frame
 
     def _append(self, key: tuple[str, int], rows: pl.DataFrame, now: float) -> None:
         buffer = self._buffers.get(key)

@@ -246,14 +246,29 @@ def test_raw_event_values_stay_columns_and_never_reach_a_key(tmp_path):
     assert list(store.list()) == keys and store.get(keys[0]) == body
 
 
-def test_a_restarted_partition_drops_its_buffers_instead_of_writing_them_twice(tmp_path):
+def test_a_restarted_partition_archives_its_replay_once(tmp_path):
+    """A replay from the checkpoint (a Kinesis lease taken back) with other
+    batch boundaries: what was written and what was buffered are each
+    archived once, and the other partition is untouched."""
     store = LocalObjectStore(tmp_path)
     writer = RawEventWriter(store, max_bytes=1 << 30, max_age_seconds=3600)
-    writer.write(CountedBatch("file:/in.csv", BatchKind.DATA, events=[event("click", 5), event("click", 6)]))
-    replay = CountedBatch("file:/in.csv", BatchKind.DATA, events=[event("click", 5), event("click", 6)], restarted=True)
-    writer.write(replay)
+    p, other = "kinesis:s/shardId-0", "kinesis:s/shardId-1"
+    writer.write(CountedBatch(p, BatchKind.DATA, events=[event("click", 5), event("click", 6)]))
+    writer.flush()  # part-...-5: 5, 6
+    writer.write(CountedBatch(p, BatchKind.DATA, events=[event("click", 7), event("view", 8)]))
+    writer.write(CountedBatch(other, BatchKind.DATA, events=[event("click", 7)]))
+    writer.flush()  # part-...-7: 7, 8
+    writer.write(CountedBatch(p, BatchKind.DATA, events=[event("click", 9)]))  # buffered
+    replay = [event("click", 5), event("click", 6), event("click", 7), event("view", 8), event("click", 9),
+              event("view", 10)]
+    writer.write(CountedBatch(p, BatchKind.DATA, events=replay[:3], restarted=True))
+    writer.write(CountedBatch(p, BatchKind.DATA, events=replay[3:]))
+    writer.write(CountedBatch(other, BatchKind.DATA, events=[event("view", 8)]))
     writer.flush()
-    assert [r["position"] for r in written_rows(store)] == [5, 6]
+    rows = written_rows(store)
+    assert sorted((r["partition"], r["position"]) for r in rows) == sorted(
+        [(p, position) for position in (5, 6, 7, 8, 9, 10)] + [(other, 7), (other, 8)])
+    assert writer.events_written == 8
 
 
 def test_open_objects_are_bounded_and_the_oldest_is_written_first(tmp_path):
