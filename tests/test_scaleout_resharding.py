@@ -21,7 +21,7 @@ import pytest
 from tests.aws_fixtures import client
 from tests.scaleout_support import Cluster, event_lines, kinesalite, owners  # noqa: F401 - fixture
 
-pytestmark = [pytest.mark.timeout(150), pytest.mark.slow]
+pytestmark = [pytest.mark.timeout(150), pytest.mark.slow, pytest.mark.xdist_group("scaleout")]  # one at a time (test_scaleout_workers.py)
 
 PARENT = "shardId-000000000000"
 OTHER = "shardId-000000000001"

@@ -20,7 +20,9 @@ import pytest
 
 from tests.scaleout_support import FAILOVER, RENEW, SPARSE_LATENESS, Cluster, event_lines, owners, sparse_lines
 
-pytestmark = pytest.mark.timeout(150)
+# One worker process of `make test` runs all the scale-out tests, one at a
+# time: each starts three consumers, and their failover times are asserted.
+pytestmark = [pytest.mark.timeout(150), pytest.mark.xdist_group("scaleout")]
 
 SHARDS = 4
 # Workers exit once the stream has been quiet this long (and they processed
