@@ -27,10 +27,11 @@ from streams.utc import HOUR_US, MINUTE_US, US_PER_SECOND
 if TYPE_CHECKING:
     from consumers.counted_keys import CountedKeys, RunKeys
 
-# Late letters kept in memory for the check after the run (a few hundred bytes
-# each); past this many the summary does not check them, and says so, rather
-# than hold them all (a daemon may run for months).
+# Late events kept in memory for the check after the run (their keys, about
+# 70 bytes each); past this many the summary does not check them, and says
+# so, rather than hold them all (a daemon may run for months).
 MAX_LATE_CHECKED = 100_000
+_LATE_BY = "late_by_us"
 
 
 @dataclass
@@ -47,8 +48,12 @@ class RunSummary:
     max_lateness_us: int = 0  # how far behind its watermark the latest late event was
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
-    # (partition, record, late_by_us) of each late dead letter, for `check_late`
-    late_letters: list[tuple[str, bytes, int | None]] = field(default_factory=list, repr=False)
+    # For `check_late`: per batch with late dead letters, its partition and a
+    # frame of their `late_by_us` and dedup keys (`KEY_COLUMNS`). Columns, not
+    # the letters: a 10M-row sparse run has 90,868 late events, whose records
+    # held about 25 MB and were parsed all at once at the end.
+    late_keys: list[tuple[str, pl.DataFrame]] = field(default_factory=list, repr=False)
+    late_kept: int = 0
     late_overflow: bool = False  # more than MAX_LATE_CHECKED: not kept, not checked
     # Set by `check_late`: late events already counted in their partition
     # (re-sent duplicates, and repeats of a new late event), and the lateness
@@ -75,11 +80,19 @@ class RunSummary:
         if self.run_keys is not None:
             self.run_keys.add(batch)
         if batch.late and not self.late_overflow:
-            self.late_letters.extend((letter.source, letter.record, letter.late_by_us)
-                                     for letter in batch.dead_letters if letter.reason is Reason.LATE)
-            if len(self.late_letters) > MAX_LATE_CHECKED:
-                self.late_overflow = True
-                self.late_letters = []
+            self._keep_late(batch)
+
+    def _keep_late(self, batch: CountedBatch) -> None:
+        from consumers.counted_keys import keys_of_records
+
+        letters = [letter for letter in batch.dead_letters if letter.reason is Reason.LATE]
+        self.late_kept += len(letters)
+        if self.late_kept > MAX_LATE_CHECKED:
+            self.late_overflow = True
+            self.late_keys = []
+            return
+        late_by = pl.Series(_LATE_BY, [letter.late_by_us for letter in letters], dtype=pl.Int64)
+        self.late_keys.append((batch.partition, keys_of_records(letter.record for letter in letters).with_columns(late_by)))
 
     def check_late(self, counted: "CountedKeys", lateness: timedelta) -> None:
         """Split the late events into re-sent duplicates and new ones against
@@ -92,17 +105,12 @@ class RunSummary:
         if self.late_overflow:
             self.late_unchecked = f"more than {MAX_LATE_CHECKED:,} late events"
             return
-        if len(self.late_letters) != self.late:
+        if self.late_kept != self.late:
             self.late_unchecked = "not every late event was seen"
             return
-        from consumers.counted_keys import keys_of_records
-
         lateness_us = int(lateness.total_seconds() * 1_000_000)
-        letters = pl.DataFrame(
-            [(source, late_by) for source, _, late_by in self.late_letters],
-            schema={"partition": pl.String, "late_by_us": pl.Int64}, orient="row")
-        keys = keys_of_records(record for _, record, _ in self.late_letters)
-        frame = pl.concat([letters, keys], how="horizontal").with_row_index("_row")
+        frame = pl.concat([keys.with_columns(pl.lit(partition, pl.String).alias("partition"))
+                           for partition, keys in self.late_keys]).with_row_index("_row")
         hits = []
         for (partition,), rows in frame.partition_by("partition", as_dict=True, maintain_order=True).items():
             hits.append(rows.select("_row").with_columns(
@@ -113,7 +121,7 @@ class RunSummary:
         # lateness that admits an event is how far it was behind the watermark
         # plus the lateness in force; one copy admitted is enough. A record
         # that is not an event (none is, as the counter writes them) is new.
-        lag = (pl.col("late_by_us").fill_null(self.max_lateness_us) + lateness_us).alias("lag")
+        lag = (pl.col(_LATE_BY).fill_null(self.max_lateness_us) + lateness_us).alias("lag")
         new = frame.filter(~pl.col("_counted")).with_columns(lag)
         readable = pl.col(KEY_COLUMNS[-1]).is_not_null()
         new_keys = pl.concat([
@@ -122,7 +130,7 @@ class RunSummary:
         ])
         self.late_duplicates = self.late - new_keys.height
         self.lateness_needed = round_up_lateness(int(new_keys["lag"].max())) if new_keys.height else None  # type: ignore[arg-type]
-        self.late_letters = []
+        self.late_keys = []
 
     @property
     def seconds(self) -> float:

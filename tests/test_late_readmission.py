@@ -384,7 +384,7 @@ def test_past_the_limit_the_summary_says_it_did_not_check(monkeypatch, tmp_path)
     for result in results:
         summary.add(result)
     summary.check_late(CountedKeys(LocalObjectStore(tmp_path)), timedelta(minutes=10))
-    assert summary.late == 3 and summary.late_duplicates is None and not summary.late_letters
+    assert summary.late == 3 and summary.late_duplicates is None and not summary.late_keys
     assert summary.render(timedelta(minutes=10)).splitlines()[-2].endswith(
         "--lateness 1h would have admitted them, but re-sent duplicates among them (which count once) were not "
         "told apart: more than 2 late events")
