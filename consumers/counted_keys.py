@@ -68,6 +68,8 @@ _INDEX = "_row"
 # their text inline, and the time); a longer run forgets its oldest, which
 # only sends their late re-sends to the archive.
 RUN_KEYS_BYTES = 32 << 20
+# Locally, where a miss costs a read of local files, not requests (daemon/job.py).
+LOCAL_RUN_KEYS_BYTES = 4 << 20
 # Bytes of one String value's view, beside its text (Arrow's BinaryView layout).
 _VIEW_BYTES = 16
 

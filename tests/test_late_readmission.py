@@ -526,10 +526,14 @@ def test_summary_with_run_keys_splits_late_events_as_the_oracle_does(tmp_path):
 
     run(first, [])
     remembering, reading = RunSummary(run_keys=RunKeys()), RunSummary()
-    run(second, [remembering, reading])
-    by_run_keys, by_archive = CountedKeys(store), CountedKeys(store)
+    # About 1,000 keys: by the end it has forgotten most of the run, but not
+    # the originals of the run's own re-sends when each came.
+    forgetting = RunSummary(run_keys=RunKeys(max_bytes=60_000))
+    run(second, [remembering, reading, forgetting])
+    by_run_keys, by_archive, by_recent_keys = CountedKeys(store), CountedKeys(store), CountedKeys(store)
     remembering.check_late(by_run_keys, timedelta(minutes=10))
     reading.check_late(by_archive, timedelta(minutes=10))
+    forgetting.check_late(by_recent_keys, timedelta(minutes=10))
 
     archived = counted_keys_of(file_lines("\n".join(first).encode()), LATENESS) | counted_keys_of(
         file_lines("\n".join(second).encode()), LATENESS)
@@ -539,8 +543,10 @@ def test_summary_with_run_keys_splits_late_events_as_the_oracle_does(tmp_path):
         if key not in archived:
             lags[key] = min(lag, lags.get(key, lag))
     assert len(lags) == 8 and len(late) > 60
-    for summary in (remembering, reading):
+    for summary in (remembering, reading, forgetting):
         assert summary.late == len(late)
         assert summary.late_duplicates == len(late) - len(lags)
         assert summary.lateness_needed == round_up_lateness(max(lags.values()))
     assert 0 < by_run_keys.objects_read < by_archive.objects_read
+    assert by_recent_keys.objects_read == by_run_keys.objects_read
+    assert forgetting.late_resent > len(late) - len(lags) - 25  # the run's own re-sends, told apart as they came
