@@ -59,6 +59,9 @@ class RunSummary:
     late_resent: int = 0  # late events whose key `run_keys` held as they came: re-sent duplicates
     late_kept: int = 0  # the others, in `late_keys`
     late_overflow: bool = False  # more than MAX_LATE_CHECKED kept: not kept, not checked
+    # False when no check will come (no raw-event archive): late events are
+    # then only counted, their keys neither parsed nor kept.
+    keep_late: bool = True
     # Set by `check_late`: late events already counted in their partition
     # (re-sent duplicates, and repeats of a new late event), and the lateness
     # that would have counted the new ones (None: none is new).
@@ -83,7 +86,7 @@ class RunSummary:
             self.reasons[letter.reason.value] = self.reasons.get(letter.reason.value, 0) + 1
         if self.run_keys is not None:
             self.run_keys.add(batch)
-        if batch.late and not self.late_overflow:
+        if batch.late and self.keep_late and not self.late_overflow:
             self._keep_late(batch)
 
     def _keep_late(self, batch: CountedBatch) -> None:

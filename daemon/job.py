@@ -86,7 +86,7 @@ def run_job(
     terminal it draws a progress bar (bytes of `input_file`, when given)."""
     counter = make_counter(settings.rollups, settings.lateness, wall_clock, settings.future_tolerance,
                            settings.provisional_interval if unbounded else timedelta(0))
-    summary = RunSummary(run_keys=_run_keys(settings))
+    summary = RunSummary(run_keys=_run_keys(settings), keep_late=settings.raw_events.enabled)
     metrics = PipelineMetrics()
     status = StatusFile(settings.data_dir, name, source_name) if source_name else None
     errors: list[BaseException] = []

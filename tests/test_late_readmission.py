@@ -373,6 +373,23 @@ def test_counted_keys_over_s3(aws_env):
     assert CountedKeys(store).counted("shard-10", keys).to_list() == [False] * 4
 
 
+def test_without_an_archive_to_check_late_events_are_only_counted():
+    """Counts-only (no raw events): no check will come, so the summary keeps
+    nothing of the late events but their number."""
+    from consumers.run_summary import RunSummary
+
+    base = stamp_to_us("2021-03-01T00:00:00Z")
+    lines = [f"a,click,t{i},{format_utc(base + t)}" for i, t in enumerate([HOUR, 1, 2, 3])]
+    _, results = run_counter(lines, timedelta(minutes=10))
+    keeping, counting = RunSummary(), RunSummary(keep_late=False)
+    for result in results:
+        keeping.add(result)
+        counting.add(result)
+    assert keeping.late == counting.late == 3
+    assert keeping.late_kept == 3 and sum(keys.height for _, keys in keeping.late_keys) == 3
+    assert counting.late_seen == counting.late_kept == 0 and not counting.late_keys
+
+
 def test_past_the_limit_the_summary_says_it_did_not_check(monkeypatch, tmp_path):
     import consumers.run_summary as run_summary
 
