@@ -223,9 +223,8 @@ class RawEventWriter:
         taken = self._taken.get(partition)
         if taken is not None and positions.min() <= taken:  # type: ignore[operator]
             frame = frame.filter(pl.col(POSITION) > taken)
-            if not frame.height:
-                return frame
-        self._taken[partition] = int(positions.max())  # type: ignore[arg-type]
+        if frame.height:  # else every position is at or below `taken`, which stays
+            self._taken[partition] = int(positions.max())  # type: ignore[arg-type]
         return frame
 
     def _append(self, key: tuple[str, int], rows: pl.DataFrame, now: float) -> None:
