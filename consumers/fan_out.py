@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from typing import Callable, Sequence
 
 from consumers.ports import Sink
@@ -16,13 +17,19 @@ log = logging.getLogger(__name__)
 
 Commit = Callable[[str, int, "int | None"], None]
 
+# Safe points kept per partition while a sink holds a buffer across
+# checkpoints (one a batch): a sink stuck for long (the Optimizely API down)
+# must not grow them without bound.
+SAFE_POINTS_MAX = 1024
+
 
 class SinkFanOut:
     """Writes batches to the sinks in order, then, at most every
     `checkpoint_interval` seconds, flushes them and commits to the source, per
-    partition, the lowest position that is not yet durable everywhere: the
-    counter's safe position (first event of the oldest open window) or a sink's
-    oldest buffered record, whichever is lower."""
+    partition, the newest safe point (a position and the watermark to replay
+    from it, `CountedBatch.safe_position`) that no sink still holds a record
+    at or after: the counter's latest, or an earlier one when a sink keeps a
+    buffer across checkpoints (the raw events' objects, rolled by age)."""
 
     def __init__(
         self,
@@ -44,7 +51,9 @@ class SinkFanOut:
         self.commit = commit
         self.checkpoint_interval = checkpoint_interval
         self.clock = clock
-        self._safe: dict[str, tuple[int, int]] = {}  # partition -> (position, watermark before it)
+        # partition -> its safe points (position, watermark before it) since
+        # the last commit, oldest first; positions only grow
+        self._safe: dict[str, deque[tuple[int, int]]] = {}
         self._committed: dict[str, int] = {}
         # partition -> (position, watermark) of its last commit, for `on_checkpoint` (the status file)
         self.checkpoints: dict[str, tuple[int, int | None]] = {}
@@ -62,15 +71,29 @@ class SinkFanOut:
         self.summary.add(batch)
         self.metrics.on_batch(batch)
         self.batches += 1
-        if batch.read or batch.windows:
-            point = (batch.safe_position, batch.safe_watermark_us)
-            # Not max(): a partition restarted from its checkpoint (a Kinesis
-            # lease taken back) starts over with a lower safe point.
-            self._safe[batch.partition] = point
+        if self.commit is not None and (batch.read or batch.windows):
+            self._note_safe_point(batch)
         if self.commit is not None and self.clock() - self._last_checkpoint >= self.checkpoint_interval:
             self.checkpoint()
         if self.after_batch is not None:
             self.after_batch(batch)
+
+    def _note_safe_point(self, batch: CountedBatch) -> None:
+        point = (batch.safe_position, batch.safe_watermark_us)
+        points = self._safe.get(batch.partition)
+        if points is None or batch.restarted or point[0] < points[-1][0]:
+            # A partition restarted from its checkpoint (a Kinesis lease
+            # taken back) starts over with lower safe points.
+            self._safe[batch.partition] = deque([point])
+        elif point[0] > points[-1][0]:
+            points.append(point)
+            if len(points) > SAFE_POINTS_MAX:
+                # Every other one goes (never the oldest nor the newest): any
+                # safe point is a valid commit, the next one may just be older.
+                thinned = list(points)[::2]
+                if thinned[-1] != point:
+                    thinned.append(point)
+                self._safe[batch.partition] = deque(thinned)
 
     def checkpoint(self) -> None:
         # Every sink's writes go out before any is waited on: one sink's
@@ -87,14 +110,12 @@ class SinkFanOut:
         self._last_checkpoint = self.clock()
         if self.commit is None:
             return
-        for partition, (safe, watermark) in self._safe.items():
-            floors = [f for s in self.sinks if (f := s.pending_floor(partition)) is not None]
-            if floors and min(floors) < safe:
-                # A sink still holds records before the safe point: the
-                # watermark to replay them with is not known, so none is given.
-                position, watermark = min(floors), None
-            else:
-                position = safe
+        for partition, points in self._safe.items():
+            floor = min((f for s in self.sinks if (f := s.pending_floor(partition)) is not None), default=None)
+            point = _newest_at_or_below(points, floor)
+            if point is None:  # a sink still holds records from before every safe point since the last commit
+                continue
+            position, watermark = point
             if position > self._committed.get(partition, -1):
                 self.commit(partition, position, watermark)
                 self._committed[partition] = position
@@ -117,3 +138,12 @@ class SinkFanOut:
             sink.close()
         self._commit()
         self.summary.finished = time.monotonic()
+
+
+def _newest_at_or_below(points: deque[tuple[int, int]], floor: int | None) -> tuple[int, int] | None:
+    """The newest of `points` at or below `floor` (any, when None), dropping
+    the older ones: floors and safe points only grow, so no later commit
+    goes back to them."""
+    while len(points) > 1 and (floor is None or points[1][0] <= floor):
+        points.popleft()
+    return points[0] if floor is None or points[0][0] <= floor else None

@@ -90,7 +90,10 @@ class Sink(Protocol):
         another's encoding and uploads instead of following them."""
 
     def flush(self) -> None:
-        """Make everything taken so far durable."""
+        """Make everything taken so far durable, except what `pending_floor`
+        still reports: a sink may keep a buffer across checkpoints (the raw
+        events' objects are cut by age, not by checkpoints), and the source
+        is then checkpointed below it."""
 
     def pending_floor(self, partition: str) -> int | None:
         """The lowest source position taken but not yet durable, if any."""

@@ -24,7 +24,7 @@ import polars as pl
 from consumers.object_keys import encode_name_part
 from consumers.parquet_objects import arrow_parquet, constant_column, zstd_parquet
 from consumers.ports import ObjectStore
-from streams.batches import CountedBatch
+from streams.batches import BatchKind, CountedBatch
 from streams.event_columns import POSITION, TIME, EventColumns
 from streams.events import SCHEMA_VERSION, Event
 from streams.utc import date_and_hour
@@ -161,7 +161,16 @@ class RawEventWriter:
     tables, and writes each buffer as one object when it reaches `max_bytes`
     (the bytes of its tables in memory, about the uncompressed size) or
     `max_age_seconds`, when it is the oldest of more than `max_open_objects`,
-    when all buffers together pass `max_buffered_bytes`, and on `flush()`.
+    when all buffers together pass `max_buffered_bytes`, when the watermark
+    passes the end of its hour (no event of it can be accepted any more),
+    when its partition ends (an EOF batch: the end of a file, a closed shard,
+    a stop), and on `close()`.
+
+    A checkpoint does not cut the buffers: `flush()` makes durable what was
+    written, and `pending_floor` holds the source's checkpoint below the
+    first event still buffered. Cutting them at every checkpoint (once a
+    second) gave a live stream one object per partition and second, 3,600
+    an hour; rolled by age, it is one a minute.
 
     An object is named by its partition and the position of its first event,
     so a replay of the same input with the same batch boundaries rewrites the
@@ -205,7 +214,21 @@ class RawEventWriter:
             if rows.height:
                 for hour, part in split_by_hour(rows):
                     self._append((batch.partition, hour), part, now)
+        self._write_complete(batch)
         self._roll(now)
+
+    def _write_complete(self, batch: CountedBatch) -> None:
+        """Write the partition's buffers that can take no more events: all of
+        them at its end (an EOF batch), else those of hours the watermark has
+        passed, whose events would all be late now. The second cut depends on
+        the events alone, not on when they came: a replay from a checkpoint
+        writes the same object for such an hour, under the same key."""
+        ended = batch.kind is BatchKind.EOF
+        watermark = batch.watermark_us
+        complete = [key for key in self._buffers if key[0] == batch.partition
+                    and (ended or HOURLY.start_of_number(key[1] + 1) <= watermark)]
+        for key in complete:
+            self._write(key)
 
     def _not_taken(self, partition: str, frame: pl.DataFrame) -> pl.DataFrame:
         """The rows past the last position this writer took of `partition`.
@@ -257,11 +280,10 @@ class RawEventWriter:
         self.events_written += rows.num_rows
 
     def send(self) -> None:
-        for key in list(self._buffers):
-            self._write(key)
+        """Nothing to start: objects are put as they are cut, and the buffers
+        stay open across checkpoints (see the class docstring)."""
 
     def flush(self) -> None:
-        self.send()
         # Puts need not be durable; the checkpoint after this flush must be.
         self.store.sync()
 
@@ -269,4 +291,6 @@ class RawEventWriter:
         return min((b.first_position for (p, _), b in self._buffers.items() if p == partition), default=None)
 
     def close(self) -> None:
+        for key in list(self._buffers):
+            self._write(key)
         self.flush()

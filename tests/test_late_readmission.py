@@ -289,7 +289,7 @@ def test_counted_keys_reads_only_its_partition_and_hours(tmp_path, fmt):
         "b/x": [_event("c", "t1", base + 1, "b/x", 1)],
     }.items():
         writer.write(CountedBatch(partition, BatchKind.DATA, EventColumns.from_events(partition, events)))
-    writer.flush()
+    writer.close()
     keys = keys_frame([("c", "click", "t1", base), ("c", "click", "t2", base + 1), ("c", "click", "t3", base),
                        ("c", "click", "t1", base + 1), ("c", "click", "t2", base + 2), None])
     counted = CountedKeys(store)
@@ -367,7 +367,7 @@ def test_counted_keys_over_s3(aws_env):
     base = stamp_to_us("2021-03-01T04:00:00Z")
     events = [_event("c", f"t{i}", base + i * HOUR, "shard-1", i) for i in range(3)]
     writer.write(CountedBatch("shard-1", BatchKind.DATA, EventColumns.from_events("shard-1", events)))
-    writer.flush()
+    writer.close()
     keys = keys_frame([e.dedup_key for e in events] + [("c", "click", "t0", base + 1)])
     assert CountedKeys(store).counted("shard-1", keys).to_list() == [True, True, True, False]
     assert CountedKeys(store).counted("shard-10", keys).to_list() == [False] * 4
@@ -451,13 +451,19 @@ def test_run_keys_answer_every_key_as_the_archive_does(tmp_path, seed):
                       base + rng.randrange(hours * HOUR), {}, partition, next(serial)) for _ in range(n)]
 
     store = LocalObjectStore(tmp_path)
-    writer = RawEventWriter(store, clock=lambda: 0.0)  # no buffer ages out: only flushes and the restart write
+    now = [0.0]
+    writer = RawEventWriter(store, clock=lambda: now[0])  # buffers age out only when `cut` says
+
+    def cut() -> None:  # every buffer a minute old: written
+        now[0] += 60
+        writer.write(CountedBatch(parts[0], BatchKind.IDLE))
+
     archive: dict[str, set] = {p: set() for p in parts}
     for partition in parts:  # an earlier run
         earlier = events(partition, 120, 6)
         writer.write(_keys_batch(partition, earlier))
         archive[partition].update(e.dedup_key for e in earlier)
-    writer.flush()
+    cut()
 
     runs = [RunKeys(), RunKeys(max_bytes=4_000), RunKeys(max_bytes=0)]
     this_run: dict[str, list[Event]] = {p: [] for p in parts}
@@ -472,15 +478,15 @@ def test_run_keys_answer_every_key_as_the_archive_does(tmp_path, seed):
         for partition in parts:
             batch = events(partition, 40, 8)
             restarted = partition == parts[1] and step == 4
-            if restarted:  # a replay from step 2 (flushed) on: step 3 is still buffered
+            if restarted:  # a replay from step 2 (written) on: step 3 is still buffered
                 batch = this_run[partition][-80:] + batch
             feed(_keys_batch(partition, batch, restarted=restarted))
             this_run[partition].extend(batch)
             since_restart[partition] = (batch if restarted else since_restart[partition] + batch)
             archive[partition].update(e.dedup_key for e in batch)
         if step == 2:
-            writer.flush()
-    writer.flush()
+            cut()
+    writer.close()
     # The replay is archived once: each (partition, position) in one row.
     rows = pl.concat([pl.read_parquet(store.get(key)) for key in store.list()])
     assert rows.select("partition", "position").is_unique().all()
@@ -539,7 +545,7 @@ def test_summary_with_run_keys_splits_late_events_as_the_oracle_does(tmp_path):
             writer.write(result)
             for summary in summaries:
                 summary.add(result)
-        writer.flush()
+        writer.close()
 
     run(first, [])
     remembering, reading = RunSummary(run_keys=RunKeys()), RunSummary()

@@ -234,7 +234,7 @@ def test_raw_event_values_stay_columns_and_never_reach_a_key(tmp_path):
     batch = CountedBatch("file:/in.csv", BatchKind.DATA, events=[event(t, 5 + i) for i, t in enumerate(types)])
     writer.write(batch)
     assert writer.pending_floor("file:/in.csv") == 5
-    writer.flush()
+    writer.write(_end("file:/in.csv"))
     assert writer.pending_floor("file:/in.csv") is None
     keys = list(store.list())
     assert keys == ["events/dt=2021-03-01/hour=0/part-file%3A%2Fin.csv-000000000005.parquet"]
@@ -242,8 +242,65 @@ def test_raw_event_values_stay_columns_and_never_reach_a_key(tmp_path):
     # Deterministic: the same input rewrites the same key with the same bytes.
     body = store.get(keys[0])
     writer.write(batch)
-    writer.flush()
+    writer.close()
     assert list(store.list()) == keys and store.get(keys[0]) == body
+
+
+def _end(partition: str) -> CountedBatch:
+    return CountedBatch(partition, BatchKind.EOF)
+
+
+def test_a_checkpoint_keeps_the_buffers_and_holds_the_source_below_them(tmp_path):
+    """`flush` (a checkpoint) makes durable what was written but cuts no
+    object: the buffers are cut by age, by their partition's end, and at
+    close, and until then `pending_floor` keeps the checkpoint below them."""
+    store = LocalObjectStore(tmp_path)
+    now = [0.0]
+    writer = RawEventWriter(store, max_bytes=1 << 30, max_age_seconds=60, clock=lambda: now[0])
+    a, b = "spool:a", "spool:b"
+    for second in range(5):  # five checkpoints a second apart, as `consume` makes them
+        now[0] = float(second)
+        writer.write(CountedBatch(a, BatchKind.DATA, events=[event("click", 10 + second)]))
+        writer.write(CountedBatch(b, BatchKind.DATA, events=[event("view", 20 + second)]))
+        writer.flush()
+        assert list(store.list()) == []
+        assert (writer.pending_floor(a), writer.pending_floor(b)) == (10, 20)
+    writer.write(_end(b))  # b ended: its object is cut, a's buffer stays
+    assert [k.rsplit("-", 1)[1] for k in store.list()] == ["000000000020.parquet"]
+    assert (writer.pending_floor(a), writer.pending_floor(b)) == (10, None)
+    now[0] = 60.0  # a's buffer, opened at 0, is a minute old
+    writer.write(CountedBatch(a, BatchKind.IDLE))
+    assert sorted(k.rsplit("-", 1)[1] for k in store.list()) == ["000000000010.parquet", "000000000020.parquet"]
+    assert writer.pending_floor(a) is None
+    writer.write(CountedBatch(a, BatchKind.DATA, events=[event("click", 15)]))
+    writer.close()
+    assert sorted((r["partition"], r["position"]) for r in written_rows(store)) == sorted(
+        [(a, p) for p in range(10, 16)] + [(b, p) for p in range(20, 25)])
+
+
+def test_an_hour_the_watermark_passed_is_written_whole_whatever_the_batches(tmp_path):
+    """Once the watermark passes the end of an hour, every event of it would
+    be late: its buffer is written then, and holds the same rows however the
+    stream was cut into batches (a replay from a checkpoint rewrites the
+    same object). The next hour stays buffered."""
+    t0, minute = 1_614_556_800_000_000, 60_000_000
+    stream = [event("click", 1 + i, t0 + i * 10 * minute) for i in range(12)]  # hour 0: 1-6, hour 1: 7-12
+
+    def objects(sizes: list[int]) -> tuple[dict[str, bytes], int | None]:
+        store = LocalObjectStore(tmp_path / "-".join(map(str, sizes)))
+        writer = RawEventWriter(store, max_bytes=1 << 30, max_age_seconds=3600)
+        at = 0
+        for size in sizes:
+            part, at = stream[at:at + size], at + size
+            watermark = part[-1].event_time_us - 10 * minute  # lateness 10m: the counter's rule
+            writer.write(CountedBatch("p", BatchKind.DATA, events=part, watermark_us=watermark))
+        return {k: store.get(k) for k in store.list()}, writer.pending_floor("p")
+
+    whole, floor = objects([12])
+    assert list(whole) == ["events/dt=2021-03-01/hour=0/part-p-000000000001.parquet"] and floor == 7
+    assert pl.read_parquet(next(iter(whole.values())))["position"].to_list() == [1, 2, 3, 4, 5, 6]
+    for sizes in ([5, 7], [7, 5], [1] * 12, [3, 4, 5]):
+        assert objects(sizes) == (whole, 7), sizes
 
 
 def test_a_restarted_partition_archives_its_replay_once(tmp_path):
@@ -251,20 +308,24 @@ def test_a_restarted_partition_archives_its_replay_once(tmp_path):
     batch boundaries: what was written and what was buffered are each
     archived once, and the other partition is untouched."""
     store = LocalObjectStore(tmp_path)
-    writer = RawEventWriter(store, max_bytes=1 << 30, max_age_seconds=3600)
+    now = [0.0]
+    writer = RawEventWriter(store, max_bytes=1 << 30, max_age_seconds=60, clock=lambda: now[0])
     p, other = "kinesis:s/shardId-0", "kinesis:s/shardId-1"
     writer.write(CountedBatch(p, BatchKind.DATA, events=[event("click", 5), event("click", 6)]))
-    writer.flush()  # part-...-5: 5, 6
+    now[0] += 60
+    writer.write(CountedBatch(p, BatchKind.IDLE))  # part-...-5: 5, 6, a minute old
     writer.write(CountedBatch(p, BatchKind.DATA, events=[event("click", 7), event("view", 8)]))
     writer.write(CountedBatch(other, BatchKind.DATA, events=[event("click", 7)]))
-    writer.flush()  # part-...-7: 7, 8
+    now[0] += 60
+    writer.write(CountedBatch(p, BatchKind.IDLE))  # part-...-7: 7, 8
+    assert len(list(store.list())) == 3
     writer.write(CountedBatch(p, BatchKind.DATA, events=[event("click", 9)]))  # buffered
     replay = [event("click", 5), event("click", 6), event("click", 7), event("view", 8), event("click", 9),
               event("view", 10)]
     writer.write(CountedBatch(p, BatchKind.DATA, events=replay[:3], restarted=True))
     writer.write(CountedBatch(p, BatchKind.DATA, events=replay[3:]))
     writer.write(CountedBatch(other, BatchKind.DATA, events=[event("view", 8)]))
-    writer.flush()
+    writer.close()
     rows = written_rows(store)
     assert sorted((r["partition"], r["position"]) for r in rows) == sorted(
         [(p, position) for position in (5, 6, 7, 8, 9, 10)] + [(other, 7), (other, 8)])
@@ -279,7 +340,7 @@ def test_open_objects_are_bounded_and_the_oldest_is_written_first(tmp_path):
     assert len(writer._buffers) == 3
     written = sorted(store.list())
     assert [k.split("/")[2] for k in written] == ["hour=1", "hour=2"]
-    writer.flush()
+    writer.close()
     assert len(list(store.list())) == 5
 
 

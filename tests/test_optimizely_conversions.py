@@ -137,11 +137,12 @@ def test_fan_out_checkpoints_only_after_a_2xx(manager: DatafileManager) -> None:
     fan_out = SinkFanOut([sink], RunSummary(), commit=lambda p, pos, watermark=None: commits.append(pos), checkpoint_interval=0)
     events = stream_events(40, first_position=1000)  # purchases at 1000, 1004, ...
     try:
+        fan_out.on_next(CountedBatch(PARTITION, BatchKind.DATA, read=1, safe_position=1000))  # the records before
         fan_out.on_next(batch_of(events[:20]))
         assert wait_for(lambda: len(server.posts()) >= 3)
         fan_out.on_next(batch_of(events[20:]))
         fan_out.checkpoint()
-        assert commits and max(commits) == 1000  # held at the first unacknowledged conversion
+        assert commits and max(commits) == 1000  # held at the safe point at the first unacknowledged conversion
         healthy.set()
         assert wait_for(lambda: sink.outstanding == 0)
         fan_out.checkpoint()

@@ -35,6 +35,9 @@ def test_consume_rides_out_an_outage_of_every_aws_service(aws_env: str, tmp_path
         "RIVULET__AWS__CHECKPOINT_TABLE": unique("out-ckpt"),
         "RIVULET__AWS__SHARD_COUNT": "1",
         "RIVULET__AWS__GET_RECORDS_LIMIT": "200",  # many polls, so the outage lands mid-stream
+        # Raw objects cut every second, as checkpoints cut them before: S3 puts
+        # go on through the outage (with 3h of lateness no hour ever closes).
+        "RIVULET__RAW_EVENTS__MAX_AGE": "1s",
     }
     if fault == "refuse":
         # botocore's own retries (5 attempts, up to ~15 s of backoff) could outlast the 6 s outage

@@ -267,13 +267,15 @@ def test_pending_floor_is_the_lowest_buffered_position_per_partition(tmp_path):
     assert [k.split("/")[2] for k in store.list()] == ["hour=1"]
     assert writer.pending_floor(PARTITION) == 12 and writer.pending_floor("other") == 3
     assert writer.pending_floor("nobody") is None
+    writer.flush()  # a checkpoint: the buffers stay
+    assert writer.pending_floor(PARTITION) == 12 and store.syncs == 1
     store.fail_puts = 1
     with pytest.raises(OSError):
-        writer.flush()
+        writer.close()
     assert writer.pending_floor(PARTITION) == 12  # not dropped before the store has it
-    writer.flush()
+    writer.close()
     assert writer.pending_floor(PARTITION) is None and writer.pending_floor("other") is None
-    assert store.syncs == 1 and len(list(store.list())) == 3
+    assert store.syncs == 2 and len(list(store.list())) == 3
 
 
 def test_one_batch_over_several_hours_is_split_by_columns(tmp_path):
@@ -309,7 +311,7 @@ def test_ndjson_lines_are_the_wire_format(tmp_path):
     store = CountingStore(tmp_path)
     writer = RawEventWriter(store, format="ndjson-gzip", max_bytes=1 << 30, max_age_seconds=3600)
     writer.write(CountedBatch(PARTITION, BatchKind.DATA, events=plain[:3]))  # a plain list of events works too
-    writer.flush()
+    writer.close()
     (key,) = store.list()
     assert key.endswith("-000000000000.jsonl.gz")
     assert gzip.decompress(store.get(key)).splitlines(keepends=True) == [e.to_json_line() for e in plain[:3]]

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from consumers.fan_out import SinkFanOut
+from consumers.fan_out import SAFE_POINTS_MAX, SinkFanOut
 from consumers.ports import Sink
 from consumers.run_summary import RunSummary
 from consumers.sink_lane import SinkLane
@@ -176,3 +176,84 @@ def test_closing_starts_every_lanes_last_writes_before_waiting_on_any():
     assert [sink.met for sink in sinks] == [True, True]
     assert all(sink.closed_after_send for sink in sinks)
     assert time.monotonic() - began < 2.5
+
+
+class _Holding(Sink):
+    """A sink that keeps a buffer across checkpoints (as the raw events'
+    writer does), from position `floor` on."""
+
+    name = "holding"
+
+    def __init__(self) -> None:
+        self.floor: int | None = None
+
+    def write(self, batch: CountedBatch) -> None:
+        pass
+
+    def pending_floor(self, partition: str) -> int | None:
+        return self.floor
+
+
+def test_a_buffer_kept_across_checkpoints_holds_the_commit_at_an_earlier_safe_point_with_its_watermark():
+    """The commit is the newest safe point at or below what a sink still
+    holds, with that point's own watermark (a replay from it decides as the
+    first run did), never a bare position."""
+    holding = _Holding()
+    commits: list[tuple[str, int, int | None]] = []
+    fan_out = SinkFanOut([holding], RunSummary(), lambda p, pos, wm: commits.append((p, pos, wm)),
+                         checkpoint_interval=3600)
+
+    def batch(position: int, watermark: int, restarted: bool = False) -> CountedBatch:
+        return CountedBatch("p", BatchKind.DATA, read=1, safe_position=position, safe_watermark_us=watermark,
+                            restarted=restarted)
+
+    for position in (10, 20, 30):
+        fan_out.on_next(batch(position, position * 1000))
+    holding.floor = 25  # a record at 25 is still buffered
+    fan_out.checkpoint()
+    assert commits == [("p", 20, 20_000)]
+    holding.floor = 5  # below every safe point since: nothing to commit
+    fan_out.checkpoint()
+    assert commits == [("p", 20, 20_000)]
+    holding.floor = 30
+    fan_out.checkpoint()
+    assert commits[-1] == ("p", 30, 30_000)
+    fan_out.on_next(batch(40, 40_000))
+    fan_out.on_next(batch(50, 50_000))
+    holding.floor = None
+    fan_out.checkpoint()
+    assert commits[-1] == ("p", 50, 50_000)
+    # A restart from the checkpoint starts over lower; nothing goes below what was committed.
+    fan_out.on_next(batch(45, 45_000, restarted=True))
+    fan_out.on_next(batch(60, 60_000))
+    holding.floor = 55
+    fan_out.checkpoint()
+    assert commits[-1] == ("p", 50, 50_000) and len(commits) == 3
+    holding.floor = None
+    fan_out.checkpoint()
+    assert commits[-1] == ("p", 60, 60_000)
+
+
+def test_safe_points_held_by_a_stuck_sink_stay_bounded_and_each_commit_is_one_of_them():
+    """A sink stuck for long (an API down) while batches keep coming: the
+    fan-out keeps a bounded set of safe points, and what it commits once the
+    sink moves on is still a real safe point with its own watermark, at or a
+    little below the sink's floor."""
+    holding = _Holding()
+    commits: list[tuple[str, int, int | None]] = []
+    fan_out = SinkFanOut([holding], RunSummary(), lambda p, pos, wm: commits.append((p, pos, wm)),
+                         checkpoint_interval=3600)
+    holding.floor = 1
+    for position in range(1, 20_001):
+        fan_out.on_next(CountedBatch("p", BatchKind.DATA, read=1, safe_position=position,
+                                     safe_watermark_us=position * 1000))
+    fan_out.checkpoint()
+    assert commits == [("p", 1, 1000)]
+    assert len(fan_out._safe["p"]) <= SAFE_POINTS_MAX
+    holding.floor = 17_777
+    fan_out.checkpoint()
+    _, position, watermark = commits[-1]
+    assert 17_777 - 64 < position <= 17_777 and watermark == position * 1000
+    holding.floor = None
+    fan_out.checkpoint()
+    assert commits[-1] == ("p", 20_000, 20_000_000)
