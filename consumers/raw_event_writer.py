@@ -37,8 +37,11 @@ RAW_EVENTS_ROOT = "events"
 _HOUR = "_hour"
 
 
-# Columns whose values repeat within an object (see `zstd_parquet`).
-_DICTIONARY_COLUMNS = ["event_type", "partition", "properties"]
+# Columns whose values repeat within an object, and those a reader prunes
+# by (see `zstd_parquet`). `properties` is mostly distinct where it is not
+# null (other fields of JSON events).
+_DICTIONARY_COLUMNS = ["event_type", "partition"]
+_STATISTICS_COLUMNS = ["timestamp", POSITION]
 
 
 def _parquet_body(rows: pa.Table, partition: str) -> bytes:
@@ -55,7 +58,7 @@ def _parquet_body(rows: pa.Table, partition: str) -> bytes:
         POSITION: rows[POSITION],
         "properties": rows["properties"],
     })
-    return zstd_parquet(table, _DICTIONARY_COLUMNS)
+    return zstd_parquet(table, _DICTIONARY_COLUMNS, _STATISTICS_COLUMNS)
 
 
 def ndjson_lines(rows: pl.DataFrame) -> str:

@@ -317,3 +317,23 @@ def test_ndjson_lines_are_the_wire_format(tmp_path):
     assert gzip.decompress(store.get(key)).splitlines(keepends=True) == [e.to_json_line() for e in plain[:3]]
     with pytest.raises(ValueError, match="unknown raw event format"):
         RawEventWriter(store, format="csv")
+
+
+def test_statistics_are_written_for_the_columns_readers_prune_by(tmp_path):
+    """Times and positions carry min/max statistics, so a reader can skip
+    objects and row groups by them; the strings, which span nearly their
+    whole range in any object, do not."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    store = CountingStore(tmp_path)
+    writer = RawEventWriter(store, max_bytes=1 << 30, max_age_seconds=3600)
+    writer.write(batch(range(7, 17)))
+    writer.close()
+    (key,) = store.list()
+    group = pq.ParquetFile(io.BytesIO(store.get(key))).metadata.row_group(0)
+    columns = {group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)}
+    assert (columns["position"].statistics.min, columns["position"].statistics.max) == (7, 16)
+    assert columns["timestamp"].statistics.has_min_max
+    assert all(not columns[name].is_stats_set for name in ("customer_id", "event_type", "transaction_id"))
