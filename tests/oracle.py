@@ -69,6 +69,7 @@ class OracleResult:
     future: int = 0
     late_positions: list[int] = field(default_factory=list)
     malformed_positions: list[int] = field(default_factory=list)
+    accepted: list[tuple[str, str, str, int]] = field(default_factory=list)  # keys of the counted events, in order
 
 
 def csv_fields(line: str) -> list[str] | None:
@@ -178,6 +179,7 @@ def run_oracle(
             continue
         seen.add(key)
         result.valid += 1
+        result.accepted.append(key)
         values = {"customer_id": customer, "event_type": etype}
         for name, (fname, size) in rollups.items():
             result.counts[name][(t - t % size, values[fname])] += 1
