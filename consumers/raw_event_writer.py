@@ -224,8 +224,8 @@ class RawEventWriter:
         """Write the partition's buffers that can take no more events: all of
         them at its end (an EOF batch), else those of hours the watermark has
         passed, whose events would all be late now. The second cut depends on
-        the events alone, not on when they came: a replay from a checkpoint
-        writes the same object for such an hour, under the same key."""
+        the events alone, not on when they came: a replay that reads such an
+        hour whole writes the same object again, under the same key."""
         ended = batch.kind is BatchKind.EOF
         watermark = batch.watermark_us
         complete = [key for key in self._buffers if key[0] == batch.partition
