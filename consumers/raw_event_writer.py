@@ -241,10 +241,10 @@ class RawEventWriter:
         has, buffered or written, and with other batch boundaries: written
         again, they would land in objects of other first positions, beside
         the first ones. The replay decides as the first run did (it starts
-        with the checkpoint's watermark), and what it accepts anew before
-        that point are duplicates whose key the first run dropped, so every
-        event is archived once. After a crash the new process remembers
-        nothing, and the replay may write an event twice (docs/store.md)."""
+        with the checkpoint's watermark, at or before the original of every
+        re-send after it), so every event is archived once. After a crash
+        the new process remembers nothing, and the replay may write an event
+        in a second object (docs/store.md)."""
         positions = frame.get_column(POSITION)
         taken = self._taken.get(partition)
         if taken is not None and positions.min() <= taken:  # type: ignore[operator]

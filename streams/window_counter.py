@@ -44,7 +44,7 @@ import polars as pl
 
 from streams.batches import BatchKind, CountedBatch, ParsedBatch
 from streams.dedup_keys import DedupKeys
-from streams.event_columns import KEY_COLUMNS, SCHEMA, TIME, EventColumns, filter_rows
+from streams.event_columns import KEY_COLUMNS, POSITION, SCHEMA, TIME, EventColumns, filter_rows
 from streams.events import NO_PROPERTIES, DeadLetter, Event, Reason
 from streams.rollup_windows import RollupWindows
 from streams.rollups import RollupSpec
@@ -88,6 +88,10 @@ class PartitionCounter:
         self.clock = config.clock.build(resume_watermark_us)
         self.rollups = [RollupWindows(spec) for spec in config.rollups]
         self.seen = DedupKeys()
+        # Re-sends dropped as duplicates: the first point (position,
+        # watermark) of the tightest open window of their time -> the last
+        # such re-send's position (see `_below_resends`).
+        self._resends: dict[tuple[int, int], int] = {}
         self.next_position = 0
         self._restarted = resume_watermark_us is not None
         self._provisional_at = config.wall_clock_us()
@@ -182,7 +186,27 @@ class PartitionCounter:
         the oldest open window and the watermark just before it, or, with no
         window open, the next position and the current watermark."""
         firsts = [min(r.firsts.values()) for r in self.rollups if r.firsts]
-        return min(firsts) if firsts else (self.next_position, self.clock.watermark_us)
+        point = min(firsts) if firsts else (self.next_position, self.clock.watermark_us)
+        return self._below_resends(point) if self._resends else point
+
+    def _below_resends(self, point: tuple[int, int]) -> tuple[int, int]:
+        """`point`, or an earlier window's first point: a replay must not
+        start between a dropped re-send and its original. The original's
+        window may have closed since (so the oldest open window starts after
+        it) while the re-send lies after that start: a replay from there
+        would not know the original and would take the re-send, which the
+        archive and the Optimizely sink would then see twice. The original
+        is at or after the first event of every window that held it, so the
+        re-send's window's first point is a safe point before it."""
+        lowered = True
+        while lowered:
+            lowered = False
+            for pin, resend in self._resends.items():
+                if pin[0] < point[0] <= resend:
+                    point, lowered = pin, True
+        # Safe points only grow: a re-send before this one never matters again.
+        self._resends = {pin: resend for pin, resend in self._resends.items() if resend >= point[0]}
+        return point
 
     @property
     def watermark_us(self) -> int:
@@ -226,10 +250,14 @@ class PartitionCounter:
         if not kept.height:
             return
         is_first = self.seen.first_seen(kept[_KEY_COLUMNS], max(start_watermark, newest - lateness))
+        resends = None
         if is_first is not None:
             out.duplicates += len(is_first) - int(is_first.sum())
+            if counting:
+                resends = filter_rows(kept.select(POSITION, TIME), ~is_first)
             kept = filter_rows(kept, is_first)
             if not kept.height:
+                self._note_resends(resends)
                 return
         # A duplicate has the time of a record counted before it: the newest
         # kept time moves the watermark as the newest counted one would.
@@ -243,6 +271,19 @@ class PartitionCounter:
         for rollup in self.rollups:
             rollup.add(accepted, watermark_before)
         out.events = accepted
+        self._note_resends(resends)
+
+    def _note_resends(self, resends: pl.DataFrame | None) -> None:
+        """Remember, per window first point, the last dropped re-send of its
+        time (`_below_resends`); the windows now hold this batch's events,
+        so a re-send of an original in the same batch finds its window."""
+        if resends is None:
+            return
+        for position, time_us in resends.iter_rows():
+            pins = [first for r in self.rollups if (first := r.firsts.get(r.window.start_of(time_us))) is not None]
+            if pins:  # the tightest: the latest first point of the windows holding the time
+                pin = max(pins)
+                self._resends[pin] = max(self._resends.get(pin, position), position)
 
     def _drop(self, events: EventColumns, rows: list[tuple], out: CountedBatch, future_limit: int) -> None:
         """Dead-letter the future rows, then the late ones (`rows`: their

@@ -70,6 +70,7 @@ class OracleResult:
     late_positions: list[int] = field(default_factory=list)
     malformed_positions: list[int] = field(default_factory=list)
     accepted: list[tuple[str, str, str, int]] = field(default_factory=list)  # keys of the counted events, in order
+    accepted_positions: list[int] = field(default_factory=list)  # their positions
 
 
 def csv_fields(line: str) -> list[str] | None:
@@ -180,6 +181,7 @@ def run_oracle(
         seen.add(key)
         result.valid += 1
         result.accepted.append(key)
+        result.accepted_positions.append(position)
         values = {"customer_id": customer, "event_type": etype}
         for name, (fname, size) in rollups.items():
             result.counts[name][(t - t % size, values[fname])] += 1
