@@ -279,23 +279,13 @@ def _max_upsert(store: dict, closed) -> None:
         store[key] = max(store.get(key, 0), c.count)
 
 
-@settings(max_examples=120, deadline=None)
-@given(events, st.integers(1, 40), st.integers(0, 30), st.sampled_from([0, 60, 600]))
-def test_a_crash_and_replay_from_the_safe_point_gives_the_oracle(items, size, crash_after, lateness_s):
-    """Crash after some batch (only the final windows written so far survive),
-    then replay from that batch's safe point with its watermark into the same
-    max-upsert store: the counts must equal the oracle's, and the replay
-    must take exactly the events the oracle takes from that point on (a
-    re-send whose original lies before the safe point is still a duplicate:
-    the raw events' archive and the Optimizely sink see each event once)."""
+def _crash_and_replay(lines: list[str], size: int, crash_after: int, lateness_s: int) -> tuple[dict, list[int], tuple]:
+    """Count `lines` in batches of `size` and crash after `crash_after` of
+    them (only the final windows written so far survive), then replay from
+    that batch's safe point with its watermark into the same max-upsert
+    store: the store, the positions the replay took, and the safe point."""
     from tests.pipeline_harness import batches_of
 
-    lines = []
-    for customer, etype, sec, ms, offset, resend in items:
-        if resend and lines:
-            lines.append(lines[sec % len(lines)])
-            continue
-        lines.append(f"{customer},{etype},{customer}{sec}{ms},{render(BASE + sec * 1_000_000 + ms * 1000, offset)}")
     parser = EventsCsvParser()
     counter = make_counter(default_rollups(), timedelta(seconds=lateness_s), lambda: FAR_FUTURE_CLOCK)
     batches = [b for b in batches_of(lines, [size] * len(lines)) if b.kind is BatchKind.DATA]
@@ -316,6 +306,25 @@ def test_a_crash_and_replay_from_the_safe_point_gives_the_oracle(items, size, cr
             taken.extend(out.events.frame["position"].to_list() if len(out.events) else [])
             _max_upsert(store, window_rows(out))
     _max_upsert(store, window_rows(replay.on_eof()))
+    return store, taken, safe
+
+
+@settings(max_examples=120, deadline=None)
+@given(events, st.integers(1, 40), st.integers(0, 30), st.sampled_from([0, 60, 600]))
+def test_a_crash_and_replay_from_the_safe_point_gives_the_oracle(items, size, crash_after, lateness_s):
+    """Crash after some batch (only the final windows written so far survive),
+    then replay from that batch's safe point with its watermark into the same
+    max-upsert store: the counts must equal the oracle's, and the replay
+    must take exactly the events the oracle takes from that point on (a
+    re-send whose original lies before the safe point is still a duplicate:
+    the raw events' archive and the Optimizely sink see each event once)."""
+    lines = []
+    for customer, etype, sec, ms, offset, resend in items:
+        if resend and lines:
+            lines.append(lines[sec % len(lines)])
+            continue
+        lines.append(f"{customer},{etype},{customer}{sec}{ms},{render(BASE + sec * 1_000_000 + ms * 1000, offset)}")
+    store, taken, safe = _crash_and_replay(lines, size, crash_after, lateness_s)
     expected = run_oracle(lines, lateness_s * 1_000_000, DEFAULT_ROLLUPS)
     want = {(name, start, key): n for name in DEFAULT_ROLLUPS for (start, key), n in expected.counts[name].items()}
     assert {k: v for k, v in store.items() if v} == want
@@ -405,7 +414,6 @@ def test_a_replay_takes_what_the_first_run_took_when_re_sends_follow_their_origi
     case where a re-send comes after a newer window opened, and its
     original's window closes before the checkpoint. A replay from any
     batch's safe point takes exactly the events the oracle takes from there."""
-    from tests.pipeline_harness import batches_of
 
     lines: list[str] = []
     t = BASE
@@ -415,21 +423,6 @@ def test_a_replay_takes_what_the_first_run_took_when_re_sends_follow_their_origi
             continue
         t += advance_s * 1_000_000
         lines.append(f"c{back},click,t{len(lines)},{format_utc(t)}")
-    parser = EventsCsvParser()
-    counter = make_counter(default_rollups(), timedelta(seconds=lateness_s), lambda: FAR_FUTURE_CLOCK)
-    batches = [b for b in batches_of(lines, [size] * len(lines)) if b.kind is BatchKind.DATA]
-    first = counter.build("p")
-    safe = (1, None)
-    for batch in batches[:crash_after]:
-        out = first.on_batch(parser.parse_batch(batch))
-        safe = (out.safe_position, out.safe_watermark_us)
-    replay = counter.build("p", resume_watermark_us=safe[1])
-    taken: list[int] = []
-    for batch in batches:
-        keep = [(r, p) for r, p in zip(batch.records, batch.positions) if p >= safe[0]]
-        if keep:
-            records, positions = zip(*keep)
-            out = replay.on_batch(parser.parse_batch(RecordBatch.data("p", records, positions)))
-            taken.extend(out.events.frame["position"].to_list() if len(out.events) else [])
+    _, taken, safe = _crash_and_replay(lines, size, crash_after, lateness_s)
     expected = run_oracle(lines, lateness_s * 1_000_000, DEFAULT_ROLLUPS)
     assert taken == [p for p in expected.accepted_positions if p >= safe[0]]
