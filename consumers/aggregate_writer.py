@@ -45,6 +45,9 @@ DEFAULT_TABLE_TEMPLATE = "aggregates/{rollup}"
 DEFAULT_MAX_BUFFERED_ROWS = 200_000
 PARTITION = "partition"
 _HOUR = "_hour"
+# Per buffered row: the partition's safe position before the batch that
+# brought it, from which a replay rebuilds its window (-1: not known).
+_FLOOR = "_floor"
 
 
 def table_root(template: str, rollup: str) -> str:
@@ -80,13 +83,22 @@ class _RollupBuffer:
 
 
 class AggregateWriter(Sink):
-    """Buffers the windows it takes and writes them as Parquet at every flush
-    (each checkpoint), or earlier once `max_buffered_rows` are buffered.
+    """Buffers the windows it takes and writes them as Parquet, one object
+    per (rollup, partition, UTC hour) it holds rows of.
 
     Final windows are written as they come; provisional ones (`final` false)
     only at a stop flush (an EOF batch): the running counts of open windows
-    are for the count store. `flush()` writes everything and syncs the store,
-    so nothing is pending when the source is checkpointed.
+    are for the count store.
+
+    A checkpoint (`send`, `flush`) writes only the hours that are due: those
+    the partition's watermark has passed (every window of them is final),
+    those of a partition that ended, and those that would hold the source's
+    checkpoint back, i.e. whose rows came before the partition's current
+    safe point. The others wait, at no cost to the checkpoint: it cannot
+    pass the oldest open window anyway (with an hourly rollup, the first
+    event of the hour). So a minute rollup's hour is one object or two, not
+    one per checkpoint that closed a minute. `close()` and
+    `max_buffered_rows` write everything.
 
     An object's name holds its first window start, `f` (every row final) or
     `p` (some provisional), and a digest of its content. The digest keeps a
@@ -105,6 +117,12 @@ class AggregateWriter(Sink):
         self.max_buffered_rows = max_buffered_rows
         self._buffers: dict[str, _RollupBuffer] = {}
         self._buffered_rows = 0
+        # Per partition: the last safe position and watermark seen, whether
+        # it ended, and the lowest floor of its buffered rows.
+        self._safe: dict[str, int] = {}
+        self._watermarks: dict[str, int] = {}
+        self._ended: set[str] = set()
+        self._floors: dict[str, int] = {}
         self._roots: dict[str, str] = {}
         self.objects_written = 0
         self.rows_written = 0
@@ -114,44 +132,94 @@ class AggregateWriter(Sink):
         # rebuild those windows only in part, and the reader's max needs the
         # complete version.
         stop_flush = batch.kind is BatchKind.EOF
+        partition = batch.partition
+        # A restarted partition's rows rebuild from its checkpoint, which the
+        # last safe point seen (the first run's) may lie past.
+        floor = -1 if batch.restarted else self._safe.get(partition, -1)
         for counts in batch.windows:
             frame = counts.frame if stop_flush else counts.frame.filter(pl.col(FINAL))
             if frame.height:
-                self._buffer(counts, frame)
+                self._buffer(counts, frame, floor)
+        if batch.read or batch.windows:
+            self._safe[partition] = batch.safe_position
+        self._watermarks[partition] = max(self._watermarks.get(partition, batch.watermark_us), batch.watermark_us)
+        if stop_flush:
+            self._ended.add(partition)
         if self._buffered_rows > self.max_buffered_rows:
             self._write_buffers()
 
-    def _buffer(self, counts: WindowCounts, frame: pl.DataFrame) -> None:
+    def _buffer(self, counts: WindowCounts, frame: pl.DataFrame, floor: int) -> None:
         buffer = self._buffers.get(counts.rollup)
         if buffer is None:
             check_key_fields(counts.key_fields)
             buffer = self._buffers[counts.rollup] = _RollupBuffer(counts.key_fields)
-        buffer.frames.append(frame.with_columns(pl.lit(counts.partition, dtype=pl.String).alias(PARTITION)))
+        buffer.frames.append(frame.with_columns(pl.lit(counts.partition, dtype=pl.String).alias(PARTITION),
+                                                pl.lit(floor, dtype=pl.Int64).alias(_FLOOR)))
         buffer.rows += frame.height
         buffer.sorted = False
         self._buffered_rows += frame.height
+        self._floors[counts.partition] = min(self._floors.get(counts.partition, floor), floor)
 
     def send(self) -> None:
-        self._write_buffers()
+        self._write_buffers(self._due())
 
     def flush(self) -> None:
         self.send()
         self.store.sync()
 
-    def close(self) -> None:
-        self.flush()
+    def pending_floor(self, partition: str) -> int | None:
+        return self._floors.get(partition)
 
-    def _write_buffers(self) -> None:
+    def close(self) -> None:
+        self._write_buffers()
+        self.store.sync()
+
+    def _due(self) -> pl.Expr:
+        """Rows of the (partition, hour) groups a checkpoint writes (class
+        docstring)."""
+        partitions = list(self._watermarks)
+        state = pl.DataFrame({
+            PARTITION: partitions,
+            "_safe": [self._safe.get(p, -1) for p in partitions],
+            "_hour_done": [HOURLY.numbers(self._watermarks[p]) for p in partitions],  # hours before this one
+            "_ended": [p in self._ended for p in partitions],
+        }, schema={PARTITION: pl.String, "_safe": pl.Int64, "_hour_done": pl.Int64, "_ended": pl.Boolean})
+        hour = HOURLY.numbers(pl.col(WINDOW_START))
+        group = [PARTITION, hour]
+        lookup = {name: pl.col(PARTITION).replace_strict(state[PARTITION], state[name], default=None)
+                  for name in ("_safe", "_hour_done", "_ended")}
+        return ((pl.col(_FLOOR).min().over(group) < lookup["_safe"])
+                | (hour < lookup["_hour_done"]) | lookup["_ended"]).fill_null(True)
+
+    def _write_buffers(self, due: pl.Expr | None = None) -> None:
         # A buffer is dropped only once all its objects are put: after a failed
         # put the next flush writes the same objects again, under the same keys.
         for rollup in list(self._buffers):
             buffer = self._buffers[rollup]
+            kept = None
+            if due is not None:
+                frame = pl.concat(buffer.frames, how="vertical", rechunk=False) if len(buffer.frames) > 1 else buffer.frames[0]
+                marked = frame.with_columns(due.alias("_due"))
+                if not marked["_due"].any():
+                    continue
+                kept = marked.filter(~pl.col("_due")).drop("_due")
+                buffer = _RollupBuffer(buffer.key_fields, [marked.filter(pl.col("_due")).drop("_due")],
+                                       int(marked["_due"].sum()))
             for key, body, rows in self._objects(rollup, buffer):
                 self.store.put(key, body)
                 self.objects_written += 1
                 self.rows_written += rows
-            del self._buffers[rollup]
             self._buffered_rows -= buffer.rows
+            if kept is not None and kept.height:
+                self._buffers[rollup] = _RollupBuffer(buffer.key_fields, [kept], kept.height)
+            else:
+                del self._buffers[rollup]
+        self._floors = {}
+        for buffer in self._buffers.values():
+            for frame in buffer.frames:
+                for partition, floor in frame.group_by(PARTITION).agg(pl.col(_FLOOR).min()).iter_rows():
+                    self._floors[partition] = min(self._floors.get(partition, floor), floor)
+        self._ended -= {p for p in self._ended if p not in self._floors}
 
     def _objects(self, rollup: str, buffer: _RollupBuffer) -> Iterator[tuple[str, bytes, int]]:
         # One sort of the whole buffer, then each (partition, hour) object is

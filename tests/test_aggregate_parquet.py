@@ -162,8 +162,42 @@ def counts(rows: list[tuple[int, str, int, bool]], partition: str = "spool:/s") 
                                   [WindowCount("event_type_minutely", (k,), s, partition, n, f) for s, k, n, f in rows])
 
 
-def batch(windows: list[WindowCounts], kind: BatchKind = BatchKind.DATA) -> CountedBatch:
-    return CountedBatch(windows[0].partition, kind, windows=windows)
+def batch(windows: list[WindowCounts], kind: BatchKind = BatchKind.DATA, watermark_us: int = START + DAY) -> CountedBatch:
+    """Windows as the counter hands them; by default its watermark has passed
+    their hours (every window of them is final), so a flush writes them."""
+    return CountedBatch(windows[0].partition, kind, windows=windows, watermark_us=watermark_us)
+
+
+def test_a_checkpoint_holds_an_hour_until_it_is_complete_or_holds_the_source_back(tmp_path):
+    """A minute rollup's windows close one by one: a checkpoint writes their
+    hour when the watermark passes it, or when its rows came before the
+    partition's current safe point (they would hold the checkpoint back),
+    not at every checkpoint. The floor keeps the checkpoint below the rest."""
+    store = LocalObjectStore(tmp_path)
+    writer = AggregateWriter(store)
+    hour = 60 * MINUTE
+
+    def step(minute: int, safe: int, watermark: int) -> None:
+        window = counts([(START + minute * MINUTE, "click", 1 + minute, True)])
+        writer.write(CountedBatch("spool:/s", BatchKind.DATA, windows=[window], read=1, safe_position=safe,
+                                  watermark_us=watermark))
+        writer.flush()
+
+    step(0, 100, START + MINUTE)  # the hour's first event at 100: the oldest open window
+    # It came before any safe point was seen (its floor is not known), so it was due at once.
+    assert len(list(store.list())) == 1 and writer.pending_floor("spool:/s") is None
+    for minute in range(1, 30):  # the safe point stays at 100 while hour 0 is open
+        step(minute, 100, START + (minute + 1) * MINUTE)
+    assert len(list(store.list())) == 1 and writer.pending_floor("spool:/s") == 100
+    step(30, 100, START + hour + MINUTE)  # the watermark passed hour 0: written whole
+    assert len(list(store.list())) == 2 and writer.pending_floor("spool:/s") is None
+    step(61, 100, START + hour + 2 * MINUTE)  # hour 1's first minute, the safe point still at 100
+    assert len(list(store.list())) == 2 and writer.pending_floor("spool:/s") == 100
+    step(62, 5_000, START + hour + 3 * MINUTE)  # the safe point moved past hour 1's first rows: due
+    assert len(list(store.list())) == 3 and writer.pending_floor("spool:/s") is None
+    writer.close()
+    assert reader_rule_totals_of(tmp_path) == Counter(
+        {(START + m * MINUTE, "click"): 1 + m for m in [*range(31), 61, 62]})
 
 
 def test_writer_provisional_then_final_then_partial_rebuild(tmp_path):
@@ -258,7 +292,7 @@ def test_buffer_bound_writes_early_and_flush_makes_it_durable(tmp_path):
     writer = AggregateWriter(store, max_buffered_rows=50)
     rows = [(START + i * MINUTE, "view", 1, True) for i in range(40)]
     writer.write(batch([counts(rows)]))
-    assert list(store.list()) == [] and writer.pending_floor("spool:/s") is None
+    assert list(store.list()) == [] and writer.pending_floor("spool:/s") == -1  # buffered, from no known safe point
     writer.write(batch([counts([(START + (40 + i) * MINUTE, "view", 1, True) for i in range(20)])]))
     assert len(list(store.list())) == 1 and store.syncs == 0 and len(store.unsynced) == 1
     writer.flush()
