@@ -122,6 +122,39 @@ def test_stop_or_crash_mid_stream_then_restart_gives_exact_counts(tmp_path, sig)
     assert sorted(archived) == sorted(expected.accepted)  # the spool's positions are its own, not line numbers
 
 
+def test_a_live_consume_writes_objects_per_hour_not_per_checkpoint(tmp_path):
+    """`consume` checkpoints once a second; a live stream over several
+    seconds still gets at most two objects per (table, hour, partition): raw
+    buffers are cut by the hour's end, age or size, and an hour of
+    aggregates waits while it costs the checkpoint nothing. (Before: one raw
+    object per checkpoint, one minute-rollup object per checkpoint that
+    closed a minute.)"""
+    spool = f"spool:{tmp_path / 'spool'}"
+    # A minute of lateness: minute windows close during the run.
+    consumer = start_cli("consume", "--from", spool, "--drain", "2", "--lateness", "1m", "--data-dir", str(tmp_path),
+                         "--json")
+    try:
+        started = time.time()
+        # About 5 minutes of event time over 6 s of wall time (50 ms of event time per event).
+        produced = run_cli("produce", "--source", "random", "--rate", "1000", "--count", "6000", "--to", spool,
+                           "--data-dir", str(tmp_path))
+        assert produced.returncode == 0, produced.stderr
+        assert time.time() - started >= 5  # several checkpoints passed while it came
+        out, err = consumer.communicate(timeout=60)
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+            consumer.communicate()
+    assert consumer.returncode == 0, err
+    assert json.loads(out)["read"] == 6000
+    per_hour: dict[str, int] = {}
+    for path in (tmp_path / "store").rglob("*.parquet"):
+        table_hour = str(path.parent.relative_to(tmp_path / "store"))
+        per_hour[table_hour] = per_hour.get(table_hour, 0) + 1
+    assert any(k.startswith("events/") for k in per_hour) and any(k.startswith("aggregates/") for k in per_hour)
+    assert max(per_hour.values()) <= 2, per_hour
+
+
 def test_hostile_input_file_never_crashes_and_counts_the_good_lines(tmp_path):
     rng = random.Random(4)
     good = list(generate(5000, seed=8))
