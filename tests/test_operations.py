@@ -122,6 +122,23 @@ def test_stop_or_crash_mid_stream_then_restart_gives_exact_counts(tmp_path, sig)
     assert sorted(archived) == sorted(expected.accepted)  # the spool's positions are its own, not line numbers
 
 
+def _spooled(tmp_path: Path) -> int:
+    """Records in the spool so far (read-only: never creates the file)."""
+    path = tmp_path / "spool" / "spool.sqlite3"
+    if not path.exists():
+        return 0
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.OperationalError:
+        return 0
+    try:
+        return db.execute("SELECT count(*) FROM records").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        db.close()
+
+
 def test_a_live_consume_writes_objects_per_hour_not_per_checkpoint(tmp_path):
     """`consume` checkpoints once a second; a live stream over several
     seconds still gets at most two objects per (table, hour, partition): raw
@@ -130,21 +147,28 @@ def test_a_live_consume_writes_objects_per_hour_not_per_checkpoint(tmp_path):
     object per checkpoint, one minute-rollup object per checkpoint that
     closed a minute.)"""
     spool = f"spool:{tmp_path / 'spool'}"
-    # A minute of lateness: minute windows close during the run.
-    consumer = start_cli("consume", "--from", spool, "--drain", "2", "--lateness", "1m", "--data-dir", str(tmp_path),
-                         "--json")
+    # About 5 minutes of event time over 6 s of wall time (50 ms of event time
+    # per event), fed while `consume` reads; a minute of lateness, so minute
+    # windows close during the run. The producer goes first: `--drain`
+    # counts quiet time from the consumer's start.
+    producer = start_cli("produce", "--source", "random", "--rate", "1000", "--count", "6000", "--to", spool,
+                         "--data-dir", str(tmp_path))
+    consumer = None
     try:
+        deadline = time.time() + 60
+        while _spooled(tmp_path) == 0 and time.time() < deadline:
+            time.sleep(0.05)
         started = time.time()
-        # About 5 minutes of event time over 6 s of wall time (50 ms of event time per event).
-        produced = run_cli("produce", "--source", "random", "--rate", "1000", "--count", "6000", "--to", spool,
-                           "--data-dir", str(tmp_path))
-        assert produced.returncode == 0, produced.stderr
-        assert time.time() - started >= 5  # several checkpoints passed while it came
+        consumer = start_cli("consume", "--from", spool, "--drain", "3", "--lateness", "1m", "--data-dir",
+                             str(tmp_path), "--json")
+        assert producer.wait(timeout=60) == 0, producer.communicate()[1]
+        assert time.time() - started >= 3  # several checkpoints passed while it came
         out, err = consumer.communicate(timeout=60)
     finally:
-        if consumer.poll() is None:
-            consumer.kill()
-            consumer.communicate()
+        for proc in (producer, consumer):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     assert consumer.returncode == 0, err
     assert json.loads(out)["read"] == 6000
     per_hour: dict[str, int] = {}
