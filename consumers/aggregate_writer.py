@@ -161,10 +161,8 @@ class AggregateWriter(Sink):
         self._floors[counts.partition] = min(self._floors.get(counts.partition, floor), floor)
 
     def send(self) -> None:
-        if self._buffers:
+        if self._buffers:  # a checkpoint a second: nothing to decide when nothing waits
             self._write_buffers(self._due())
-        else:  # a checkpoint a second: nothing to decide when nothing waits, and no ended partition holds rows
-            self._ended.clear()
 
     def flush(self) -> None:
         self.send()
