@@ -114,21 +114,25 @@ def test_sigkill_right_after_a_window_flush_commit(aws_env: str, tmp_path: Path)
     checkpoint with the stored watermark."""
     lines = event_lines(4000, seed=7)
     cluster = Cluster(tmp_path, SHARDS)
-    # The checkpoint stays at the first event of the oldest open window, the
-    # hour before BASE (the disorder puts events there), until the watermark
-    # passes that hour: at about row 1,200 (250 ms a row, 5 min lateness). So
-    # the first rows stop short of it, or a fast worker could move its
-    # checkpoints before they are read below, and never again in the test.
+    # A shard's checkpoint stays at the first event of its oldest open window:
+    # the customer_hourly window of the hour before BASE (the disorder puts
+    # the first rows there), until the watermark passes that hour at about row
+    # 1,200 (250 ms a row, 5 min lateness, disorder only backwards). Then it
+    # moves once, to the first event of BASE's hour, in the shards whose first
+    # events were in the hour before. So no checkpoint moves during the first
+    # 1,000 rows, and the victim is chosen after one has moved: the owner of
+    # that shard. (Choosing it before could pick a worker whose shards have
+    # no such move, or whose move a lease steal gave to another worker.)
     cluster.produce(lines[:1000])
     try:
         for name in ("w1", "w2", "w3"):
             cluster.start(name, drain=DRAIN)
         start = cluster.wait_for(lambda l: all_owned(l) and len(owners(l)) >= 2, timeout=30)
-        victim = owners(start).most_common(1)[0][0]
-        mine = {s: l["checkpoint"] for s, l in start.items() if l["owner"] == victim}
-        cluster.produce(lines[1000:2500])  # moves the watermark past that hour: the checkpoints move
-        cluster.wait_for(lambda l: any(l[s]["owner"] == victim and l[s]["checkpoint"] != c for s, c in mine.items()),
-                         timeout=30, every=0.02)
+        before = {s: l["checkpoint"] for s, l in start.items()}
+        cluster.produce(lines[1000:2500])  # moves the watermark past that hour: checkpoints move
+        moved = cluster.wait_for(lambda l: any(l[s]["owner"] and l[s]["checkpoint"] != c for s, c in before.items()),
+                                 timeout=30, every=0.02)
+        victim = next(l["owner"] for s, l in moved.items() if l["owner"] and l["checkpoint"] != before[s])
         _kill_and_measure_takeover(cluster, victim)
         cluster.produce(lines[2500:])
         codes = cluster.wait_all()
