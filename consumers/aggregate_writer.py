@@ -140,7 +140,7 @@ class AggregateWriter(Sink):
             frame = counts.frame if stop_flush else counts.frame.filter(pl.col(FINAL))
             if frame.height:
                 self._buffer(counts, frame, floor)
-        if batch.read or batch.windows:
+        if batch.carries_safe_point:
             self._safe[partition] = batch.safe_position
         self._watermarks[partition] = max(self._watermarks.get(partition, batch.watermark_us), batch.watermark_us)
         if stop_flush:
@@ -161,7 +161,10 @@ class AggregateWriter(Sink):
         self._floors[counts.partition] = min(self._floors.get(counts.partition, floor), floor)
 
     def send(self) -> None:
-        self._write_buffers(self._due())
+        if self._buffers:
+            self._write_buffers(self._due())
+        else:  # a checkpoint a second: nothing to decide when nothing waits, and no ended partition holds rows
+            self._ended.clear()
 
     def flush(self) -> None:
         self.send()
@@ -181,15 +184,15 @@ class AggregateWriter(Sink):
         state = pl.DataFrame({
             PARTITION: partitions,
             "_safe": [self._safe.get(p, -1) for p in partitions],
-            "_hour_done": [HOURLY.numbers(self._watermarks[p]) for p in partitions],  # hours before this one
+            "_open_hour": [HOURLY.first_open_number(self._watermarks[p]) for p in partitions],
             "_ended": [p in self._ended for p in partitions],
-        }, schema={PARTITION: pl.String, "_safe": pl.Int64, "_hour_done": pl.Int64, "_ended": pl.Boolean})
+        }, schema={PARTITION: pl.String, "_safe": pl.Int64, "_open_hour": pl.Int64, "_ended": pl.Boolean})
         hour = HOURLY.numbers(pl.col(WINDOW_START))
         group = [PARTITION, hour]
         lookup = {name: pl.col(PARTITION).replace_strict(state[PARTITION], state[name], default=None)
-                  for name in ("_safe", "_hour_done", "_ended")}
+                  for name in ("_safe", "_open_hour", "_ended")}
         return ((pl.col(_FLOOR).min().over(group) < lookup["_safe"])
-                | (hour < lookup["_hour_done"]) | lookup["_ended"]).fill_null(True)
+                | (hour < lookup["_open_hour"]) | lookup["_ended"]).fill_null(True)
 
     def _write_buffers(self, due: pl.Expr | None = None) -> None:
         # A buffer is dropped only once all its objects are put: after a failed

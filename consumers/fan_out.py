@@ -71,7 +71,7 @@ class SinkFanOut:
         self.summary.add(batch)
         self.metrics.on_batch(batch)
         self.batches += 1
-        if self.commit is not None and (batch.read or batch.windows):
+        if self.commit is not None and batch.carries_safe_point:
             self._note_safe_point(batch)
         if self.commit is not None and self.clock() - self._last_checkpoint >= self.checkpoint_interval:
             self.checkpoint()

@@ -227,9 +227,8 @@ class RawEventWriter:
         the events alone, not on when they came: a replay that reads such an
         hour whole writes the same object again, under the same key."""
         ended = batch.kind is BatchKind.EOF
-        watermark = batch.watermark_us
-        complete = [key for key in self._buffers if key[0] == batch.partition
-                    and (ended or HOURLY.start_of_number(key[1] + 1) <= watermark)]
+        open_hour = HOURLY.first_open_number(batch.watermark_us)
+        complete = [key for key in self._buffers if key[0] == batch.partition and (ended or key[1] < open_hour)]
         for key in complete:
             self._write(key)
 

@@ -128,5 +128,12 @@ class CountedBatch:
     restarted: bool = False
 
     @property
+    def carries_safe_point(self) -> bool:
+        """Whether `safe_position` is one a checkpoint may use: a batch that
+        read records or emitted windows (the fan-out's commits, and the
+        aggregates' floors, follow the same points)."""
+        return bool(self.read or self.windows)
+
+    @property
     def final_windows(self) -> int:
         return sum(counts.final_count for counts in self.windows)

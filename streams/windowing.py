@@ -66,6 +66,12 @@ class TumblingWindower:
         """The start of the window numbered `number` since the epoch."""
         return max(number * self.size_us, MIN_US)
 
+    def first_open_number(self, watermark_us: int) -> int:
+        """The number of the first window the watermark has not passed: every
+        window numbered below it has ended at or before the watermark, so no
+        event of it can be counted any more (it would be late)."""
+        return watermark_us // self.size_us
+
 
 HOURLY = TumblingWindower(HOUR_US)
 """UTC hours: the partitions of objects (`dt=…/hour=…`) and of bucket queries."""
