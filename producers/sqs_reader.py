@@ -94,13 +94,24 @@ class SqsReader:
         self._extender.start()
         last_poll = self._clock()
         failures = 0
+        paused = False
         while not self._stopped:
             room = self.config.sqs_max_held_messages - self.held()
             if room <= 0:
                 # Held messages wait for commits; receiving more would pass
-                # the in-flight bound.
+                # the in-flight bound. If the open windows alone hold that
+                # many messages, no commit comes: said once per pause, loudly.
+                if not paused:
+                    paused = True
+                    log.warning("sqs %s: %d messages held, the bound (sqs_max_held_messages); receiving pauses "
+                                "until a commit frees room. A message is held until the windows it fed are "
+                                "final: if the open windows hold more messages than the bound, the stream "
+                                "stalls; raise the bound or shorten the longest window", self.queue, self.held())
                 sleep_unless(lambda: self._stopped, self.poll_interval)
                 continue
+            if paused:
+                paused = False
+                log.info("sqs %s: receiving again, %d messages held", self.queue, self.held())
             try:
                 response = self.client.receive_message(
                     QueueUrl=self.queue_url,

@@ -4,6 +4,7 @@ after commit, visibility extension while held, and the held-message bound."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 
@@ -137,7 +138,8 @@ def test_held_messages_stay_invisible_past_the_visibility_timeout(aws_env: str) 
     assert len(again.get("Messages", [])) == 1
 
 
-def test_held_messages_are_bounded(aws_env: str) -> None:
+def test_held_messages_are_bounded(aws_env: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="producers.sqs_reader")
     sqs = client("sqs", aws_env)
     queue = unique("q")
     config = AwsConfig(sqs_wait_seconds=0, sqs_message_bytes=100, sqs_max_held_messages=3)
@@ -156,3 +158,7 @@ def test_held_messages_are_bounded(aws_env: str) -> None:
 
     assert max(held) <= 3
     assert sum(len(b.records) for b in batches) == 6
+    # The pause is said once, with the knob; the resumption after the commit too.
+    pauses = [r for r in caplog.records if "the bound (sqs_max_held_messages)" in r.getMessage()]
+    assert len(pauses) == 1 and pauses[0].levelname == "WARNING", caplog.text
+    assert "receiving again" in caplog.text
