@@ -197,6 +197,7 @@ class AggregateWriter(Sink):
     def _write_buffers(self, due: pl.Expr | None = None) -> None:
         # A buffer is dropped only once all its objects are put: after a failed
         # put the next flush writes the same objects again, under the same keys.
+        wrote = False
         for rollup in list(self._buffers):
             buffer = self._buffers[rollup]
             kept = None
@@ -204,6 +205,9 @@ class AggregateWriter(Sink):
                 frame = pl.concat(buffer.frames, how="vertical", rechunk=False) if len(buffer.frames) > 1 else buffer.frames[0]
                 marked = frame.with_columns(due.alias("_due"))
                 if not marked["_due"].any():
+                    # Kept as one frame: a checkpoint a second would otherwise
+                    # concatenate the hour's batches again each time.
+                    buffer.frames = [frame]
                     continue
                 kept = marked.filter(~pl.col("_due")).drop("_due")
                 buffer = _RollupBuffer(buffer.key_fields, [marked.filter(pl.col("_due")).drop("_due")],
@@ -212,16 +216,18 @@ class AggregateWriter(Sink):
                 self.store.put(key, body)
                 self.objects_written += 1
                 self.rows_written += rows
+            wrote = True
             self._buffered_rows -= buffer.rows
             if kept is not None and kept.height:
                 self._buffers[rollup] = _RollupBuffer(buffer.key_fields, [kept], kept.height)
             else:
                 del self._buffers[rollup]
-        self._floors = {}
-        for buffer in self._buffers.values():
-            for frame in buffer.frames:
-                for partition, floor in frame.group_by(PARTITION).agg(pl.col(_FLOOR).min()).iter_rows():
-                    self._floors[partition] = min(self._floors.get(partition, floor), floor)
+        if wrote:  # else `_buffer` kept the floors exact: no row left
+            self._floors = {}
+            for buffer in self._buffers.values():
+                for frame in buffer.frames:
+                    for partition, floor in frame.group_by(PARTITION).agg(pl.col(_FLOOR).min()).iter_rows():
+                        self._floors[partition] = min(self._floors.get(partition, floor), floor)
         self._ended -= {p for p in self._ended if p not in self._floors}
 
     def _objects(self, rollup: str, buffer: _RollupBuffer) -> Iterator[tuple[str, bytes, int]]:
